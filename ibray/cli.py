@@ -1,0 +1,177 @@
+"""The `ibray` command: parse, validate, make one library call, print the outcome.
+
+Errors a user can fix (a bad value, a missing data file, a folder that holds something else)
+print one line `ibray: error: ...` and exit with code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _trial_parser(sub) -> None:
+    from ibray.config import TrialConfig, default_for
+
+    p = sub.add_parser("trial", help="train one configuration for several seeds (no Ray) and write Parquet")
+    p.add_argument("--dataset", default=default_for("dataset"), help="synthetic12 (offline), szt, mnist")
+    p.add_argument("--architecture", default=default_for("architecture"), help="syn, bottleneck2, bottleneck4, hourglass, 4x10, conv")
+    p.add_argument("--activation", default=default_for("activation"), help="tanh, relu, sigmoid, elu, leaky_relu, linear")
+    p.add_argument("--bits", type=int, default=default_for("bits"), help="2..16, or 32 for the float32 network")
+    p.add_argument("--seeds", default="0", help="e.g. 0-9 or 0,3,5-7 (trained together as one batched model)")
+    p.add_argument("--estimators", default="exact", help="comma-separated: exact, bin30, bin100, bin256, bin<n>")
+    p.add_argument("--epochs", type=int, default=default_for("epochs"))
+    p.add_argument("--prefit-epochs", type=int, default=default_for("prefit_epochs"), help="epochs on shuffled labels first")
+    p.add_argument("--learning-rate", type=float, default=default_for("learning_rate"))
+    p.add_argument("--batch-size", type=int, default=default_for("batch_size"))
+    p.add_argument("--mi-every", type=int, default=default_for("mi_every"), help="epochs between MI measurements")
+    p.add_argument("--init", default=default_for("init"), help="truncated_normal (the paper) or glorot")
+    p.add_argument("--range-tracking", default=default_for("range_tracking"), help="epoch (the paper), moving_average, batch")
+    p.add_argument("--bin-bounds", default=default_for("bin_bounds"), help="global, layer or fixed (binning estimators)")
+    p.add_argument("--min-train-acc", type=float, default=default_for("min_train_acc"))
+    p.add_argument("--restart-epoch", type=int, default=default_for("restart_epoch"))
+    p.add_argument("--write-every", type=int, default=default_for("write_every"), help="epochs between Parquet writes")
+    p.add_argument("--device", default=default_for("device"), help="auto, cpu or cuda")
+    p.add_argument("--data-dir", default=None, help="data directory (default: $IBRAY_DATA_DIR or ~/.cache/ibray)")
+    p.add_argument("--out", default="results/trial", help="results folder")
+    p.add_argument("--overwrite", action="store_true", help="replace results of another trial in --out")
+    p.set_defaults(handler=_run_trial, config_type=TrialConfig)
+
+
+def _config_from_args(args) -> "TrialConfig":
+    from ibray.config import TrialConfig
+
+    return TrialConfig(
+        dataset=args.dataset,
+        architecture=args.architecture,
+        activation=args.activation,
+        bits=args.bits,
+        seeds=args.seeds,
+        estimators=tuple(e.strip() for e in args.estimators.split(",") if e.strip()),
+        epochs=args.epochs,
+        prefit_epochs=args.prefit_epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        mi_every=args.mi_every,
+        init=args.init,
+        range_tracking=args.range_tracking,
+        bin_bounds=args.bin_bounds,
+        min_train_acc=args.min_train_acc,
+        restart_epoch=args.restart_epoch,
+        write_every=args.write_every,
+        device=args.device,
+    )
+
+
+def _run_trial(args) -> int:
+    from ibray.train import run_resumable
+
+    config = _config_from_args(args)
+
+    def progress(_checkpoint: dict, scalars: dict) -> None:
+        acc = f" train_acc {scalars['train_acc']:.3f} test_acc {scalars['test_acc']:.3f}" if "train_acc" in scalars else ""
+        print(f"  epoch {scalars['epoch']}/{config.prefit_epochs + config.epochs}{acc}", flush=True)
+
+    print(f"trial {config.trial_id()}: {len(config.seeds)} seed(s) -> {args.out}", flush=True)
+    summary = run_resumable(config, args.out, data_dir=args.data_dir, overwrite=args.overwrite, on_write=progress)
+    if summary is None:
+        print(f"{args.out} already holds this trial, complete; nothing to do (--overwrite to redo it)")
+        return 0
+    rate = summary.seeds * summary.epochs / max(summary.seconds, 1e-9)
+    print(
+        f"done in {summary.seconds:.1f} s ({rate:.0f} seed-epochs/s); final train_acc "
+        f"{summary.final.get('train_acc', float('nan')):.3f}, test_acc {summary.final.get('test_acc', float('nan')):.3f}"
+        + (f"; restarted seeds {summary.restarts}" if summary.restarts else "")
+    )
+    print(f"results: {summary.out}/mi and {summary.out}/metrics (Parquet); report: ibray report {summary.out}")
+    return 0
+
+
+def _data_parser(sub) -> None:
+    p = sub.add_parser("data", help="fetch data sets")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    d = data_sub.add_parser("download", help="download a data set into the data directory and check its SHA-256")
+    d.add_argument("name", help="szt or mnist (synthetic12 needs no download)")
+    d.add_argument("--data-dir", default=None)
+    d.add_argument("--url", default=None, help="fetch from this base URL instead (a mirror)")
+    d.set_defaults(handler=_run_download)
+
+
+def _run_download(args) -> int:
+    from ibray.data import data_dir, download
+
+    paths = download(args.name, args.data_dir, base_url=args.url)
+    for path in paths:
+        print(f"ok {path}")
+    if not paths:
+        print(f"{args.name} needs no download; it is generated offline")
+    print(f"data directory: {data_dir(args.data_dir)}")
+    return 0
+
+
+def _bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="print training and exact-MI speed on this machine")
+    p.add_argument("--epochs", type=int, default=20, help="epochs per timing run")
+    p.add_argument("--seeds", type=int, default=50, help="seeds in the batched run")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from ibray.bench import run_benchmarks
+
+    run_benchmarks(epochs=args.epochs, seeds=args.seeds, as_json=args.json)
+    return 0
+
+
+def _report_parser(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML report of results folders", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(args) -> int:
+    from analysis.report import main as report_main
+
+    return report_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ibray", description="Exact information-plane analysis of quantized neural networks, swept with Ray Tune."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _trial_parser(sub)
+    _data_parser(sub)
+    _bench_parser(sub)
+    _report_parser(sub)
+    try:
+        from ibray import launch_cli
+    except ImportError:
+        launch_cli = None
+    if launch_cli is not None:
+        launch_cli.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ibray.config import ConfigError
+    from ibray.data import DataError
+    from ibray.train import TrialStateError
+
+    try:
+        return args.handler(args)
+    except (ConfigError, DataError, TrialStateError) as error:
+        print(f"ibray: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ibray: interrupted; rerun the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

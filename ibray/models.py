@@ -1,0 +1,204 @@
+"""The study's networks, batched over seeds: one module holds S independent networks.
+
+Every weight has a leading seed axis (dense layers: (S, in, out), used with batched matrix
+products; conv layers: S groups of a grouped convolution), and every quantizer keeps one range
+per seed, so S repetitions train in one pass while staying independent: a seed's numbers do
+not depend on which other seeds share the batch. Each seed slot is initialised from its own
+random stream and can be re-initialised alone (a restarted seed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ibray.quantization import Quantizer
+
+# Hidden-layer widths (softmax output added on top); conv is described by CONV_LAYERS.
+DENSE_WIDTHS = {
+    "syn": (10, 7, 5, 4, 3),
+    "bottleneck2": (16, 8, 4, 2),
+    "bottleneck4": (16, 12, 8, 4),
+    "hourglass": (16, 8, 4, 2, 4, 8),
+    "4x10": (10, 10, 10, 10),
+}
+CONV_CHANNELS = 2  # both conv layers: 3x3 kernels, 2 channels, ReLU, then 2x2 max-pooling
+CONV_DENSE = 16  # the dense layer after the convolutions (16 in the authors' code; 20 in the text)
+
+ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "relu": F.relu,
+    "sigmoid": torch.sigmoid,
+    "elu": F.elu,
+    "leaky_relu": F.leaky_relu,
+    "linear": lambda v: v,
+}
+_LOG_EPSILON = 1e-7  # as Keras: the cross-entropy of a quantized probability of 0 stays finite
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str  # e.g. 'dense1', 'conv1', 'output'
+    kind: str  # 'dense' or 'conv'
+    width: int  # neurons of the layer's output T, as the next layer receives it
+
+
+@dataclass
+class Pass:
+    """What one forward pass produced: the log-probabilities used by the loss and, per layer,
+    the values the next layer receives and their integer codes (None for float networks)."""
+
+    log_probs: torch.Tensor  # (S, B, classes)
+    values: list[torch.Tensor]  # per layer (S, B, width)
+    codes: list[torch.Tensor | None]
+
+
+class BatchedNetwork(nn.Module):
+    def __init__(
+        self,
+        architecture: str,
+        activation: str,
+        inputs: int,
+        classes: int,
+        bits: int,
+        seeds: int,
+        init: str = "truncated_normal",
+        tracking: str = "epoch",
+        ema_decay: float = 0.999,
+        image_shape: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.architecture = architecture
+        self.activation = ACTIVATIONS[activation]
+        self.seeds = seeds
+        self.classes = classes
+        self.init = init
+        self.quantized = bits != 32
+        self.image_shape = image_shape
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.layers: list[LayerSpec] = []
+        if architecture == "conv":
+            if image_shape is None:
+                raise ValueError("the conv network needs image inputs")
+            side_h, side_w = image_shape
+            channels_in = 1
+            for number in (1, 2):
+                self._add_conv(f"conv{number}", channels_in, CONV_CHANNELS)
+                side_h, side_w = (side_h - 2) // 2, (side_w - 2) // 2
+                channels_in = CONV_CHANNELS
+                self.layers[-1] = LayerSpec(f"conv{number}", "conv", CONV_CHANNELS * side_h * side_w)
+            widths, previous = (CONV_DENSE,), CONV_CHANNELS * side_h * side_w
+        else:
+            widths, previous = DENSE_WIDTHS[architecture], inputs
+        for number, width in enumerate(widths, start=1):
+            self._add_dense(f"dense{number}", previous, width)
+            previous = width
+        self._add_dense("output", previous, classes)
+        self.quantizers = nn.ModuleList(
+            Quantizer(bits, seeds, tracking, ema_decay) for _ in self.layers
+        ) if self.quantized else None
+
+    def _add_dense(self, name: str, fan_in: int, fan_out: int) -> None:
+        self.weights.append(nn.Parameter(torch.zeros(self.seeds, fan_in, fan_out)))
+        self.biases.append(nn.Parameter(torch.zeros(self.seeds, 1, fan_out)))
+        self.layers.append(LayerSpec(name, "dense", fan_out))
+
+    def _add_conv(self, name: str, channels_in: int, channels_out: int) -> None:
+        self.weights.append(nn.Parameter(torch.zeros(self.seeds, channels_out, channels_in, 3, 3)))
+        self.biases.append(nn.Parameter(torch.zeros(self.seeds, channels_out)))
+        self.layers.append(LayerSpec(name, "conv", 0))
+
+    @torch.no_grad()
+    def init_slot(self, slot: int, generator: torch.Generator) -> None:
+        """(Re-)initialise seed slot `slot` from its own random stream; biases zero.
+
+        truncated_normal: mean 0, std 1/sqrt(the layer's own width), cut at 2 std (as Keras'
+        TruncatedNormal used by the study). glorot: Keras' default, Glorot uniform.
+        """
+        for weight, bias in zip(self.weights, self.biases):
+            shape = weight.shape[1:]
+            if len(shape) == 2:
+                fan_in, fan_out = shape
+                width = fan_out
+            else:  # conv: (out channels, in channels, kh, kw)
+                receptive = shape[2] * shape[3]
+                fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
+                width = shape[0]
+            values = torch.empty(shape)
+            if self.init == "glorot":
+                limit = math.sqrt(6.0 / (fan_in + fan_out))
+                values.uniform_(-limit, limit, generator=generator)
+            else:
+                std = 1.0 / math.sqrt(width)
+                nn.init.trunc_normal_(values, 0.0, std, -2 * std, 2 * std, generator=generator)
+            weight[slot].copy_(values.to(weight.device))
+            bias[slot].zero_()
+        if self.quantizers is not None:
+            for quantizer in self.quantizers:
+                quantizer.reset(torch.tensor([slot], device=quantizer.low.device))
+
+    def reset_ranges(self) -> None:
+        if self.quantizers is not None:
+            for quantizer in self.quantizers:
+                quantizer.reset()
+
+    def set_frozen(self, frozen: bool) -> None:
+        if self.quantizers is not None:
+            for quantizer in self.quantizers:
+                quantizer.frozen = frozen
+
+    def _quantize(self, index: int, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.quantizers is None:
+            return values, None
+        return self.quantizers[index](values)
+
+    def forward(self, x: torch.Tensor) -> Pass:
+        """x: (S, B, inputs), or (B, inputs) shared by all seeds (the MI pass)."""
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.seeds, -1, -1)
+        seeds, batch = x.shape[0], x.shape[1]
+        values: list[torch.Tensor] = []
+        codes: list[torch.Tensor | None] = []
+        hidden = x
+        for index, (spec, weight, bias) in enumerate(zip(self.layers, self.weights, self.biases)):
+            if spec.kind == "conv":
+                if hidden.dim() == 3:  # flat images -> (S, B, 1, H, W)
+                    hidden = hidden.reshape(seeds, batch, 1, *self.image_shape)
+                channels_in, side_h, side_w = hidden.shape[2:]
+                grouped = hidden.transpose(0, 1).reshape(batch, seeds * channels_in, side_h, side_w)
+                out = F.conv2d(grouped, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), groups=seeds)
+                out = self.activation(out)
+                out = out.reshape(batch, seeds, CONV_CHANNELS, *out.shape[2:]).transpose(0, 1)
+                out, code = self._quantize(index, out)
+                # Max-pooling commutes with the monotone quantizer: pool the codes alike.
+                hidden = F.max_pool2d(out.reshape(seeds * batch, CONV_CHANNELS, *out.shape[3:]), 2)
+                hidden = hidden.reshape(seeds, batch, *hidden.shape[1:])
+                if code is not None:
+                    code = F.max_pool2d(code.reshape(seeds * batch, CONV_CHANNELS, *code.shape[3:]), 2)
+                    code = code.reshape(seeds, batch, -1)
+                values.append(hidden.reshape(seeds, batch, -1))
+                codes.append(code)
+                continue
+            if hidden.dim() > 3:
+                hidden = hidden.reshape(seeds, batch, -1)
+            pre = torch.baddbmm(bias, hidden, weight)
+            if spec.name == "output":
+                log_probs = torch.log_softmax(pre, dim=-1)
+                probs, code = self._quantize(index, log_probs.exp())
+                if self.quantizers is not None:
+                    # The loss sees the quantized probabilities; the gradient is that of the
+                    # float log-softmax (straight-through).
+                    quantized_log = torch.log(probs.detach().clamp_min(_LOG_EPSILON))
+                    log_probs = log_probs + (quantized_log - log_probs).detach()
+                values.append(probs)
+                codes.append(code)
+                return Pass(log_probs, values, codes)
+            hidden, code = self._quantize(index, self.activation(pre))
+            values.append(hidden)
+            codes.append(code)
+        raise AssertionError("the output layer is always last")

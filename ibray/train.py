@@ -1,0 +1,587 @@
+"""The training loop of one trial: a block of seeds trained together, measured every N epochs.
+
+Knows nothing of Ray. `Trainer` owns the batched network, a per-seed Adam, per-seed random
+streams and per-seed epoch counters; each measurement runs the whole data set through the
+network with the quantizer ranges held fixed and turns the codes into exact MI (and binning
+estimates) as columnar rows. `run_trial` drives a Trainer, writes the rows to Parquet as it
+goes and hands a checkpoint to a callback at every write, so a caller (the CLI, the Ray
+trainable) can resume.
+
+Every seed slot is independent: its own initialisation, shuffling and label stream (derived
+from (seed, restarts)), its own Adam step count, its own quantizer range and its own epoch
+counter. A slot whose training accuracy is below `min_train_acc` at `restart_epoch` is
+re-initialised from a fresh stream and trained from epoch 0 while the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ibray.config import TrialConfig, binning_bins
+from ibray.data import Dataset, load_dataset
+from ibray.models import BatchedNetwork
+from ibray.mutual_information import bin_codes, float_codes, layer_information
+from ibray.records import ResultsWriter
+
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPSILON = 1e-7  # Keras' default, as in the study
+_EVAL_CHUNK = 8192  # samples per forward chunk in the MI pass (bounds memory on MNIST)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def slot_streams(seed: int, restarts: int) -> tuple[int, int, int]:
+    """Independent stream seeds (init, shuffling, prefit labels) of one attempt of a seed."""
+    init, shuffle, labels = np.random.SeedSequence([seed, restarts]).generate_state(3)
+    return int(init), int(shuffle), int(labels)
+
+
+@dataclass
+class Measurement:
+    """Rows of one measurement, columnar, ready for ResultsWriter."""
+
+    mi: dict[str, list] = field(default_factory=dict)
+    metrics: dict[str, list] = field(default_factory=dict)
+
+    def extend(self, other: "Measurement") -> None:
+        for mine, theirs in ((self.mi, other.mi), (self.metrics, other.metrics)):
+            for key, values in theirs.items():
+                mine.setdefault(key, []).extend(values)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrialConfig,
+        dataset: Dataset,
+        sweep: str = "",
+        global_ranges: dict[tuple[int, int], tuple[float, float]] | None = None,
+        measure_mi: bool = True,
+    ) -> None:
+        self.config = config
+        self.sweep = sweep
+        self.trial = config.trial_id()
+        self.device = pick_device(config.device)
+        self.global_ranges = global_ranges
+        self.measure_mi = measure_mi
+        self.seen_ranges: dict[tuple[int, int], tuple[float, float]] = {}
+        self.total_epochs = config.prefit_epochs + config.epochs
+        self.x = torch.as_tensor(dataset.x, dtype=torch.float32, device=self.device)
+        self.y = np.asarray(dataset.y, dtype=np.int64)
+        self.y_device = torch.as_tensor(self.y, device=self.device)
+        self.train_idx = torch.as_tensor(dataset.train_idx, dtype=torch.long, device=self.device)
+        self.test_idx = torch.as_tensor(dataset.test_idx, dtype=torch.long, device=self.device)
+        self.train_labels = self.y_device[self.train_idx]
+        seeds = len(config.seeds)
+        self.model = BatchedNetwork(
+            config.architecture,
+            config.activation,
+            inputs=dataset.x.shape[1],
+            classes=dataset.n_classes,
+            bits=config.bits,
+            seeds=seeds,
+            init=config.init,
+            tracking=config.range_tracking,
+            ema_decay=config.ema_decay,
+            image_shape=dataset.image_shape,
+        ).to(self.device)
+        params = list(self.model.parameters())
+        self.adam_m = [torch.zeros_like(p) for p in params]
+        self.adam_v = [torch.zeros_like(p) for p in params]
+        self.adam_step = torch.zeros(seeds, device=self.device)
+        self.seeds = list(config.seeds)
+        self.restarts = [0] * seeds
+        self.slot_epoch = [0] * seeds  # epochs completed, prefit included
+        self.shufflers = [torch.Generator() for _ in range(seeds)]
+        self.prefit_labels = torch.zeros(seeds, len(self.train_idx), dtype=torch.long, device=self.device)
+        for slot in range(seeds):
+            self._init_slot(slot)
+
+    # -- slots ------------------------------------------------------------------------------
+    def _init_slot(self, slot: int) -> None:
+        init_seed, shuffle_seed, label_seed = slot_streams(self.seeds[slot], self.restarts[slot])
+        self.model.init_slot(slot, torch.Generator().manual_seed(init_seed))
+        for m, v in zip(self.adam_m, self.adam_v):
+            m[slot].zero_()
+            v[slot].zero_()
+        self.adam_step[slot] = 0
+        self.slot_epoch[slot] = 0
+        self.shufflers[slot].manual_seed(shuffle_seed)
+        order = torch.randperm(len(self.train_idx), generator=torch.Generator().manual_seed(label_seed))
+        self.prefit_labels[slot] = self.train_labels[order.to(self.device)]
+        self._calibrate([slot])
+
+    @torch.no_grad()
+    def _calibrate(self, slots: list[int]) -> None:
+        """Set the quantizer ranges of fresh slots from the training set (epoch 0's ranges)."""
+        quantizers = self.model.quantizers
+        if quantizers is None:
+            return
+        saved = [(q.low.clone(), q.high.clone(), q.tracking) for q in quantizers]
+        self.model.train()
+        for q in quantizers:
+            q.reset()
+            q.tracking = "epoch"
+        for start in range(0, len(self.train_idx), _EVAL_CHUNK):
+            self.model(self.x[self.train_idx[start : start + _EVAL_CHUNK]])
+        keep = torch.ones(len(self.seeds), dtype=torch.bool, device=self.device)
+        keep[slots] = False
+        for q, (low, high, tracking) in zip(quantizers, saved):
+            q.low.copy_(torch.where(keep, low, q.low))
+            q.high.copy_(torch.where(keep, high, q.high))
+            q.tracking = tracking
+
+    def phase_epoch(self, total: int) -> tuple[str, int]:
+        """(phase, epoch within the phase) after `total` completed epochs."""
+        prefit = self.config.prefit_epochs
+        if prefit and total <= prefit:
+            return "prefit", total
+        return "train", total - prefit
+
+    @property
+    def done(self) -> bool:
+        return all(epoch >= self.total_epochs for epoch in self.slot_epoch)
+
+    @property
+    def epochs_run(self) -> int:
+        """Epochs of the slowest slot: the trial's progress."""
+        return min(self.slot_epoch)
+
+    # -- training ---------------------------------------------------------------------------
+    def _adam(self) -> None:
+        beta1, beta2 = _ADAM_BETAS
+        self.adam_step += 1
+        # Keras' form: lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t), per seed.
+        rate = self.config.learning_rate * torch.sqrt(1 - beta2**self.adam_step) / (1 - beta1**self.adam_step)
+        with torch.no_grad():
+            for param, m, v in zip(self.model.parameters(), self.adam_m, self.adam_v):
+                grad = param.grad
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                shape = (-1,) + (1,) * (param.dim() - 1)
+                param.sub_(rate.reshape(shape) * m / (v.sqrt() + _ADAM_EPSILON))
+                param.grad = None
+
+    def train_epoch(self) -> None:
+        """One epoch for every slot still short of its total (finished slots idle along)."""
+        active = [epoch < self.total_epochs for epoch in self.slot_epoch]
+        n_train = len(self.train_idx)
+        orders = torch.stack(
+            [
+                torch.randperm(n_train, generator=gen) if is_active else torch.arange(n_train)
+                for gen, is_active in zip(self.shufflers, active)
+            ]
+        ).to(self.device)
+        in_prefit = torch.tensor(
+            [epoch < self.config.prefit_epochs for epoch in self.slot_epoch], device=self.device
+        )
+        labels = torch.where(in_prefit[:, None], self.prefit_labels, self.train_labels[None, :])
+        self.model.train()
+        if self.config.range_tracking == "epoch":
+            self.model.reset_ranges()
+        for start in range(0, n_train, self.config.batch_size):
+            batch = orders[:, start : start + self.config.batch_size]
+            result = self.model(self.x[self.train_idx[batch]])
+            targets = labels.gather(1, batch)
+            nll = -result.log_probs.gather(2, targets.unsqueeze(-1)).squeeze(-1)
+            nll.mean(dim=1).sum().backward()  # seeds are independent: their losses just add up
+            self._adam()
+        for slot, is_active in enumerate(active):
+            if is_active:
+                self.slot_epoch[slot] += 1
+
+    # -- measuring --------------------------------------------------------------------------
+    @torch.no_grad()
+    def _forward_all(self):
+        """The whole data set through the network, ranges held fixed, in chunks."""
+        self.model.eval()
+        parts = [self.model(self.x[start : start + _EVAL_CHUNK]) for start in range(0, len(self.x), _EVAL_CHUNK)]
+        log_probs = torch.cat([p.log_probs for p in parts], dim=1)
+        values = [torch.cat([p.values[i] for p in parts], dim=1) for i in range(len(self.model.layers))]
+        codes = None
+        if self.model.quantized:
+            codes = [torch.cat([p.codes[i] for p in parts], dim=1) for i in range(len(self.model.layers))]
+        return log_probs, values, codes
+
+    def _metrics(self, log_probs: torch.Tensor) -> dict[str, np.ndarray]:
+        out = {}
+        for split, idx in (("train", self.train_idx), ("test", self.test_idx)):
+            lp = log_probs[:, idx]
+            labels = self.y_device[idx]
+            nll = -lp.gather(2, labels.expand(lp.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+            out[f"{split}_loss"] = nll.mean(dim=1).double().cpu().numpy()
+            out[f"{split}_acc"] = (lp.argmax(dim=2) == labels).double().mean(dim=1).cpu().numpy()
+        return out
+
+    def _axes(self, slots: list[int], repeat: int = 1) -> dict[str, list]:
+        config = self.config
+        phases = [self.phase_epoch(self.slot_epoch[s]) for s in slots]
+        n = len(slots) * repeat
+        return {
+            "sweep": [self.sweep] * n,
+            "trial": [self.trial] * n,
+            "dataset": [config.dataset] * n,
+            "architecture": [config.architecture] * n,
+            "activation": [config.activation] * n,
+            "bits": [config.bits] * n,
+            "seed": [self.seeds[s] for s in slots for _ in range(repeat)],
+            "restarts": [self.restarts[s] for s in slots for _ in range(repeat)],
+            "phase": [phases[i][0] for i in range(len(slots)) for _ in range(repeat)],
+            "epoch": [phases[i][1] for i in range(len(slots)) for _ in range(repeat)],
+        }
+
+    def measure(self, slots: list[int]) -> Measurement:
+        """Metrics and per-layer MI rows of the given slots at their current epoch."""
+        log_probs, values, codes = self._forward_all()
+        index = torch.as_tensor(slots, device=self.device)
+        measurement = Measurement()
+        metrics = self._metrics(log_probs[index])
+        measurement.metrics = {**self._axes(slots), **{k: v.tolist() for k, v in metrics.items()}}
+        layer_values = [v[index].cpu().numpy() for v in values]
+        if self.global_ranges is None and self.config.bin_bounds == "global":
+            for row, slot in enumerate(slots):  # the range pass: remember each run's extremes
+                key = (self.seeds[slot], self.restarts[slot])
+                low = min(float(v[row].min()) for v in layer_values)
+                high = max(float(v[row].max()) for v in layer_values)
+                old_low, old_high = self.seen_ranges.get(key, (math.inf, -math.inf))
+                self.seen_ranges[key] = (min(low, old_low), max(high, old_high))
+        if not self.measure_mi:
+            return measurement
+        columns: dict[str, list] = {}
+        for estimator in self.config.estimators:
+            for number, (spec, layer) in enumerate(zip(self.model.layers, layer_values), start=1):
+                if estimator == "exact":
+                    layer_codes = codes[number - 1][index].to(torch.int32).cpu().numpy() if codes else float_codes(layer)
+                else:
+                    layer_codes = bin_codes(layer, binning_bins(estimator), *self._bin_bounds(slots, layer))
+                info = layer_information(layer_codes, self.y)
+                rows = {
+                    **self._axes(slots),
+                    "estimator": [estimator] * len(slots),
+                    "layer": [number] * len(slots),
+                    "layer_name": [spec.name] * len(slots),
+                    "width": [spec.width] * len(slots),
+                    "mi_xt": info.mi_xt.tolist(),
+                    "mi_ty": info.mi_ty.tolist(),
+                    "h_t": info.h_t.tolist(),
+                    "n_states": info.n_states.tolist(),
+                    "t_min": layer.reshape(len(slots), -1).min(axis=1).astype(float).tolist(),
+                    "t_max": layer.reshape(len(slots), -1).max(axis=1).astype(float).tolist(),
+                }
+                for key, column in rows.items():
+                    columns.setdefault(key, []).extend(column)
+        measurement.mi = columns
+        return measurement
+
+    def _bin_bounds(self, slots: list[int], layer: np.ndarray):
+        bounds = self.config.bin_bounds
+        if bounds == "fixed":
+            return self.config.bin_range
+        if bounds == "layer":
+            flat = layer.reshape(len(slots), -1)
+            return flat.min(axis=1)[:, None, None], flat.max(axis=1)[:, None, None]
+        if self.global_ranges is None:  # the range pass: binning is not measured yet
+            flat = layer.reshape(len(slots), -1)
+            return flat.min(axis=1)[:, None, None], flat.max(axis=1)[:, None, None]
+        ranges = np.array([self.global_ranges[(self.seeds[s], self.restarts[s])] for s in slots])
+        return ranges[:, 0, None, None], ranges[:, 1, None, None]
+
+    def _due(self, slot: int, previous: int) -> bool:
+        epoch = self.slot_epoch[slot]
+        if epoch == previous:
+            return False
+        phase, phase_epoch = self.phase_epoch(epoch)
+        return (
+            epoch % self.config.mi_every == 0
+            or epoch == self.total_epochs
+            or epoch == self.config.prefit_epochs
+            or (phase == "train" and phase_epoch == self.config.restart_epoch)
+        )
+
+    def start(self) -> Measurement:
+        """Epoch 0 of every slot."""
+        return self.measure(list(range(len(self.seeds))))
+
+    def step(self) -> tuple[Measurement, list[tuple[int, int]]]:
+        """Train one epoch, measure the slots that are due, restart dead ones.
+
+        Returns the rows and the (seed, restarts) attempts that were discarded.
+        """
+        before = list(self.slot_epoch)
+        self.train_epoch()
+        due = [s for s in range(len(self.seeds)) if self._due(s, before[s])]
+        measurement = self.measure(due) if due else Measurement()
+        discarded = []
+        if due:
+            accuracy = dict(zip(due, measurement.metrics["train_acc"]))
+            config = self.config
+            for slot in due:
+                phase, epoch = self.phase_epoch(self.slot_epoch[slot])
+                if (
+                    phase == "train"
+                    and epoch == config.restart_epoch
+                    and accuracy[slot] < config.min_train_acc
+                    and self.restarts[slot] < config.max_restarts
+                ):
+                    discarded.append((self.seeds[slot], self.restarts[slot]))
+                    self.restarts[slot] += 1
+                    self._init_slot(slot)
+            if discarded:
+                measurement = self._drop(measurement, discarded)
+                fresh = [s for s in range(len(self.seeds)) if self.slot_epoch[s] == 0]
+                measurement.extend(self.measure(fresh))
+        return measurement, discarded
+
+    @staticmethod
+    def _drop(measurement: Measurement, attempts: list[tuple[int, int]]) -> Measurement:
+        kept = Measurement()
+        for name in ("mi", "metrics"):
+            table = getattr(measurement, name)
+            if not table:
+                continue
+            pairs = list(zip(table["seed"], table["restarts"]))
+            keep = [pair not in attempts for pair in pairs]
+            setattr(kept, name, {k: [v for v, ok in zip(col, keep) if ok] for k, col in table.items()})
+        return kept
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit for bit; loadable with torch.load(weights_only=True)."""
+        return {
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "adam_m": [m.cpu().clone() for m in self.adam_m],
+            "adam_v": [v.cpu().clone() for v in self.adam_v],
+            "adam_step": self.adam_step.cpu().clone(),
+            "seeds": list(self.seeds),
+            "restarts": list(self.restarts),
+            "slot_epoch": list(self.slot_epoch),
+            "shufflers": [g.get_state() for g in self.shufflers],
+            "prefit_labels": self.prefit_labels.cpu().clone(),
+            "trial": self.trial,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("trial") != self.trial or list(state["seeds"]) != self.seeds:
+            raise ValueError(
+                f"checkpoint belongs to trial {state.get('trial')!r} seeds {state.get('seeds')}, "
+                f"not {self.trial!r} seeds {self.seeds}"
+            )
+        self.model.load_state_dict(state["model"])
+        for mine, saved in zip(self.adam_m + self.adam_v, state["adam_m"] + state["adam_v"]):
+            mine.copy_(saved)
+        self.adam_step.copy_(state["adam_step"])
+        self.restarts = list(state["restarts"])
+        self.slot_epoch = list(state["slot_epoch"])
+        for gen, saved in zip(self.shufflers, state["shufflers"]):
+            gen.set_state(saved)
+        self.prefit_labels.copy_(state["prefit_labels"])
+
+
+# -- one trial, end to end -------------------------------------------------------------------
+@dataclass
+class TrialSummary:
+    out: Path
+    trial: str
+    seeds: int
+    epochs: int
+    restarts: dict[int, int]
+    seconds: float
+    final: dict[str, float]  # mean final train/test accuracy
+
+
+def needs_global_ranges(config: TrialConfig) -> bool:
+    return config.bin_bounds == "global" and any(binning_bins(e) for e in config.estimators)
+
+
+def find_global_ranges(config: TrialConfig, dataset: Dataset) -> dict[tuple[int, int], tuple[float, float]]:
+    """The binning range of each run: min and max over all its layers and epochs.
+
+    Found by training once without measuring MI; training is deterministic, so the measuring
+    run that follows goes through the very same states.
+    """
+    trainer = Trainer(config, dataset, measure_mi=False)
+    trainer.start()
+    while not trainer.done:
+        trainer.step()
+    return trainer.seen_ranges
+
+
+def write_trial_info(out: Path, config: TrialConfig, sweep: str, status: str, epochs_run: int) -> None:
+    info = {"sweep": sweep, "trial": config.trial_id(), "status": status, "epochs_run": epochs_run, "config": config.to_dict()}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".trial.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, out / "trial.json")
+
+
+def run_trial(
+    config: TrialConfig,
+    out: str | Path,
+    sweep: str = "",
+    data_dir: str | Path | None = None,
+    dataset: Dataset | None = None,
+    state: dict | None = None,
+    on_write: Callable[[dict, dict], None] | None = None,
+    on_epoch: Callable[[Trainer], None] | None = None,
+) -> TrialSummary:
+    """Train config's seeds, writing Parquet every `write_every` epochs under `out`.
+
+    on_write(checkpoint, scalars) runs right after each write: `checkpoint` continues the run
+    via run_trial(state=checkpoint); `scalars` are a few numbers for a progress report.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir, config.train_fraction, config.split_seed)
+    if state is not None:
+        ranges = state.get("global_ranges")
+        ranges = {(int(s), int(r)): (lo, hi) for s, r, lo, hi in ranges} if ranges else None
+    else:
+        ranges = find_global_ranges(config, dataset) if needs_global_ranges(config) else None
+    trainer = Trainer(config, dataset, sweep, global_ranges=ranges)
+    writer = ResultsWriter(out)
+    write_trial_info(out, config, sweep, "running", 0)
+    last_written = -1
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+        last_written = int(state["written"])
+    else:
+        writer.add(trainer.start())
+
+    def checkpoint() -> dict:
+        packed = [[s, r, lo, hi] for (s, r), (lo, hi) in ranges.items()] if ranges else None
+        return {"trainer": trainer.state_dict(), "written": last_written, "global_ranges": packed}
+
+    latest: dict = {}
+    while not trainer.done:
+        measurement, discarded = trainer.step()
+        for seed, restarts in discarded:
+            writer.drop_seed(seed, restarts)
+        writer.add(measurement)
+        if measurement.metrics:
+            latest = measurement.metrics
+        if on_epoch is not None:
+            on_epoch(trainer)
+        step = trainer.epochs_run
+        if step % config.write_every == 0 or trainer.done:
+            writer.flush(f"{last_written + 1:06d}-{step:06d}")
+            last_written = step
+            write_trial_info(out, config, sweep, "complete" if trainer.done else "running", step)
+            if on_write is not None:
+                on_write(checkpoint(), _scalars(latest, step))
+    if writer.pending():  # e.g. a resumed run that was already complete
+        writer.flush(f"{last_written + 1:06d}-{trainer.epochs_run:06d}")
+    write_trial_info(out, config, sweep, "complete", trainer.epochs_run)
+    return TrialSummary(
+        out=out,
+        trial=trainer.trial,
+        seeds=len(trainer.seeds),
+        epochs=trainer.epochs_run,
+        restarts={seed: r for seed, r in zip(trainer.seeds, trainer.restarts) if r},
+        seconds=time.perf_counter() - started,
+        final=_scalars(latest, trainer.epochs_run),
+    )
+
+
+def _scalars(metrics: dict, epoch: int) -> dict[str, float]:
+    scalars: dict[str, float] = {"epoch": epoch}
+    for key in ("train_acc", "test_acc", "train_loss", "test_loss"):
+        if metrics.get(key):
+            scalars[key] = float(np.mean(metrics[key]))
+    return scalars
+
+
+# -- resumable trials on disk ----------------------------------------------------------------
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class TrialStateError(RuntimeError):
+    """A results folder or checkpoint that cannot be continued; the message says why."""
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Atomically replace `path` with the checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint without executing pickled code (weights_only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged file
+        raise TrialStateError(
+            f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {str(error)[:200]}); "
+            f"delete it to restart the trial from scratch"
+        ) from error
+
+
+def existing_trial(out: Path) -> dict | None:
+    info = out / "trial.json"
+    if not info.exists():
+        return None
+    try:
+        return json.loads(info.read_text())
+    except (OSError, ValueError) as error:
+        raise TrialStateError(f"{info} is unreadable ({error}); move the folder aside or pick another --out") from error
+
+
+def run_resumable(
+    config: TrialConfig,
+    out: str | Path,
+    sweep: str = "",
+    data_dir: str | Path | None = None,
+    overwrite: bool = False,
+    on_write: Callable[[dict, dict], None] | None = None,
+) -> TrialSummary | None:
+    """Run a trial in `out`, continuing from `out/checkpoint.pt` if an earlier run stopped.
+
+    Returns None when `out` already holds this trial, complete (nothing is redone).
+    """
+    out = Path(out)
+    dataset = load_dataset(config.dataset, data_dir, config.train_fraction, config.split_seed)
+    info = existing_trial(out)
+    state = None
+    if info is not None and not overwrite:
+        if info.get("trial") != config.trial_id():
+            raise TrialStateError(
+                f"{out} holds results of trial {info.get('trial')!r}, not {config.trial_id()!r}; "
+                f"pick another --out (or pass --overwrite to replace them)"
+            )
+        if info.get("status") == "complete":
+            return None
+        if (out / CHECKPOINT_FILE).exists():
+            state = load_checkpoint(out / CHECKPOINT_FILE)
+    elif info is not None and overwrite:
+        import shutil
+
+        for name in ("mi", "metrics", CHECKPOINT_FILE, "trial.json"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+    def write(checkpoint: dict, scalars: dict) -> None:
+        save_checkpoint(checkpoint, out / CHECKPOINT_FILE)
+        if on_write is not None:
+            on_write(checkpoint, scalars)
+
+    return run_trial(config, out, sweep=sweep, dataset=dataset, state=state, on_write=write)
