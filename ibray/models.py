@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ibray.quantization import Quantizer
+from ibray.quantization import Quantizer, straight_through
 
 # Hidden-layer widths (softmax output added on top); conv is described by CONV_LAYERS.
 DENSE_WIDTHS = {
@@ -152,13 +152,16 @@ class BatchedNetwork(nn.Module):
             for quantizer in self.quantizers:
                 quantizer.frozen = frozen
 
-    def _quantize(self, index: int, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _quantize(self, index: int, values: torch.Tensor, valid: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.quantizers is None:
             return values, None
-        return self.quantizers[index](values)
+        return self.quantizers[index](values, valid)
 
-    def forward(self, x: torch.Tensor) -> Pass:
-        """x: (S, B, inputs), or (B, inputs) shared by all seeds (the MI pass)."""
+    def forward(self, x: torch.Tensor, valid: int | None = None) -> Pass:
+        """x: (S, B, inputs), or (B, inputs) shared by all seeds (the MI pass).
+
+        valid: only the first `valid` samples of the batch count for the quantizer ranges
+        (the rest is padding)."""
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.seeds, -1, -1)
         seeds, batch = x.shape[0], x.shape[1]
@@ -174,7 +177,7 @@ class BatchedNetwork(nn.Module):
                 out = F.conv2d(grouped, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), groups=seeds)
                 out = self.activation(out)
                 out = out.reshape(batch, seeds, CONV_CHANNELS, *out.shape[2:]).transpose(0, 1)
-                out, code = self._quantize(index, out)
+                out, code = self._quantize(index, out, valid)
                 # Max-pooling commutes with the monotone quantizer: pool the codes alike.
                 hidden = F.max_pool2d(out.reshape(seeds * batch, CONV_CHANNELS, *out.shape[3:]), 2)
                 hidden = hidden.reshape(seeds, batch, *hidden.shape[1:])
@@ -189,16 +192,16 @@ class BatchedNetwork(nn.Module):
             pre = torch.baddbmm(bias, hidden, weight)
             if spec.name == "output":
                 log_probs = torch.log_softmax(pre, dim=-1)
-                probs, code = self._quantize(index, log_probs.exp())
+                probs, code = self._quantize(index, log_probs.exp(), valid)
                 if self.quantizers is not None:
                     # The loss sees the quantized probabilities; the gradient is that of the
                     # float log-softmax (straight-through).
                     quantized_log = torch.log(probs.detach().clamp_min(_LOG_EPSILON))
-                    log_probs = log_probs + (quantized_log - log_probs).detach()
+                    log_probs = straight_through(log_probs, quantized_log)
                 values.append(probs)
                 codes.append(code)
                 return Pass(log_probs, values, codes)
-            hidden, code = self._quantize(index, self.activation(pre))
+            hidden, code = self._quantize(index, self.activation(pre), valid)
             values.append(hidden)
             codes.append(code)
         raise AssertionError("the output layer is always last")

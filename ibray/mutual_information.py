@@ -4,10 +4,10 @@ Knows nothing of networks: it takes the integer codes of a layer (one row per sa
 column per neuron) and the labels, and returns bits. X is uniform over the N samples and the
 network is deterministic, so I(X;T) = H(T) and I(T;Y) = H(T) + H(Y) - H(T,Y).
 
-Exact means exact: rows are identified by sorting (numpy.unique on bit-packed words), never
-by a hash that can collide. Rows wider than one 64-bit word are identified word by word:
-after each word the rows are replaced by their dense rank, which needs only log2(rows) bits,
-so the next word fits beside it.
+Exact means exact: rows are identified by sorting bit-packed integer keys, never by a hash
+that can collide. A row wider than one 64-bit word is packed word by word: when the key is
+full it is replaced by its dense rank among the seed's rows, which needs only log2(rows)
+bits, so the next columns fit beside it. All seeds are sorted at once, row by row.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 _WORD_BITS = 63  # keys stay non-negative int64
 
@@ -31,52 +30,16 @@ class LayerInformation:
 
 
 def _bits(top: int) -> int:
-    return max(int(top).bit_length(), 0)
-
-
-def _pack_words(columns: list[np.ndarray], widths: list[int], rank_bits: int) -> list[list[int]]:
-    """Group consecutive columns into words: the first holds 63 bits, later ones leave room
-    for the dense rank of everything before them."""
-    words: list[list[int]] = [[]]
-    used = 0
-    for index, width in enumerate(widths):
-        budget = _WORD_BITS if len(words) == 1 else _WORD_BITS - rank_bits
-        if width > _WORD_BITS - rank_bits:
-            raise ValueError(f"column {index} needs {width} bits; at most {_WORD_BITS - rank_bits} supported")
-        if used + width > budget:
-            words.append([])
-            used = 0
-        words[-1].append(index)
-        used += width
-    return words
-
-
-def _unique(key: np.ndarray, inverse: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Sorted distinct values of an int64 key, the index of each row's value, and the counts.
-
-    torch's sort-based unique is several times faster than numpy's on the CPU, and exact.
-    """
-    values, *rest = torch.unique(torch.from_numpy(key), sorted=True, return_inverse=inverse, return_counts=True)
-    if inverse:
-        return values.numpy(), rest[0].numpy(), rest[1].numpy()
-    return values.numpy(), None, rest[0].numpy()
-
-
-def dense_ids(codes: np.ndarray) -> np.ndarray:
-    """Map each row of a non-negative integer matrix (rows, columns) to its dense rank.
-
-    Two rows get the same id exactly when they are equal; ids are 0..(distinct rows - 1) and
-    follow the lexicographic order of the rows.
-    """
-    codes = _check_codes(codes)
-    columns = [codes[:, j] for j in range(codes.shape[1])]
-    return _rank_columns(columns, final=None)[0]
+    """Bits needed to hold the non-negative integer `top`."""
+    return int(top).bit_length()
 
 
 def _check_codes(codes: np.ndarray) -> np.ndarray:
     codes = np.asarray(codes)
-    if codes.ndim != 2:
-        raise ValueError(f"codes must be (rows, columns), got shape {codes.shape}")
+    if codes.ndim == 2:
+        codes = codes[None]
+    if codes.ndim != 3:
+        raise ValueError(f"codes must be (samples, neurons) or (seeds, samples, neurons), got shape {codes.shape}")
     if codes.dtype.kind not in "ui":
         raise ValueError(f"codes must be integers, got {codes.dtype}")
     if codes.dtype.kind == "i" and codes.size and codes.min() < 0:
@@ -84,32 +47,61 @@ def _check_codes(codes: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _rank_columns(columns: list[np.ndarray], final: np.ndarray | None):
-    """Rank rows given as columns, word by word. With `final` (the labels), the last word also
-    holds the label, and the result is (ids of the rows with label, distinct values, counts)."""
-    rows = len(columns[0]) if columns else len(final)
-    widths = [_bits(c.max()) if len(c) else 0 for c in columns]
-    if final is not None:
-        columns = columns + [final]
-        widths = widths + [max(_bits(final.max()), 1)]
-    rank_bits = max(1, int(rows).bit_length())
-    words = _pack_words(columns, widths, rank_bits)
-    ids = None
-    for number, word in enumerate(words):
-        key = np.zeros(rows, dtype=np.int64) if ids is None else ids
-        for index in word:
-            key = (key << widths[index]) | columns[index].astype(np.int64)
-        last = number == len(words) - 1
-        values, ids, counts = _unique(key, inverse=not last or final is None)
-        if last:
-            return ids, values, counts
-    raise AssertionError("unreachable")
+def rank_rows(keys: np.ndarray) -> np.ndarray:
+    """Dense rank of each value within its row: keys (seeds, samples) int64 -> ranks 0..distinct-1.
+
+    Equal values get equal ranks and the order is kept, so a rank can stand in for the value
+    when more columns are appended to the key.
+    """
+    order = np.argsort(keys, axis=1)
+    ordered = np.take_along_axis(keys, order, axis=1)
+    steps = np.zeros(keys.shape, dtype=np.int64)
+    steps[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ranks = np.empty_like(steps)
+    np.put_along_axis(ranks, order, np.cumsum(steps, axis=1), axis=1)
+    return ranks
 
 
-def _entropy(counts: np.ndarray, owner: np.ndarray, groups: int, n: int) -> np.ndarray:
-    """Entropy in bits per group, from the counts of states and the group that owns each state."""
-    p = counts / n
-    return np.bincount(owner, weights=-p * np.log2(p), minlength=groups)
+def _packed_keys(codes: np.ndarray, tail: np.ndarray | None, tail_bits: int) -> np.ndarray:
+    """One int64 key per (seed, sample) such that keys are equal exactly when the rows of
+    codes (and the tail column, if given) are equal, and ordered like the rows."""
+    seeds, samples, width = codes.shape
+    rank_bits = max(1, int(samples).bit_length())
+    key = np.zeros((seeds, samples), dtype=np.int64)
+    used = 0
+    columns = [(codes[:, :, j], _bits(codes[:, :, j].max()) if codes.size else 0) for j in range(width)]
+    if tail is not None:
+        columns.append((np.broadcast_to(tail, (seeds, samples)), tail_bits))
+    for column, bits in columns:
+        if bits > _WORD_BITS - rank_bits:
+            raise ValueError(f"a code of {bits} bits is too wide; at most {_WORD_BITS - rank_bits} supported")
+        if used + bits > _WORD_BITS:  # the key is full: replace it by its rank, then go on
+            key = rank_rows(key)
+            used = rank_bits
+        key = (key << bits) | column.astype(np.int64)
+        used += bits
+    return key
+
+
+def dense_ids(codes: np.ndarray) -> np.ndarray:
+    """Map each row of a non-negative integer matrix (rows, columns) to its dense rank.
+
+    Two rows get the same id exactly when they are equal; ids run 0..(distinct rows - 1).
+    """
+    codes = _check_codes(codes)
+    if codes.shape[0] != 1:
+        raise ValueError("dense_ids takes one (rows, columns) matrix")
+    return rank_rows(_packed_keys(codes, None, 0))[0]
+
+
+def _entropy_per_row(boundaries: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Entropy (bits) and number of states per row of sorted keys, from where new values start."""
+    seeds = boundaries.shape[0]
+    starts = np.flatnonzero(boundaries.reshape(-1))
+    counts = np.diff(np.append(starts, boundaries.size))
+    p = counts / samples
+    owner = starts // samples
+    return np.bincount(owner, weights=-p * np.log2(p), minlength=seeds), np.bincount(owner, minlength=seeds)
 
 
 def layer_information(codes: np.ndarray, labels: np.ndarray) -> LayerInformation:
@@ -117,39 +109,29 @@ def layer_information(codes: np.ndarray, labels: np.ndarray) -> LayerInformation
 
     codes: (samples, neurons) or (seeds, samples, neurons) non-negative integers.
     labels: (samples,) non-negative integers.
-    All seeds are counted in one sort: the seed is the leading column of every row.
+    Each seed's rows are packed into one integer key with the label as its lowest bits and
+    sorted; (T, Y) changes wherever the key does, T wherever the key without the label does.
     """
-    codes = np.asarray(codes)
-    if codes.ndim == 2:
-        codes = codes[None]
-    seeds, n, width = codes.shape
-    flat = _check_codes(codes.reshape(seeds * n, width))
+    codes = _check_codes(codes)
+    seeds, samples, _ = codes.shape
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
-    if labels.shape[0] != n:
-        raise ValueError(f"{n} rows of codes but {labels.shape[0]} labels")
-    seed_of_row = np.repeat(np.arange(seeds, dtype=np.int64), n)
-    columns = [seed_of_row] + [flat[:, j] for j in range(width)]
-    _, joint, joint_counts = _rank_columns(columns, final=np.tile(labels, seeds))
-
-    # Distinct (seed, T, Y) values come sorted, so the label is the lowest bits of each value
-    # and the (seed, T) part changes exactly where a new state of T starts.
+    if labels.shape[0] != samples:
+        raise ValueError(f"{samples} rows of codes but {labels.shape[0]} labels")
     label_bits = max(_bits(labels.max()), 1)
-    state_part = joint >> label_bits
-    starts = np.flatnonzero(np.concatenate([[True], state_part[1:] != state_part[:-1]]))
-    state_counts = np.add.reduceat(joint_counts, starts)
-    # The seed owning each distinct value: values are sorted with the seed leading, so the
-    # owner is non-decreasing; recover it from how many rows each seed contributes.
-    first_row = np.cumsum(joint_counts) - joint_counts
-    joint_owner = first_row // n
-    state_owner = joint_owner[starts]
+    keys = np.sort(_packed_keys(codes, labels[None, :], label_bits), axis=1)
 
-    h_t = _entropy(state_counts, state_owner, seeds, n)
-    h_ty = _entropy(joint_counts, joint_owner, seeds, n)
-    label_p = np.bincount(labels) / n
+    joint_new = np.ones(keys.shape, dtype=bool)
+    joint_new[:, 1:] = keys[:, 1:] != keys[:, :-1]
+    states = keys >> label_bits
+    state_new = np.ones(keys.shape, dtype=bool)
+    state_new[:, 1:] = states[:, 1:] != states[:, :-1]
+    h_t, n_states = _entropy_per_row(state_new, samples)
+    h_ty, _ = _entropy_per_row(joint_new, samples)
+
+    label_p = np.bincount(labels) / samples
     label_p = label_p[label_p > 0]
     h_y = float(-(label_p * np.log2(label_p)).sum())
     mi_ty = np.maximum(h_t + h_y - h_ty, 0.0)  # float rounding can dip a hair below zero
-    n_states = np.bincount(state_owner, minlength=seeds)
     return LayerInformation(h_t=h_t, mi_xt=h_t.copy(), mi_ty=mi_ty, n_states=n_states)
 
 

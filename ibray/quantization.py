@@ -14,6 +14,27 @@ import torch
 from torch import nn
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward: exactly the quantized values. Backward: the gradient passes unchanged.
+
+    (`values + (quantized - values).detach()` is not exact in floating point: equal codes
+    would reach the next layer as slightly different numbers.)
+    """
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+        return quantized
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def straight_through(values: torch.Tensor, replacement: torch.Tensor) -> torch.Tensor:
+    """`replacement` in the forward pass, with the gradient of `values` in the backward pass."""
+    return _StraightThrough.apply(values, replacement) if values.requires_grad else replacement
+
+
 class Quantizer(nn.Module):
     def __init__(self, bits: int, seeds: int, tracking: str = "epoch", ema_decay: float = 0.999) -> None:
         super().__init__()
@@ -35,7 +56,7 @@ class Quantizer(nn.Module):
             self.high[slots] = float("-inf")
 
     def _track(self, values: torch.Tensor) -> None:
-        flat = values.detach().reshape(values.shape[0], -1)
+        flat = values.detach().flatten(1)
         batch_low, batch_high = flat.amin(dim=1), flat.amax(dim=1)
         fresh = torch.isinf(self.low)
         if self.tracking == "epoch":
@@ -49,24 +70,28 @@ class Quantizer(nn.Module):
             self.low.copy_(torch.where(fresh, batch_low, decay * self.low + (1 - decay) * batch_low))
             self.high.copy_(torch.where(fresh, batch_high, decay * self.high + (1 - decay) * batch_high))
 
-    def codes(self, values: torch.Tensor) -> torch.Tensor:
-        """Integer codes 0..2^bits-1 of values (seeds first) under the current ranges."""
-        shape = (-1,) + (1,) * (values.dim() - 1)
-        low = self.low.reshape(shape)
-        step = ((self.high - self.low) / self.levels).reshape(shape)
-        # A constant layer (high == low) maps everything to code 0.
-        scaled = torch.where(step > 0, (values - low) / torch.where(step > 0, step, 1.0), 0.0)
-        return torch.clamp(torch.round(scaled), 0, self.levels)
+    def _grid(self, dims: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-seed low, step and 1/step, shaped to broadcast over (seeds, ...) values.
+        A constant layer (high == low) has step 0 and maps everything to code 0."""
+        shape = (-1,) + (1,) * (dims - 1)
+        step = (self.high - self.low) / self.levels
+        inverse = torch.where(step > 0, 1.0 / torch.where(step > 0, step, 1.0), 0.0)
+        return self.low.reshape(shape), step.reshape(shape), inverse.reshape(shape)
 
-    def forward(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def codes(self, values: torch.Tensor) -> torch.Tensor:
+        """Integer codes 0..2^bits-1 (as floats) of values (seeds first) under the current ranges."""
+        low, _, inverse = self._grid(values.dim())
+        return ((values.detach() - low) * inverse).round_().clamp_(0, self.levels)
+
+    def forward(self, values: torch.Tensor, valid: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantized values (straight-through gradient) and their integer codes (as floats).
 
-        values: (seeds, ...) activations after the layer's activation function.
+        values: (seeds, batch, ...) activations after the layer's activation function.
+        valid: only values[:, :valid] update the range (the rest of the batch is padding).
         """
         if self.training and not self.frozen:
-            self._track(values)
-        codes = self.codes(values.detach())
-        shape = (-1,) + (1,) * (values.dim() - 1)
-        step = ((self.high - self.low) / self.levels).reshape(shape)
-        quantized = self.low.reshape(shape) + codes * step
-        return values + (quantized - values).detach(), codes
+            self._track(values if valid is None else values[:, :valid])
+        low, step, inverse = self._grid(values.dim())
+        codes = ((values.detach() - low) * inverse).round_().clamp_(0, self.levels)
+        quantized = codes * step + low  # not addcmul: a fused multiply-add rounds differently
+        return straight_through(values, quantized), codes

@@ -9,16 +9,24 @@ A sweep puts one such folder per trial under <root>/<sweep>/trials/<trial>/, so 
 `<root>/<sweep>/**/mi/*.parquet` is one data set. Every row carries its axes (sweep, trial,
 dataset, architecture, activation, bits, seed, restarts), so analysis never parses paths.
 This schema is the contract with `analysis/`, which checks it on load.
+
+A results folder is a local path or any filesystem URI pyarrow resolves (s3://, gs://,
+file://, ...). Local files are written to a temporary name and renamed; on object stores a
+single PUT is atomic, so the final key is written directly, from bytes serialized in memory
+(a failed serialization never leaves a partial object behind).
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 AXES = [
@@ -65,8 +73,52 @@ MI_KEY = ["sweep", "trial", "seed", "phase", "epoch", "estimator", "layer"]
 METRICS_KEY = ["sweep", "trial", "seed", "phase", "epoch"]
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
+def is_uri(location: str | os.PathLike) -> bool:
+    """True for a filesystem URI (s3://bucket/x, file:///tmp/x), False for a plain path."""
+    return isinstance(location, str) and "://" in location
+
+
+def join(location: str | os.PathLike, *names: str) -> str | Path:
+    """`location`/names...: a URI stays a string, a path stays a Path."""
+    if is_uri(location):
+        return "/".join([location.rstrip("/"), *names])
+    return Path(location).joinpath(*names)
+
+
+@functools.lru_cache(maxsize=64)
+def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    # Cached: building an S3 or GCS filesystem may cost a network round trip.
+    return pafs.FileSystem.from_uri(uri)
+
+
+def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path on it) of a local path or a URI."""
+    if is_uri(location):
+        return _from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).absolute())
+
+
+def _write_uri_atomic(data: bytes, uri: str) -> None:
+    filesystem, path = resolve(uri)
+    parent, name = path.rsplit("/", 1)
+    filesystem.create_dir(parent, recursive=True)
+    if isinstance(filesystem, pafs.LocalFileSystem):  # a local URI: rename is atomic
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
+        with filesystem.open_output_stream(tmp) as sink:
+            sink.write(data)
+        filesystem.move(tmp, path)
+    else:  # object stores: one PUT is atomic, and there is no rename
+        with filesystem.open_output_stream(path) as sink:
+            sink.write(data)
+
+
+def write_atomic(table: pa.Table, path: str | Path) -> None:
     """Write a Parquet file so that `path` is either absent or complete: write, fsync, rename."""
+    if is_uri(path):
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        _write_uri_atomic(buffer.getvalue(), path)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -79,11 +131,43 @@ def write_atomic(table: pa.Table, path: Path) -> None:
             tmp.unlink()
 
 
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Replace a small text file (e.g. trial.json) at once: readers see the old or the new."""
+    if is_uri(path):
+        _write_uri_atomic(text.encode(), path)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_text(path: str | Path) -> str | None:
+    """The text of a small file, or None when it does not exist."""
+    if not is_uri(path):
+        return Path(path).read_text() if Path(path).exists() else None
+    filesystem, inner = resolve(path)
+    if filesystem.get_file_info(inner).type != pafs.FileType.File:
+        return None
+    with filesystem.open_input_stream(inner) as source:
+        return source.read().decode()
+
+
+def list_parts(folder: str | Path) -> list[str | Path]:
+    """The part-*.parquet files in a table folder, sorted; [] when the folder does not exist."""
+    if not is_uri(folder):
+        return sorted(Path(folder).glob("part-*.parquet"))
+    filesystem, inner = resolve(folder)
+    infos = filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+    return [join(folder, n) for n in names if n.startswith("part-") and n.endswith(".parquet")]
+
+
 class ResultsWriter:
     """Buffers columnar batches of both tables and writes them as part files."""
 
-    def __init__(self, out: Path) -> None:
-        self.out = Path(out)
+    def __init__(self, out: str | Path) -> None:
+        self.out = out if is_uri(out) else Path(out)
         self._batches: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
 
     def add(self, measurement) -> None:
@@ -106,7 +190,7 @@ class ResultsWriter:
         for name, batches in self._batches.items():
             if not batches:
                 continue
-            path = self.out / name / f"part-{tag}.parquet"
+            path = join(self.out, name, f"part-{tag}.parquet")
             write_atomic(pa.concat_tables(batches), path)
             written.append(path)
             batches.clear()
@@ -116,8 +200,8 @@ class ResultsWriter:
         """Remove a discarded attempt of a seed from the buffer and from files already written."""
         for name, batches in self._batches.items():
             batches[:] = [t.filter(pc.invert(_attempt(t, seed, restarts))) for t in batches]
-            for path in sorted((self.out / name).glob("part-*.parquet")):
-                table = pq.read_table(path)
+            for path in list_parts(join(self.out, name)):
+                table = pq.read_table(str(path))
                 stale = _attempt(table, seed, restarts)
                 if pc.any(stale).as_py():
                     write_atomic(table.filter(pc.invert(stale)), path)

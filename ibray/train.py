@@ -30,11 +30,12 @@ from ibray.config import TrialConfig, binning_bins
 from ibray.data import Dataset, load_dataset
 from ibray.models import BatchedNetwork
 from ibray.mutual_information import bin_codes, float_codes, layer_information
-from ibray.records import ResultsWriter
+from ibray.records import ResultsWriter, is_uri, join, write_text_atomic
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPSILON = 1e-7  # Keras' default, as in the study
-_EVAL_CHUNK = 8192  # samples per forward chunk in the MI pass (bounds memory on MNIST)
+_EVAL_CHUNK = 8192
+_LANES = 16  # floats per AVX-512 register: training batches are padded to a multiple  # samples per forward chunk in the MI pass (bounds memory on MNIST)
 
 
 def pick_device(name: str) -> torch.device:
@@ -87,6 +88,7 @@ class Trainer:
         self.train_idx = torch.as_tensor(dataset.train_idx, dtype=torch.long, device=self.device)
         self.test_idx = torch.as_tensor(dataset.test_idx, dtype=torch.long, device=self.device)
         self.train_labels = self.y_device[self.train_idx]
+        self.x_train = self.x[self.train_idx]
         seeds = len(config.seeds)
         self.model = BatchedNetwork(
             config.architecture,
@@ -100,10 +102,10 @@ class Trainer:
             ema_decay=config.ema_decay,
             image_shape=dataset.image_shape,
         ).to(self.device)
-        params = list(self.model.parameters())
+        params = self.params = list(self.model.parameters())
         self.adam_m = [torch.zeros_like(p) for p in params]
         self.adam_v = [torch.zeros_like(p) for p in params]
-        self.adam_step = torch.zeros(seeds, device=self.device)
+        self.adam_step = [0] * seeds  # Adam steps taken, per seed
         self.seeds = list(config.seeds)
         self.restarts = [0] * seeds
         self.slot_epoch = [0] * seeds  # epochs completed, prefit included
@@ -165,17 +167,33 @@ class Trainer:
     # -- training ---------------------------------------------------------------------------
     def _adam(self) -> None:
         beta1, beta2 = _ADAM_BETAS
-        self.adam_step += 1
-        # Keras' form: lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t), per seed.
-        rate = self.config.learning_rate * torch.sqrt(1 - beta2**self.adam_step) / (1 - beta1**self.adam_step)
+        self.adam_step = [step + 1 for step in self.adam_step]
+        # Keras' form: lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t), per seed. Computed in
+        # Python: torch's vectorised pow would round a seed's rate by its slot's position.
+        lr = self.config.learning_rate
+        rate = torch.tensor(
+            [lr * math.sqrt(1 - beta2**step) / (1 - beta1**step) for step in self.adam_step], device=self.device
+        )
+        params = self.params
+        grads = [p.grad for p in params]
+        # Only plain multiplies, adds, divides and square roots (no lerp, addcmul or alpha=):
+        # those are exact in IEEE arithmetic, so the vectorised body and the scalar tail of a
+        # kernel agree and a seed's update does not depend on where its slot starts.
         with torch.no_grad():
-            for param, m, v in zip(self.model.parameters(), self.adam_m, self.adam_v):
-                grad = param.grad
-                m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                shape = (-1,) + (1,) * (param.dim() - 1)
-                param.sub_(rate.reshape(shape) * m / (v.sqrt() + _ADAM_EPSILON))
-                param.grad = None
+            torch._foreach_mul_(self.adam_m, beta1)
+            torch._foreach_add_(self.adam_m, torch._foreach_mul(grads, 1 - beta1))
+            torch._foreach_mul_(self.adam_v, beta2)
+            squares = torch._foreach_mul(grads, grads)
+            torch._foreach_mul_(squares, 1 - beta2)
+            torch._foreach_add_(self.adam_v, squares)
+            denominators = torch._foreach_sqrt(self.adam_v)
+            torch._foreach_add_(denominators, _ADAM_EPSILON)
+            updates = torch._foreach_div(self.adam_m, denominators)
+            rates = [rate.reshape((-1,) + (1,) * (p.dim() - 1)) for p in params]
+            torch._foreach_mul_(updates, rates)
+            torch._foreach_sub_(params, updates)
+        for p in params:
+            p.grad = None
 
     def train_epoch(self) -> None:
         """One epoch for every slot still short of its total (finished slots idle along)."""
@@ -196,9 +214,16 @@ class Trainer:
             self.model.reset_ranges()
         for start in range(0, n_train, self.config.batch_size):
             batch = orders[:, start : start + self.config.batch_size]
-            result = self.model(self.x[self.train_idx[batch]])
-            targets = labels.gather(1, batch)
-            nll = -result.log_probs.gather(2, targets.unsqueeze(-1)).squeeze(-1)
+            size = batch.shape[1]
+            # Pad a short batch to a multiple of the SIMD width with (ignored) real samples:
+            # every seed's block of activations then starts on the same vector lane, so
+            # vectorised tanh/exp give a seed the same bits whichever slot it occupies.
+            padded = -size % _LANES
+            if padded:
+                batch = torch.cat([batch, batch[:, :padded]], dim=1)
+            result = self.model(self.x_train[batch], valid=size)
+            targets = labels.gather(1, batch[:, :size])
+            nll = -result.log_probs[:, :size].gather(2, targets.unsqueeze(-1)).squeeze(-1)
             nll.mean(dim=1).sum().backward()  # seeds are independent: their losses just add up
             self._adam()
         for slot, is_active in enumerate(active):
@@ -211,11 +236,14 @@ class Trainer:
         """The whole data set through the network, ranges held fixed, in chunks."""
         self.model.eval()
         parts = [self.model(self.x[start : start + _EVAL_CHUNK]) for start in range(0, len(self.x), _EVAL_CHUNK)]
-        log_probs = torch.cat([p.log_probs for p in parts], dim=1)
-        values = [torch.cat([p.values[i] for p in parts], dim=1) for i in range(len(self.model.layers))]
-        codes = None
-        if self.model.quantized:
-            codes = [torch.cat([p.codes[i] for p in parts], dim=1) for i in range(len(self.model.layers))]
+
+        def joined(pieces: list[torch.Tensor]) -> torch.Tensor:
+            return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+        layers = range(len(self.model.layers))
+        log_probs = joined([p.log_probs for p in parts])
+        values = [joined([p.values[i] for p in parts]) for i in layers]
+        codes = [joined([p.codes[i] for p in parts]) for i in layers] if self.model.quantized else None
         return log_probs, values, codes
 
     def _metrics(self, log_probs: torch.Tensor) -> dict[str, np.ndarray]:
@@ -366,7 +394,7 @@ class Trainer:
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "adam_m": [m.cpu().clone() for m in self.adam_m],
             "adam_v": [v.cpu().clone() for v in self.adam_v],
-            "adam_step": self.adam_step.cpu().clone(),
+            "adam_step": list(self.adam_step),
             "seeds": list(self.seeds),
             "restarts": list(self.restarts),
             "slot_epoch": list(self.slot_epoch),
@@ -384,7 +412,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         for mine, saved in zip(self.adam_m + self.adam_v, state["adam_m"] + state["adam_v"]):
             mine.copy_(saved)
-        self.adam_step.copy_(state["adam_step"])
+        self.adam_step = list(state["adam_step"])
         self.restarts = list(state["restarts"])
         self.slot_epoch = list(state["slot_epoch"])
         for gen, saved in zip(self.shufflers, state["shufflers"]):
@@ -395,7 +423,7 @@ class Trainer:
 # -- one trial, end to end -------------------------------------------------------------------
 @dataclass
 class TrialSummary:
-    out: Path
+    out: Path | str  # a local path, or the URI it was given
     trial: str
     seeds: int
     epochs: int
@@ -421,12 +449,9 @@ def find_global_ranges(config: TrialConfig, dataset: Dataset) -> dict[tuple[int,
     return trainer.seen_ranges
 
 
-def write_trial_info(out: Path, config: TrialConfig, sweep: str, status: str, epochs_run: int) -> None:
+def write_trial_info(out: str | Path, config: TrialConfig, sweep: str, status: str, epochs_run: int) -> None:
     info = {"sweep": sweep, "trial": config.trial_id(), "status": status, "epochs_run": epochs_run, "config": config.to_dict()}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".trial.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, out / "trial.json")
+    write_text_atomic(json.dumps(info, indent=2), join(out, "trial.json"))
 
 
 def run_trial(
@@ -441,11 +466,12 @@ def run_trial(
 ) -> TrialSummary:
     """Train config's seeds, writing Parquet every `write_every` epochs under `out`.
 
+    `out` is a local path or a filesystem URI (s3://..., gs://..., file://...).
     on_write(checkpoint, scalars) runs right after each write: `checkpoint` continues the run
     via run_trial(state=checkpoint); `scalars` are a few numbers for a progress report.
     """
     started = time.perf_counter()
-    out = Path(out)
+    out = out if is_uri(out) else Path(out)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir, config.train_fraction, config.split_seed)
     if state is not None:

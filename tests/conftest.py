@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -15,3 +17,31 @@ def synthetic():
     from ibray.data import load_dataset
 
     return load_dataset("synthetic12")
+
+
+
+# Ray caches its authentication mode when first imported, so the sweep tests' choice is made
+# here, before any test imports ray: token auth with a per-session token that every process
+# the tests start (nodes, drivers) inherits; ~/.ray is left alone.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real two-node Ray cluster on 127.0.0.1 (a head and a worker, 1 CPU each), connected.
+
+    Shared by the sweep tests: starting Ray costs seconds. Its processes are children of this
+    process; cluster.shutdown() ends exactly the nodes it started.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    cluster.connect()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()

@@ -1,0 +1,437 @@
+"""The HTML report: one self-contained file over one or more results folders; `ibray report`.
+
+This module owns the page and is the only part of `analysis` that writes files. It runs
+every aggregation in one Polars `collect_all` (so the Parquet files are scanned once), draws
+the charts, and writes one HTML file with Vega, Vega-Lite and vega-embed inlined once (from
+vl-convert), each chart's spec embedded as JSON and rendered by vegaEmbed, so the page opens
+offline; a Content-Security-Policy forbids any network request.
+
+Everything from the results (names, values, sweep files) is escaped: text in HTML goes
+through html.escape, JSON in <script> blocks has <, > and & as \\u escapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import html
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import altair as alt
+import polars as pl
+
+from analysis import aggregate, charts, phases
+from analysis.aggregate import METRICS_RUN_GROUP, RUN_GROUP
+from analysis.load import REPETITION, Results, ResultsError, load
+
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+    "img-src data: blob:; font-src data:"
+)
+
+
+@functools.cache
+def javascript_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one classic script defining window.vegaEmbed."""
+    import vl_convert
+
+    return vl_convert.javascript_bundle().replace("</script", "<\\/script")
+
+
+@dataclass
+class Figure:
+    slug: str  # file name of its PNG, and the div's id
+    chart: alt.TopLevelMixin
+
+
+@dataclass
+class Section:
+    anchor: str
+    title: str
+    level: int  # 2 or 3
+    body: list[str | Figure] = field(default_factory=list)
+
+
+@dataclass
+class Tables:
+    """Everything the report shows, collected from the lazy frames in one pass."""
+
+    mi_stats: pl.DataFrame
+    metrics_stats: pl.DataFrame
+    median: pl.DataFrame
+    median_rows: pl.DataFrame
+    phases: pl.DataFrame
+    dpi: pl.DataFrame
+    final: pl.DataFrame
+    progress: pl.DataFrame
+
+
+def compute(results: Results, threshold: float = phases.DEFAULT_THRESHOLD) -> Tables:
+    """Run all aggregations over the results and return small eager tables.
+
+    The deduplicated rows are read once into memory (only the columns needed, strings as
+    Categorical): Polars does not share the deduplicating scan between queries, and every
+    query on the in-memory rows is much faster than a rescan.
+    """
+    mi_columns = [*aggregate.GROUP, *REPETITION, "epoch", "layer", "layer_name", "width", "mi_xt", "mi_ty"]
+    slim = pl.col(pl.String).cast(pl.Categorical)
+    mi, metrics = pl.collect_all(
+        [results.mi.select(mi_columns).with_columns(slim), results.metrics.with_columns(slim)]
+    )
+    mi, metrics = mi.lazy(), metrics.lazy()
+    stats = aggregate.mi_stats(mi)
+    median = aggregate.median_deviating(mi, stats)
+    frames = pl.collect_all(
+        [
+            stats,
+            aggregate.metrics_stats(metrics),
+            median,
+            aggregate.repetition_rows(mi, median).select(
+                *RUN_GROUP, *REPETITION, "phase", "epoch", "global_epoch", "layer", "mi_xt", "mi_ty"
+            ),
+            phases.phases(stats, threshold),
+            phases.dpi_violations(mi),
+            aggregate.final_metrics(metrics),
+            aggregate.progress(mi, results.trials),
+        ]
+    )
+    return Tables(*(frame.with_columns(pl.col(pl.Categorical).cast(pl.String)) for frame in frames))
+
+
+# --- text -------------------------------------------------------------------------------
+
+
+def esc(value: object) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def slugify(*parts: object) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-") or "x"
+
+
+def bits_label(bits: int) -> str:
+    return "float32" if bits == 32 else f"{bits}-bit"
+
+
+def bits_text() -> pl.Expr:
+    """bits_label as an expression."""
+    return pl.when(pl.col("bits") == 32).then(pl.lit("float32")).otherwise(pl.format("{}-bit", "bits"))
+
+
+def network_label(key: dict) -> str:
+    return f"{key['dataset']} · {key['architecture']} · {key['activation']} · {bits_label(key['bits'])}"
+
+
+def fmt(value: object, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def html_table(frame: pl.DataFrame, headers: dict[str, str] | None = None, row_class: str | None = None) -> str:
+    """An escaped HTML table of a small frame; `row_class` names a boolean column marking rows."""
+    headers = headers or {c: c for c in frame.columns if c != row_class}
+    head = "".join(f"<th>{esc(label)}</th>" for label in headers.values())
+    rows = []
+    for row in frame.iter_rows(named=True):  # a summary table: tens of rows, not results rows
+        cells = "".join(f"<td>{esc(fmt(row[c]))}</td>" for c in headers)
+        marked = ' class="warn"' if row_class and row[row_class] else ""
+        rows.append(f"<tr{marked}>{cells}</tr>")
+    return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def pm(mean: str, std: str) -> pl.Expr:
+    """'mean ± std' as text, 3 decimals; the std is left out when there is one repetition."""
+    text = pl.col(mean).round(3).cast(pl.String)
+    return pl.when(pl.col(std).is_null()).then(text).otherwise(pl.format("{} ± {}", text, pl.col(std).round(3)))
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+def summary_sections(tables: Tables, results: Results) -> list[Section]:
+    sections = []
+    incomplete = tables.progress.filter(pl.col("status") != "complete")
+    trials_body = []
+    if incomplete.height:
+        names = ", ".join(f"{s}/{t} ({st})" for s, t, st in incomplete.select("sweep", "trial", "status").rows())
+        trials_body.append(
+            f'<p class="warn">{incomplete.height} trial(s) incomplete; the report covers them as far as '
+            f"they go: {esc(names)}</p>"
+        )
+    trials_body.append(
+        html_table(
+            tables.progress.with_columns((pl.col("status") != "complete").alias("incomplete")),
+            {
+                "sweep": "sweep", "trial": "trial", "status": "status", "seeds_asked": "seeds asked",
+                "seeds_written": "seeds written", "last_phase": "last phase", "last_epoch": "last epoch",
+                "epochs": "epochs asked", "prefit_epochs": "prefit epochs asked",
+            },
+            row_class="incomplete",
+        )
+    )
+    sections.append(Section("trials", "Trials", 2, trials_body))
+
+    final = tables.final.select(
+        *METRICS_RUN_GROUP,
+        pm("train_acc_mean", "train_acc_std").alias("train accuracy"),
+        pm("test_acc_mean", "test_acc_std").alias("test accuracy"),
+        pm("test_loss_mean", "test_loss_std").alias("test loss"),
+        "repetitions",
+        pl.format("{} {}", "last_phase", "last_epoch").alias("last epoch"),
+    )
+    sections.append(
+        Section("accuracy", "Final accuracies", 2, ["<p>At each repetition's last epoch; mean ± standard deviation.</p>", html_table(final)])
+    )
+
+    per_layer = tables.phases.join(tables.dpi, on=[*aggregate.GROUP, "layer"], how="left").with_columns(
+        pl.format("{} / {}", pl.col("dpi").fill_null(0), pl.col("checked").fill_null(0)).alias("DPI violations")
+    )
+    sections.append(
+        Section(
+            "phases",
+            "Phases and DPI per layer",
+            2,
+            [
+                f"<p>Fitting: I(T;Y) rising; compression: I(X;T) falling after its maximum; epochs within the "
+                f"phase, on the mean curves, threshold {phases.DEFAULT_THRESHOLD} bits. DPI violations: "
+                "(repetition, epoch) points where the layer's I(X;T) or I(T;Y) exceeds the previous layer's, "
+                "of those compared.</p>",
+                html_table(
+                    per_layer,
+                    {
+                        "dataset": "dataset", "architecture": "architecture", "activation": "activation", "bits": "bits",
+                        "estimator": "estimator", "phase": "phase", "layer": "layer", "fit_start": "fit start",
+                        "fit_end": "fit end", "fit_bits": "fit bits", "compress_start": "compress start",
+                        "compress_end": "compress end", "compress_bits": "compress bits", "DPI violations": "DPI violations",
+                    },
+                ),
+            ],
+        )
+    )
+    files = [
+        f"<h3>{esc(path)}</h3><pre>{esc(text)}</pre>" for path, text in sorted(results.sweep_files.items())
+    ] or ["<p>No sweep.yaml found at or below the given paths.</p>"]
+    sections.append(Section("sweeps", "Sweep files", 2, files))
+    return sections
+
+
+def group_sections(tables: Tables) -> list[Section]:
+    sections = []
+    networks = tables.mi_stats.select(METRICS_RUN_GROUP).unique().sort(METRICS_RUN_GROUP).to_dicts()
+    for network in networks:
+        label = network_label(network)
+        anchor = slugify("net", *network.values())
+        section = Section(anchor, label, 2)
+        in_network = [pl.col(k) == v for k, v in network.items()]
+        metrics = tables.metrics_stats.filter(*in_network)
+        if metrics.height:
+            section.body.append(Figure(f"{anchor}-accuracy", charts.accuracy(metrics, f"Accuracy: {label}")))
+        sections.append(section)
+        estimators = tables.mi_stats.filter(*in_network).get_column("estimator").unique().to_list()
+        ordered = [e for e in charts.ESTIMATOR_ORDER if e in estimators] + sorted(set(estimators) - set(charts.ESTIMATOR_ORDER))
+        for estimator in ordered:
+            where = [*in_network, pl.col("estimator") == estimator]
+            stats = tables.mi_stats.filter(*where)
+            title = f"{label} · {estimator}"
+            sub = Section(f"{anchor}-{slugify(estimator)}", f"{estimator}", 3)
+            sub.body.append(Figure(f"{sub.anchor}-plane", charts.information_plane(stats, f"Information plane: {title}")))
+            sub.body.append(Figure(f"{sub.anchor}-mi", charts.mi_over_epochs(stats, f"MI per layer: {title}")))
+            median = tables.median.filter(*where)
+            if median.height:
+                chosen = median.row(0, named=True)
+                rows = tables.median_rows.filter(*where)
+                who = f"sweep {chosen['sweep']}, trial {chosen['trial']}, seed {chosen['seed']}"
+                sub.body.append(
+                    Figure(
+                        f"{sub.anchor}-median",
+                        charts.information_plane(
+                            rows, f"Median-deviating repetition ({who}, of {chosen['repetitions']}): {title}", "mi_xt", "mi_ty"
+                        ),
+                    )
+                )
+            sections.append(sub)
+    return sections
+
+
+def comparison_sections(tables: Tables) -> list[Section]:
+    """Exact MI against binning (appendix A) and across bit widths (appendix C), where present."""
+    body_estimators, body_bits = [], []
+    stats = tables.mi_stats
+    for key in stats.select("dataset", "architecture", "activation").unique().sort(pl.all()).to_dicts():
+        same = stats.filter(*[pl.col(k) == v for k, v in key.items()])
+        label = " · ".join(str(v) for v in key.values())
+        variants = same.select("estimator", "bits").unique()
+        if variants.get_column("estimator").str.starts_with("bin").any() and variants.height > 1:
+            same_variant = same.with_columns(
+                pl.format("{}, {}", "estimator", bits_text()).alias("variant")
+            )
+            order_frame = variants.with_columns(
+                pl.col("estimator").str.extract(r"(\d+)").cast(pl.Int64).fill_null(0).alias("bins")
+            ).sort("bins", "bits")
+            order = [f"{e}, {bits_label(b)}" for e, b in order_frame.select("estimator", "bits").rows()]
+            body_estimators.append(
+                Figure(slugify("cmp-estimator", *key.values()), charts.comparison(same_variant, "variant", f"Exact against binning: {label}", order))
+            )
+        exact = same.filter(pl.col("estimator") == "exact")
+        if exact.get_column("bits").n_unique() > 1:
+            body_bits.append(Figure(slugify("cmp-bits", *key.values()), charts.comparison(exact, "bits", f"Bit widths (exact MI): {label}")))
+    sections = []
+    if body_estimators:
+        sections.append(Section("cmp-estimators", "Exact MI against binning", 2, body_estimators))
+    if body_bits:
+        sections.append(Section("cmp-bits", "Bit widths", 2, body_bits))
+    return sections
+
+
+# --- page --------------------------------------------------------------------------------
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }
+th { background: #f3f3f3; }
+tr.warn td, p.warn { background: #fff3cd; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
+.chart { margin: 1em 0 2em; min-height: 50px; }
+nav ul { line-height: 1.5; }
+"""
+
+DRIVER = """
+(function () {
+  document.querySelectorAll("div.chart").forEach(function (div) {
+    var spec = JSON.parse(document.getElementById(div.getAttribute("data-spec")).textContent);
+    vegaEmbed(div, spec, {actions: false, renderer: "svg"}).then(function () {
+      div.setAttribute("data-rendered", "true");
+    }).catch(function (error) {
+      div.setAttribute("data-rendered", "error");
+      div.textContent = "This chart failed to render: " + error;
+      console.error(error);
+    });
+  });
+})();
+"""
+
+
+def script_json(value: object) -> str:
+    """JSON safe inside a <script> element: no '</script>' or '<!--' can close or confuse it."""
+    return json.dumps(value, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render(sections: list[Section], heading: str, intro: str) -> str:
+    toc, parts = [], []
+    for section in sections:
+        toc.append(f'<li class="l{section.level}"><a href="#{section.anchor}">{esc(section.title)}</a></li>')
+        parts.append(f'<h{section.level} id="{section.anchor}">{esc(section.title)}</h{section.level}>')
+        for item in section.body:
+            if isinstance(item, Figure):
+                spec = script_json(item.chart.to_dict())
+                parts.append(
+                    f'<div class="chart" id="{item.slug}" data-spec="spec-{item.slug}"></div>'
+                    f'<script type="application/json" id="spec-{item.slug}">{spec}</script>'
+                )
+            else:
+                parts.append(item)
+    nested, depth = [], 2
+    for section, item in zip(sections, toc):
+        if section.level > depth:
+            nested.append("<ul>")
+        elif section.level < depth:
+            nested.append("</ul>")
+        depth = section.level
+        nested.append(item)
+    nested.extend("</ul>" for _ in range(depth - 2))
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f"<title>{esc(heading)}</title><style>{STYLE}</style>"
+        f"<script>{javascript_bundle()}</script></head><body>"
+        f"<h1>{esc(heading)}</h1>{intro}"
+        f'<nav><h2>Contents</h2><ul>{"".join(nested)}</ul></nav>'
+        f'{"".join(parts)}<script>{DRIVER}</script></body></html>\n'
+    )
+
+
+def unique_slugs(sections: list[Section]) -> None:
+    """Make anchors and chart ids unique (different names can slugify alike)."""
+    seen: dict[str, int] = {}
+
+    def fresh(slug: str) -> str:
+        seen[slug] = seen.get(slug, 0) + 1
+        return slug if seen[slug] == 1 else f"{slug}-{seen[slug]}"
+
+    for section in sections:
+        section.anchor = fresh(section.anchor)
+        for item in section.body:
+            if isinstance(item, Figure):
+                item.slug = fresh(item.slug)
+
+
+def build_report(paths: list[str | Path], out: str | Path = "report.html", png_dir: str | Path | None = None) -> Path:
+    """Write one self-contained HTML report over the results below `paths`; returns its path.
+
+    With `png_dir`, also writes each chart as <png_dir>/<chart id>.png. Raises ResultsError.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    started = time.time()
+    results = load(paths)
+    tables = compute(results)
+    if tables.mi_stats.height == 0:
+        raise ResultsError(f"{', '.join(map(str, paths))}: the MI tables hold no rows; nothing to report")
+    sections = summary_sections(tables, results) + comparison_sections(tables) + group_sections(tables)
+    unique_slugs(sections)
+    groups = tables.mi_stats.select(RUN_GROUP).unique().height
+    repetitions = tables.progress.get_column("seeds_written").sum()
+    intro = (
+        f"<p>{groups} group(s), {repetitions} repetition(s) from {tables.progress.height} trial(s), "
+        f"{len(results.files['mi'])} MI and {len(results.files['metrics'])} metrics files, read from: "
+        f'{esc(", ".join(str(p) for p in paths))}. Built in {{seconds}} s.</p>'
+    )
+    figures = [item for section in sections for item in section.body if isinstance(item, Figure)]
+    page = render(sections, "ibray report", intro)
+    page = page.replace("{seconds}", f"{time.time() - started:.1f}", 1)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    if png_dir is not None:
+        write_pngs(figures, Path(png_dir))
+    return out
+
+
+def write_pngs(figures: list[Figure], folder: Path) -> list[Path]:
+    import vl_convert
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for figure in figures:
+        path = folder / f"{figure.slug}.png"
+        path.write_bytes(vl_convert.vegalite_to_png(figure.chart.to_dict(), scale=2))
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ibray report", description="Build one self-contained HTML report from ibray results.")
+    parser.add_argument("results", nargs="+", metavar="RESULTS", help="trial, sweep or results folders")
+    parser.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default: report.html)")
+    parser.add_argument("--png", metavar="DIR", default=None, help="also write each chart as a PNG into DIR")
+    args = parser.parse_args(argv)
+    try:
+        out = build_report(args.results, args.output, args.png)
+    except ResultsError as error:
+        print(f"ibray report: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

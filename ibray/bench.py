@@ -1,0 +1,70 @@
+"""`ibray bench`: training and exact-MI speed on this machine, printed as numbers.
+
+Training: the synthetic network (12-10-7-5-4-3-2), 8 bits, tanh, exact MI of every layer every
+epoch, at 1 seed and at many seeds per batched model, in seed-epochs per second (epochs after
+a warm-up, the data set already loaded). MI: one exact H/I(X;T)/I(T;Y) computation of random
+8-bit codes, 4096 x 10 and 70000 x 16, median of repeated runs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from ibray.config import TrialConfig
+from ibray.data import load_dataset
+from ibray.mutual_information import layer_information
+from ibray.train import Trainer
+
+_WARMUP_EPOCHS = 2
+
+
+def training_rate(seeds: int, epochs: int, dataset) -> float:
+    """Seed-epochs per second of training plus exact MI every epoch."""
+    config = TrialConfig(seeds=tuple(range(seeds)), epochs=epochs + _WARMUP_EPOCHS, mi_every=1)
+    trainer = Trainer(config, dataset)
+    trainer.start()
+    for _ in range(_WARMUP_EPOCHS):
+        trainer.step()
+    started = time.perf_counter()
+    for _ in range(epochs):
+        trainer.step()
+    return seeds * epochs / (time.perf_counter() - started)
+
+
+def mi_milliseconds(samples: int, width: int, repeats: int = 20) -> float:
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, size=(samples, width), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=samples)
+    layer_information(codes, labels)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        layer_information(codes, labels)
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def run_benchmarks(epochs: int = 20, seeds: int = 50, as_json: bool = False) -> dict:
+    dataset = load_dataset("synthetic12")
+    device = "cuda (" + torch.cuda.get_device_name() + ")" if torch.cuda.is_available() else "cpu"
+    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, device {device}")
+    figures = {
+        "seed_epochs_per_s_1": training_rate(1, epochs, dataset),
+        f"seed_epochs_per_s_{seeds}": training_rate(seeds, max(epochs // 2, 2), dataset),
+        "mi_ms_4096x10": mi_milliseconds(4096, 10),
+        "mi_ms_70000x16": mi_milliseconds(70000, 16),
+        "device": device,
+    }
+    print(f"training, syn 8-bit tanh, exact MI every epoch:  1 seed  {figures['seed_epochs_per_s_1']:8.1f} seed-epochs/s")
+    print(f"training, syn 8-bit tanh, exact MI every epoch: {seeds:2d} seeds {figures[f'seed_epochs_per_s_{seeds}']:8.1f} seed-epochs/s")
+    print(f"exact MI of one layer,  4096 x 10, 8-bit codes: {figures['mi_ms_4096x10']:8.2f} ms")
+    print(f"exact MI of one layer, 70000 x 16, 8-bit codes: {figures['mi_ms_70000x16']:8.2f} ms")
+    if as_json:
+        print(json.dumps(figures))
+    return figures

@@ -1,0 +1,78 @@
+"""Tests of analysis.charts: thinning, and the specs the chart functions produce."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from analysis_fixtures import write_sweep
+
+from analysis import aggregate, charts
+from analysis.load import load
+
+
+@pytest.fixture(scope="module")
+def stats(tmp_path_factory):
+    root = tmp_path_factory.mktemp("charts")
+    write_sweep(root, "s", 1, 3, 600, layers=3, estimators=("exact", "bin30", "bin256", "bin100"), prefit_epochs=50)
+    write_sweep(root, "s4", 1, 2, 600, layers=3, bits=4, prefit_epochs=50)
+    results = load([root])
+    return aggregate.mi_stats(results.mi).collect(), aggregate.metrics_stats(results.metrics).collect()
+
+
+def test_thinning_keeps_first_last_and_at_most_max():
+    frame = pl.DataFrame({"global_epoch": list(range(8001)) * 2, "layer": [1] * 8001 + [2] * 8001})
+    kept = frame.filter(charts.thinned(["layer"], 200))
+    per_layer = kept.group_by("layer").agg(pl.col("global_epoch"))
+    for epochs in per_layer["global_epoch"].to_list():
+        assert 100 <= len(epochs) <= 200
+        assert epochs[0] == 0 and epochs[-1] == 8000
+        assert set(range(10)) <= set(epochs)  # log spacing keeps the early epochs
+        assert max(b - a for a, b in zip(epochs, epochs[1:])) <= 8000 / 100 + 1  # even spacing covers the end
+    small = pl.DataFrame({"global_epoch": list(range(50))})
+    assert small.filter(charts.thinned([], 200)).height == 50
+
+
+def one_group(stats, estimator="exact", bits=8):
+    return stats.filter(pl.col("estimator") == estimator, pl.col("bits") == bits)
+
+
+def test_information_plane_spec(stats):
+    mi, _ = stats
+    spec = charts.information_plane(one_group(mi), "plane").to_dict()
+    line, points = spec["layer"]
+    assert line["mark"]["type"] == "line" and line["encoding"]["detail"]["field"] == "layer"
+    assert points["encoding"]["x"]["field"] == "mi_xt_mean" and points["encoding"]["y"]["field"] == "mi_ty_mean"
+    assert points["encoding"]["color"]["field"] == "global_epoch"
+    assert points["encoding"]["color"]["type"] == "quantitative"
+    values = spec["data"]["values"]
+    assert {v["layer"] for v in values} == {1, 2, 3}
+    assert len(values) <= 3 * 200
+    assert "of 651 recorded epochs drawn"  # prefit 0..50, train 1..600 in spec["title"]["subtitle"][1]
+
+
+def test_mi_over_epochs_has_a_std_band(stats):
+    mi, _ = stats
+    group = one_group(mi)
+    spec = charts.mi_over_epochs(group, "mi").to_dict()
+    band, line = spec["spec"]["layer"]
+    assert band["mark"]["type"] == "area" and band["encoding"]["y2"]["field"] == "high"
+    first = next(v for v in spec["data"]["values"] if v["quantity"] == "I(X;T)" and v["layer"] == 1 and v["global_epoch"] == 650)
+    row = group.filter(pl.col("layer") == 1, pl.col("global_epoch") == 650).row(0, named=True)
+    assert first["high"] - first["mean"] == pytest.approx(row["mi_xt_std"], abs=1e-4)
+    assert spec["facet"]["column"]["field"] == "quantity"
+
+
+def test_accuracy_chart(stats):
+    _, metrics = stats
+    spec = charts.accuracy(metrics.filter(pl.col("bits") == 8), "acc").to_dict()
+    assert {v["split"] for v in spec["data"]["values"]} == {"train", "test"}
+    assert spec["layer"][1]["encoding"]["x"]["field"] == "global_epoch"
+
+
+def test_comparison_orders_estimators_and_bits(stats):
+    mi, _ = stats
+    spec = charts.comparison(mi.filter(pl.col("bits") == 8), "estimator", "cmp").to_dict()
+    assert spec["facet"]["column"]["sort"] == ["exact", "bin30", "bin100", "bin256"]
+    spec = charts.comparison(mi.filter(pl.col("estimator") == "exact"), "bits", "bits").to_dict()
+    assert spec["facet"]["column"]["sort"] == [4, 8]
+    assert len(spec["data"]["values"]) <= 2 * 3 * 100

@@ -1,0 +1,87 @@
+"""The study's networks, batched over seeds: shapes, initialisation, independence of seeds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ibray.models import DENSE_WIDTHS, BatchedNetwork
+
+MNIST = dict(inputs=784, classes=10, image_shape=(28, 28))
+
+
+def network(architecture, bits=8, seeds=2, **kwargs):
+    shape = MNIST if architecture != "syn" else dict(inputs=12, classes=2)
+    net = BatchedNetwork(architecture, "relu" if architecture != "syn" else "tanh", bits=bits, seeds=seeds, **shape, **kwargs)
+    for slot in range(seeds):
+        net.init_slot(slot, torch.Generator().manual_seed(slot))
+    return net
+
+
+@pytest.mark.parametrize("architecture", ["syn", "bottleneck2", "bottleneck4", "hourglass", "4x10", "conv"])
+@pytest.mark.parametrize("bits", [4, 8, 32])
+def test_every_network_runs_at_4_8_32_bits(architecture, bits):
+    net = network(architecture, bits)
+    inputs = 12 if architecture == "syn" else 784
+    result = net.train()(torch.rand(2, 64, inputs))
+    classes = 2 if architecture == "syn" else 10
+    assert result.log_probs.shape == (2, 64, classes)
+    widths = [spec.width for spec in net.layers]
+    if architecture == "conv":
+        assert widths == [2 * 13 * 13, 2 * 5 * 5, 16, 10]
+    else:
+        assert widths == list(DENSE_WIDTHS[architecture]) + [classes]
+    for spec, values, codes in zip(net.layers, result.values, result.codes):
+        assert values.shape == (2, 64, spec.width)
+        if bits == 32:
+            assert codes is None
+        else:
+            assert codes.shape == (2, 64, spec.width) and codes.max() <= 2**bits - 1
+    result.log_probs.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_truncated_normal_init_uses_the_layers_own_width():
+    net = network("4x10", seeds=1)
+    for weight in net.weights:
+        width = weight.shape[-1]
+        std = 1 / math.sqrt(width)
+        values = weight[0]
+        assert values.abs().max() <= 2 * std + 1e-6
+        if values.numel() > 1000:
+            # a normal cut at 2 std has std 0.88 of the uncut one
+            assert values.std().item() == pytest.approx(0.88 * std, rel=0.1)
+    assert all(torch.all(b == 0) for b in net.biases)
+
+
+def test_glorot_init():
+    net = network("bottleneck2", seeds=1, init="glorot")
+    first = net.weights[0][0]
+    limit = math.sqrt(6 / (784 + 16))
+    assert first.abs().max() <= limit and first.abs().max() > 0.9 * limit
+
+
+def test_slots_are_independent_networks():
+    torch.manual_seed(0)
+    x = torch.rand(3, 50, 12)
+    together = network("syn", seeds=3).train()(x)
+    for slot in range(3):
+        alone = BatchedNetwork("syn", "tanh", 12, 2, bits=8, seeds=1)
+        alone.init_slot(0, torch.Generator().manual_seed(slot))
+        result = alone.train()(x[slot : slot + 1])
+        assert torch.equal(result.log_probs[0], together.log_probs[slot])
+        for a, b in zip(result.codes, together.codes):
+            assert torch.equal(a[0], b[slot])
+
+
+def test_shared_input_mi_pass_matches_per_seed_input():
+    net = network("conv", seeds=2).train()
+    x = torch.rand(40, 784)
+    net(x)  # set ranges
+    net.eval()
+    shared = net(x)
+    stacked = net(x.unsqueeze(0).expand(2, -1, -1))
+    for a, b in zip(shared.codes, stacked.codes):
+        assert torch.equal(a, b)

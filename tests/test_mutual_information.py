@@ -1,0 +1,128 @@
+"""Known answers for exact MI: brute-force counts, injective and constant layers, bounds."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from ibray.mutual_information import bin_codes, dense_ids, float_codes, layer_information, rank_rows
+
+
+def brute_force(codes: np.ndarray, labels: np.ndarray) -> tuple[float, float, int]:
+    """H(T) and I(T;Y) by counting rows as Python tuples."""
+    n = len(labels)
+    rows = [tuple(r) for r in codes.tolist()]
+    h = lambda counter: -sum(c / n * math.log2(c / n) for c in counter.values())  # noqa: E731
+    h_t = h(Counter(rows))
+    h_ty = h(Counter(zip(rows, labels.tolist())))
+    h_y = h(Counter(labels.tolist()))
+    return h_t, h_t + h_y - h_ty, len(set(rows))
+
+
+@pytest.mark.parametrize(
+    "samples, width, levels, classes",
+    [(500, 3, 4, 2), (2000, 10, 256, 2), (3000, 16, 256, 10), (1000, 5, 65536, 3), (800, 40, 3, 2), (4096, 1, 2, 2)],
+)
+def test_agrees_with_brute_force_count(samples, width, levels, classes):
+    rng = np.random.default_rng(samples + width)
+    codes = rng.integers(0, levels, size=(samples, width))
+    # Make collisions likely too: repeat a block of rows.
+    codes[samples // 2 :] = codes[: samples - samples // 2]
+    labels = rng.integers(0, classes, size=samples)
+    info = layer_information(codes, labels)
+    h_t, mi_ty, states = brute_force(codes, labels)
+    assert info.h_t[0] == pytest.approx(h_t, abs=1e-9)
+    assert info.mi_xt[0] == pytest.approx(h_t, abs=1e-9)
+    assert info.mi_ty[0] == pytest.approx(mi_ty, abs=1e-9)
+    assert info.n_states[0] == states
+
+
+def test_wide_rows_that_share_a_long_prefix_stay_distinct():
+    # 64 columns of 8 bits (512 bits a row); rows differ only in the very last column.
+    codes = np.full((256, 64), 7, dtype=np.uint8)
+    codes[:, -1] = np.arange(256)
+    info = layer_information(codes, np.arange(256) % 2)
+    assert info.n_states[0] == 256 and info.h_t[0] == pytest.approx(8.0)
+
+
+def test_injective_layer_gives_log2_n_and_all_of_h_y():
+    n = 4096
+    codes = np.array([[i >> 6, i & 63] for i in range(n)])
+    labels = np.random.default_rng(0).integers(0, 2, n)
+    info = layer_information(codes, labels)
+    p = labels.mean()
+    h_y = -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+    assert info.mi_xt[0] == pytest.approx(12.0, abs=1e-12)
+    assert info.mi_ty[0] == pytest.approx(h_y, abs=1e-12)
+
+
+def test_constant_layer_gives_zero():
+    info = layer_information(np.full((1000, 7), 3), np.arange(1000) % 2)
+    assert info.mi_xt[0] == 0.0 and info.mi_ty[0] == 0.0 and info.n_states[0] == 1
+
+
+def test_mi_ty_never_exceeds_h_y_nor_h_t():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        levels = int(rng.integers(2, 50))
+        codes = rng.integers(0, levels, size=(300, int(rng.integers(1, 4))))
+        labels = rng.integers(0, 3, size=300)
+        info = layer_information(codes, labels)
+        py = np.bincount(labels) / 300
+        h_y = -(py[py > 0] * np.log2(py[py > 0])).sum()
+        assert 0.0 <= info.mi_ty[0] <= h_y + 1e-12
+        assert info.mi_ty[0] <= info.h_t[0] + 1e-12
+
+
+def test_seeds_are_counted_separately():
+    rng = np.random.default_rng(2)
+    batch = rng.integers(0, 5, size=(4, 600, 3))
+    labels = rng.integers(0, 2, size=600)
+    together = layer_information(batch, labels)
+    for seed in range(4):
+        alone = layer_information(batch[seed], labels)
+        assert together.h_t[seed] == alone.h_t[0]
+        assert together.mi_ty[seed] == alone.mi_ty[0]
+        assert together.n_states[seed] == alone.n_states[0]
+
+
+def test_dense_ids_and_rank_rows():
+    ids = dense_ids(np.array([[1, 2], [0, 5], [1, 2], [0, 4]]))
+    assert ids.tolist() == [2, 1, 2, 0]
+    assert rank_rows(np.array([[5, -1, 5, 9]])).tolist() == [[1, 0, 1, 2]]
+
+
+def test_float_codes_are_exact_and_fold_negative_zero():
+    values = np.array([[0.0, 1.0], [-0.0, 1.0], [0.0, np.nextafter(np.float32(1.0), np.float32(2.0))]], dtype=np.float32)
+    codes = float_codes(values)
+    assert (codes[0] == codes[1]).all()
+    assert not (codes[0] == codes[2]).all()
+    assert layer_information(codes, np.array([0, 1, 0])).n_states[0] == 2
+    with pytest.raises(ValueError, match="NaN"):
+        float_codes(np.array([[np.nan]], dtype=np.float32))
+
+
+def test_binning_uses_exactly_n_uniform_bins():
+    values = np.linspace(-1, 1, 10001)[:, None]
+    for bins in (30, 100, 256):
+        codes = bin_codes(values, bins, -1.0, 1.0)
+        assert codes.min() == 0 and codes.max() == bins - 1
+        assert len(np.unique(codes)) == bins
+        counts = np.bincount(codes[:, 0])
+        assert counts.max() - counts.min() <= 2  # uniform widths
+    # out of range values fall into the edge bins; a per-seed range broadcasts
+    assert bin_codes(np.array([[-5.0], [5.0]]), 30, -1, 1)[:, 0].tolist() == [0, 29]
+    per_seed = bin_codes(np.array([[[0.5]], [[0.5]]]), 10, np.array([0.0, 0.4])[:, None, None], 1.0)
+    assert per_seed[:, 0, 0].tolist() == [5, 1]
+
+
+def test_rejects_bad_codes():
+    with pytest.raises(ValueError):
+        layer_information(np.array([[0.5]]), np.array([0]))
+    with pytest.raises(ValueError):
+        layer_information(np.array([[-1]]), np.array([0]))
+    with pytest.raises(ValueError):
+        layer_information(np.zeros((3, 2), dtype=int), np.array([0, 1]))

@@ -1,0 +1,141 @@
+"""Tests of analysis.report: the HTML file, escaping, bad input, PNGs, and a real browser."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from analysis_fixtures import curves, write_sweep, write_trial
+
+from analysis import report
+
+XSS = "<script>alert(1)</script>"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A report over two sweeps: one with prefit and binning, one 4-bit named like an attack."""
+    root = tmp_path_factory.mktemp("results")
+    write_sweep(root, "main", 2, 2, 120, layers=3, estimators=("exact", "bin30"), prefit_epochs=20, parts=2)
+    write_sweep(root, XSS, 1, 2, 120, layers=3, bits=4, yaml_text=f"name: '{XSS}'\n", folder_name="xss")
+    # a partly written trial: still running, fewer epochs
+    mi, metrics = curves([9], epochs=30, layers=3, sweep="main", trial="trial-running")
+    write_trial(root / "main" / "trials" / "trial-running", mi, metrics, {"seeds": [9], "epochs": 120}, status="running")
+    out = report.build_report([root], root / "out" / "report.html")
+    return root, out, out.read_text(encoding="utf-8")
+
+
+def chart_ids(page: str) -> list[str]:
+    return re.findall(r'<div class="chart" id="([^"]+)"', page)
+
+
+def test_report_is_one_self_contained_file(built):
+    _, out, page = built
+    assert page.count("window.vegaEmbed=") == 1  # the libraries inlined once
+    assert not re.search(r"<script[^>]+src=", page) and not re.search(r"<link[^>]+href=", page)
+    assert "default-src 'none'" in page  # the page may fetch nothing
+    ids = chart_ids(page)
+    # comparisons (estimators, bits), 2 accuracy charts, 3 charts for each of 3 estimator groups
+    assert len(ids) == 2 + 2 + 9 and len(set(ids)) == len(ids)
+    for anchor in ("trials", "accuracy", "phases", "sweeps", "cmp-estimators", "cmp-bits"):
+        assert f'href="#{anchor}"' in page and f'id="{anchor}"' in page
+    assert out.stat().st_size < 5_000_000
+
+
+def test_names_and_sweep_files_are_escaped(built):
+    _, _, page = built
+    assert XSS not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # trials table, sweep file, paths
+    assert "\\u003cscript\\u003ealert(1)\\u003c/script\\u003e" in page  # inside chart specs
+
+
+def test_summary_tables(built):
+    _, _, page = built
+    assert "Final accuracies" in page and "± " in page
+    assert "1 trial(s) incomplete" in page and "main/trial-running (running)" in page
+    assert "DPI violations" in page
+    assert "name: &#x27;&lt;script&gt;" in page  # the sweep file, verbatim and escaped
+
+
+def test_main_writes_report_and_pngs(built, tmp_path, capsys):
+    root, _, _ = built
+    out = tmp_path / "r.html"
+    assert report.main([str(root / "xss"), "-o", str(out), "--png", str(tmp_path / "png")]) == 0
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert len(pngs) == len(chart_ids(out.read_text())) == 4
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["empty", "other parquet", "truncated", "missing"])
+def test_main_bad_input_exits_nonzero_with_one_message(tmp_path, capsys, case):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = tmp_path / "in"
+    target.mkdir()
+    if case == "other parquet":
+        pq.write_table(pa.table({"x": [1]}), target / "x.parquet")
+    elif case == "truncated":
+        folder = write_trial(target / "t", *curves([0], epochs=3, layers=2))
+        part = folder / "metrics" / "part-00000.parquet"
+        part.write_bytes(part.read_bytes()[:100])
+    elif case == "missing":
+        target = tmp_path / "nothing-here"
+    assert report.main([str(target), "-o", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ibray report: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "r.html").exists()
+
+
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ):
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="ibray-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options), profile
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (.ci/run installs Debian's chromium)")
+def test_every_chart_renders_in_headless_chromium(built):
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, out, page = built
+    expected = chart_ids(page)
+    driver, profile = browser()
+    try:
+        driver.get(out.resolve().as_uri())
+        WebDriverWait(driver, 60).until(
+            lambda d: d.execute_script(
+                "return Array.from(document.querySelectorAll('div.chart')).every(d => d.hasAttribute('data-rendered'))"
+            )
+        )
+        states = driver.execute_script(
+            "return Array.from(document.querySelectorAll('div.chart')).map("
+            "d => [d.id, d.getAttribute('data-rendered'), d.querySelectorAll('svg, canvas').length])"
+        )
+        assert [s[0] for s in states] == expected
+        assert all(rendered == "true" and drawn >= 1 for _, rendered, drawn in states), states
+        assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0
+        with pytest.raises(NoAlertPresentException):
+            driver.switch_to.alert.text  # the sweep named <script>alert(1)</script> stayed text
+        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert severe == []
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)

@@ -1,0 +1,172 @@
+"""The training loop on real data: DPI, independence of seeds, determinism, prefitting,
+restarts of dead seeds, resumption from a checkpoint, binning estimators, every network."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ibray.config import TrialConfig
+from ibray.data import Dataset
+from ibray.train import Trainer, find_global_ranges, run_trial
+
+FAST = dict(learning_rate=0.01, write_every=2)
+
+
+def read(out, table="mi") -> pl.DataFrame:
+    return pl.read_parquet(f"{out}/{table}/*.parquet")
+
+
+def run(tmp_path, synthetic, name="run", **overrides) -> pl.DataFrame:
+    config = TrialConfig(**{**FAST, **overrides})
+    run_trial(config, tmp_path / name, dataset=synthetic)
+    return read(tmp_path / name)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_data_processing_inequality_holds_at_every_epoch(tmp_path, synthetic, activation):
+    mi = run(tmp_path, synthetic, activation=activation, seeds=(0, 1, 2), epochs=25)
+    assert mi.height == 3 * 26 * 6
+    wide = mi.sort("layer").group_by("seed", "epoch").agg(pl.col("mi_xt", "mi_ty", "n_states"))
+    for row in wide.iter_rows(named=True):
+        assert np.all(np.diff(row["mi_xt"]) <= 1e-9), row
+        assert np.all(np.diff(row["mi_ty"]) <= 1e-9), row
+        assert np.all(np.diff(row["n_states"]) <= 0), row
+    assert mi["mi_xt"].max() <= 12.0 + 1e-9
+    # training moves the output layer: its I(T;Y) is not flat
+    output = mi.filter(pl.col("layer") == 6)
+    assert output["mi_ty"].max() - output["mi_ty"].min() > 0.01
+
+
+def test_a_seed_does_not_depend_on_its_batch_mates(tmp_path, synthetic):
+    alone = run(tmp_path, synthetic, "alone", seeds=(3,), epochs=6)
+    shared = run(tmp_path, synthetic, "shared", seeds=(1, 3, 5), epochs=6).filter(pl.col("seed") == 3)
+    columns = [c for c in alone.columns if c != "trial"]
+    key = ["epoch", "layer"]
+    assert alone.select(columns).sort(key).equals(shared.select(columns).sort(key))
+
+
+def test_same_config_and_seed_give_the_same_numbers(tmp_path, synthetic):
+    first = run(tmp_path, synthetic, "a", seeds=(0, 1), epochs=4, prefit_epochs=2)
+    second = run(tmp_path, synthetic, "b", seeds=(0, 1), epochs=4, prefit_epochs=2)
+    key = ["seed", "phase", "epoch", "layer"]
+    assert first.sort(key).equals(second.sort(key))
+    assert read(tmp_path / "a", "metrics").sort("seed", "phase", "epoch").equals(
+        read(tmp_path / "b", "metrics").sort("seed", "phase", "epoch")
+    )
+
+
+def test_prefit_phase_is_recorded_on_its_own(tmp_path, synthetic):
+    run(tmp_path, synthetic, seeds=(0,), epochs=3, prefit_epochs=4)
+    metrics = read(tmp_path / "run", "metrics").sort("phase", "epoch")
+    phases = metrics.group_by("phase").agg(pl.col("epoch").sort()).sort("phase")
+    assert phases.to_dict(as_series=False) == {"phase": ["prefit", "train"], "epoch": [[0, 1, 2, 3, 4], [1, 2, 3]]}
+
+
+def test_dead_seeds_are_rerun_and_their_first_attempts_dropped(tmp_path, synthetic):
+    # No seed reaches 100% accuracy in two epochs: every seed restarts at epoch 2 until max_restarts.
+    config = TrialConfig(seeds=(0, 1), epochs=4, restart_epoch=2, min_train_acc=1.0, max_restarts=2, write_every=1)
+    summary = run_trial(config, tmp_path / "run", dataset=synthetic)
+    assert summary.restarts == {0: 2, 1: 2}
+    for table, per_epoch in (("mi", 6), ("metrics", 1)):
+        rows = read(tmp_path / "run", table)
+        assert rows["restarts"].unique().to_list() == [2]
+        assert sorted(rows.filter(pl.col("seed") == 0)["epoch"].unique().to_list()) == [0, 1, 2, 3, 4]
+        assert rows.height == 2 * 5 * per_epoch
+    # a rerun uses a fresh stream: its numbers differ from the first attempt's
+    first = run(tmp_path, synthetic, "first", seeds=(0,), epochs=2)
+    rerun = read(tmp_path / "run").filter((pl.col("seed") == 0) & (pl.col("epoch") == 2) & (pl.col("layer") == 1))
+    assert rerun["t_max"][0] != first.filter((pl.col("epoch") == 2) & (pl.col("layer") == 1))["t_max"][0]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resuming_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, synthetic):
+    config = TrialConfig(seeds=(0, 1), epochs=8, prefit_epochs=2, **FAST)
+    run_trial(config, tmp_path / "whole", dataset=synthetic)
+    saved = {}
+
+    def crash_after_second_write(checkpoint, scalars):
+        if scalars["epoch"] == 4:
+            saved["state"] = checkpoint
+        if scalars["epoch"] == 6:  # parts up to epoch 6 are written, the checkpoint says 4
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_trial(config, tmp_path / "resumed", dataset=synthetic, on_write=crash_after_second_write)
+    run_trial(config, tmp_path / "resumed", dataset=synthetic, state=saved["state"])
+    for table, key in (("mi", ["seed", "phase", "epoch", "layer"]), ("metrics", ["seed", "phase", "epoch"])):
+        whole, resumed = read(tmp_path / "whole", table), read(tmp_path / "resumed", table)
+        assert resumed.select(key).is_duplicated().sum() == 0
+        assert whole.sort(key).equals(resumed.sort(key))
+
+
+def test_binning_estimators_on_a_float_network(tmp_path, synthetic):
+    config = TrialConfig(bits=32, seeds=(0, 1), epochs=3, estimators=("exact", "bin30", "bin100", "bin256"), **FAST)
+    run_trial(config, tmp_path / "run", dataset=synthetic)
+    mi = read(tmp_path / "run")
+    assert sorted(mi["estimator"].unique().to_list()) == ["bin100", "bin256", "bin30", "exact"]
+    exact = mi.filter(pl.col("estimator") == "exact")
+    # float32 tanh layers are injective on the 4096 inputs: the exact I(X;T) is log2 N
+    assert exact.filter(pl.col("layer") == 1)["mi_xt"].min() == pytest.approx(12.0)
+    for bins in (30, 100, 256):
+        binned = mi.filter(pl.col("estimator") == f"bin{bins}")
+        assert (binned["n_states"] <= exact["n_states"].max()).all()
+        assert binned.filter(pl.col("layer") == 6)["n_states"].max() <= bins
+    # more bins never merge more states
+    by = mi.pivot(on="estimator", index=["seed", "epoch", "layer"], values="n_states")
+    assert (by["bin30"] <= by["bin256"]).all()
+
+    # global bounds: one range per run, the extremes over all its layers and epochs
+    ranges = find_global_ranges(config, synthetic)
+    for seed in (0, 1):
+        rows = exact.filter(pl.col("seed") == seed)
+        assert ranges[(seed, 0)] == pytest.approx((rows["t_min"].min(), rows["t_max"].max()))
+
+
+@pytest.mark.parametrize("bounds", ["layer", "fixed"])
+def test_binning_bounds_per_layer_and_fixed(tmp_path, synthetic, bounds):
+    mi = run(tmp_path, synthetic, bits=32, seeds=(0,), epochs=2, estimators=("bin30",), bin_bounds=bounds, bin_range=(-1.0, 1.0))
+    # The output's two softmax units sum to 1, so a pair of bins is nearly fixed by the first:
+    # at most 2 states per bin of the first unit; on fixed (-1, 1) bins, [0, 1] spans only 15.
+    output = mi.filter(pl.col("layer") == 6)["n_states"]
+    assert output.max() <= 2 * (30 if bounds == "layer" else 15)
+    assert output.min() > 1
+
+
+def tiny_mnist(samples=240) -> Dataset:
+    rng = np.random.default_rng(0)
+    y = np.arange(samples) % 10
+    x = (rng.random((samples, 784)) * 0.3 + (np.arange(784)[None, :] % 10 == y[:, None]) * 0.7).astype(np.float32)
+    return Dataset("mnist", x, y.astype(np.int64), np.arange(0, 200), np.arange(200, samples), 10, (28, 28))
+
+
+@pytest.mark.parametrize("architecture", ["bottleneck2", "bottleneck4", "hourglass", "4x10", "conv"])
+def test_every_mnist_network_trains_and_measures(tmp_path, architecture):
+    config = TrialConfig(dataset="mnist", architecture=architecture, activation="relu", bits=4, seeds=(0, 1), epochs=2, batch_size=64)
+    run_trial(config, tmp_path / "run", dataset=tiny_mnist())
+    mi = read(tmp_path / "run")
+    layers = mi["layer"].max()
+    assert mi.height == 2 * 3 * layers
+    assert (mi.filter(pl.col("layer") == layers)["mi_ty"] <= np.log2(10) + 1e-9).all()
+
+
+def test_trainer_checkpoint_is_loadable_without_pickle(tmp_path, synthetic):
+    import torch
+
+    trainer = Trainer(TrialConfig(seeds=(0, 1), epochs=3), synthetic)
+    trainer.start()
+    trainer.step()
+    torch.save(trainer.state_dict(), tmp_path / "c.pt")
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    other = Trainer(TrialConfig(seeds=(0, 1), epochs=3), synthetic)
+    other.load_state_dict(state)
+    assert other.slot_epoch == [1, 1]
+    a, _ = trainer.step()
+    b, _ = other.step()
+    assert a.mi == b.mi
+    with pytest.raises(ValueError, match="checkpoint belongs"):
+        Trainer(TrialConfig(seeds=(0, 2), epochs=3), synthetic).load_state_dict(state)
