@@ -1,0 +1,144 @@
+"""The `ibray` command: bad input fails cleanly, trials run, resume after a kill, downloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import SHARED_VAR_U
+from http_server import serve_directory
+
+from ibray.cli import main
+from ibray.config import TrialConfig
+from ibray.train import run_trial
+
+IBRAY = str(Path(sys.executable).parent / "ibray")
+
+
+def fails_cleanly(capsys, tmp_path, args, message):
+    out = tmp_path / "out"
+    code = main(["trial", "--out", str(out), "--epochs", "1", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("ibray: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "cifar"], "dataset: unknown value 'cifar'; allowed: synthetic12, szt, mnist"),
+        (["--architecture", "resnet"], "architecture: unknown value 'resnet'"),
+        (["--activation", "swish"], "activation: unknown value 'swish'"),
+        (["--estimators", "exact,kde"], "estimators: unknown estimator 'kde'"),
+        (["--bits", "1"], "bits: 1 is not allowed; use 2..16, or 32"),
+        (["--bits", "20"], "bits: 20 is not allowed"),
+        (["--dataset", "mnist"], "architecture: 'syn' does not fit dataset 'mnist'"),
+        (["--seeds", "1,1"], "seeds: [1] appear more than once"),
+    ],
+)
+def test_bad_values_exit_2_and_write_nothing(capsys, tmp_path, args, message):
+    fails_cleanly(capsys, tmp_path, args, message)
+
+
+def test_missing_data_file_names_the_download_command(capsys, tmp_path):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    fails_cleanly(capsys, tmp_path, ["--dataset", "szt", "--data-dir", str(empty)], "ibray data download szt")
+    fails_cleanly(
+        capsys, tmp_path, ["--dataset", "mnist", "--architecture", "bottleneck2", "--data-dir", str(empty)], "ibray data download mnist"
+    )
+
+
+def test_corrupt_data_file_is_refused(capsys, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "var_u.mat").write_bytes(b"MATLAB 5.0 MAT-file, but then nothing useful" * 3)
+    fails_cleanly(capsys, tmp_path, ["--dataset", "szt", "--data-dir", str(data)], "var_u.mat")
+
+
+def test_trial_runs_reruns_and_refuses_a_foreign_folder(tmp_path):
+    out = tmp_path / "trial"
+    args = [IBRAY, "trial", "--seeds", "0-1", "--epochs", "3", "--out", str(out)]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "seed-epochs/s" in first.stdout
+    mi = pl.read_parquet(out / "mi" / "*.parquet")
+    assert mi.height == 2 * 4 * 6 and mi["seed"].unique().sort().to_list() == [0, 1]
+    assert json.loads((out / "trial.json").read_text())["status"] == "complete"
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert pl.read_parquet(out / "mi" / "*.parquet").height == mi.height
+
+    other = subprocess.run([*args[:-2], "--out", str(out), "--bits", "4"], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2 and "pick another --out" in other.stderr
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path, synthetic):
+    common = dict(seeds=(0, 1), epochs=150, write_every=5, learning_rate=0.01)
+    run_trial(TrialConfig(**common), tmp_path / "whole", dataset=synthetic)
+
+    out = tmp_path / "killed"
+    args = [IBRAY, "trial", "--seeds", "0-1", "--epochs", "150", "--write-every", "5", "--learning-rate", "0.01", "--out", str(out)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    info = json.loads((out / "trial.json").read_text())
+    assert info["status"] == "running", "the trial finished before it could be killed"
+    assert not list(out.rglob("*.tmp")), "a temporary file was left half-written"
+
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    for table, key in (("mi", ["seed", "phase", "epoch", "layer"]), ("metrics", ["seed", "phase", "epoch"])):
+        whole = pl.read_parquet(tmp_path / "whole" / table / "*.parquet").sort(key)
+        again = pl.read_parquet(out / table / "*.parquet").sort(key)
+        assert again.select(key).is_duplicated().sum() == 0
+        assert whole.equals(again)
+
+
+def test_corrupt_checkpoint_fails_with_a_clear_message(capsys, tmp_path):
+    out = tmp_path / "trial"
+    assert main(["trial", "--seeds", "0", "--epochs", "4", "--write-every", "2", "--out", str(out)]) == 0
+    info = json.loads((out / "trial.json").read_text())
+    info["status"] = "running"
+    (out / "trial.json").write_text(json.dumps(info))
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert main(["trial", "--seeds", "0", "--epochs", "4", "--write-every", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint" in err and "corrupt" in err and "delete it" in err
+
+
+@pytest.mark.skipif(not SHARED_VAR_U.exists(), reason="../shared/data/var_u.mat is not here")
+def test_data_download_from_a_mirror_then_train_on_it(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(SHARED_VAR_U, served / "var_u.mat")
+    data = tmp_path / "data"
+    with serve_directory(served) as url:
+        result = subprocess.run([IBRAY, "data", "download", "szt", "--url", url, "--data-dir", str(data)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (data / "var_u.mat").read_bytes() == SHARED_VAR_U.read_bytes()
+    assert main(["trial", "--dataset", "szt", "--data-dir", str(data), "--epochs", "1", "--out", str(tmp_path / "szt")]) == 0
+    assert pl.read_parquet(tmp_path / "szt" / "mi" / "*.parquet")["dataset"].unique().to_list() == ["szt"]
+
+
+def test_bench_prints_its_figures_as_json(capsys):
+    assert main(["bench", "--epochs", "2", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("seed_epochs_per_s_1", "seed_epochs_per_s_50", "mi_ms_4096x10", "mi_ms_70000x16"):
+        assert figures[key] > 0

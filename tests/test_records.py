@@ -1,0 +1,64 @@
+"""The Parquet schema and its atomic writer."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ibray.records import METRICS_SCHEMA, MI_SCHEMA, ResultsWriter, write_atomic
+
+REQUIRED = [
+    "dataset", "architecture", "activation", "bits", "estimator", "seed", "phase", "epoch", "layer",
+    "mi_xt", "mi_ty", "h_t", "n_states",
+]
+
+
+def test_schema_has_the_agreed_column_names():
+    assert set(REQUIRED) <= set(MI_SCHEMA.names)
+    assert {"train_acc", "test_acc", "train_loss", "test_loss", "seed", "phase", "epoch"} <= set(METRICS_SCHEMA.names)
+
+
+def rows(seed, restarts, epochs):
+    n = len(epochs)
+    axes = dict(sweep=[""] * n, trial=["t"] * n, dataset=["synthetic12"] * n, architecture=["syn"] * n,
+                activation=["tanh"] * n, bits=[8] * n, seed=[seed] * n, restarts=[restarts] * n,
+                phase=["train"] * n, epoch=list(epochs))
+    metrics = {**axes, "train_loss": [0.5] * n, "test_loss": [0.6] * n, "train_acc": [0.9] * n, "test_acc": [0.8] * n}
+    return SimpleNamespace(mi={}, metrics=metrics)
+
+
+def test_writer_writes_parts_and_drops_a_discarded_attempt(tmp_path):
+    writer = ResultsWriter(tmp_path)
+    writer.add(rows(0, 0, [0, 1]))
+    writer.add(rows(1, 0, [0, 1]))
+    assert writer.flush("000000-000001") == [tmp_path / "metrics" / "part-000000-000001.parquet"]
+    writer.add(rows(0, 0, [2]))
+    writer.drop_seed(0, 0)
+    writer.add(rows(0, 1, [0]))
+    writer.flush("000002-000002")
+    table = pq.read_table(tmp_path / "metrics").to_pydict()
+    assert sorted(zip(table["seed"], table["restarts"], table["epoch"])) == [(0, 1, 0), (1, 0, 0), (1, 0, 1)]
+    assert pq.read_schema(tmp_path / "metrics" / "part-000000-000001.parquet").equals(METRICS_SCHEMA)
+
+
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
+    bad = pa.table({"x": [1]})
+    target = tmp_path / "part.parquet"
+    write_atomic(pa.table({"x": [0]}), target)
+
+    class Broken(Exception):
+        pass
+
+    class Unwritable:
+        def __getattr__(self, name):
+            raise Broken
+
+    with pytest.raises(Exception):
+        write_atomic(Unwritable(), target)
+    assert [p.name for p in tmp_path.iterdir()] == ["part.parquet"]
+    assert pq.read_table(target).to_pydict() == {"x": [0]}
+    write_atomic(bad, target)
+    assert pq.read_table(target).to_pydict() == {"x": [1]}
