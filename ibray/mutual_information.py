@@ -12,6 +12,7 @@ bits, so the next columns fit beside it. All seeds are sorted at once, row by ro
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,14 +63,16 @@ def rank_rows(keys: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _packed_keys(codes: np.ndarray, tail: np.ndarray | None, tail_bits: int) -> np.ndarray:
+def _packed_keys(codes: np.ndarray, tail: np.ndarray | None, tail_bits: int) -> tuple[np.ndarray, int]:
     """One int64 key per (seed, sample) such that keys are equal exactly when the rows of
-    codes (and the tail column, if given) are equal, and ordered like the rows."""
+    codes (and the tail column, if given) are equal, and ordered like the rows; and the
+    number of bits the key uses."""
     seeds, samples, width = codes.shape
     rank_bits = max(1, int(samples).bit_length())
     key = np.zeros((seeds, samples), dtype=np.int64)
     used = 0
-    columns = [(codes[:, :, j], _bits(codes[:, :, j].max()) if codes.size else 0) for j in range(width)]
+    tops = codes.max(axis=(0, 1)) if codes.size else np.zeros(width, dtype=np.int64)
+    columns = [(codes[:, :, j], _bits(tops[j])) for j in range(width)]
     if tail is not None:
         columns.append((np.broadcast_to(tail, (seeds, samples)), tail_bits))
     for column, bits in columns:
@@ -78,9 +81,17 @@ def _packed_keys(codes: np.ndarray, tail: np.ndarray | None, tail_bits: int) -> 
         if used + bits > _WORD_BITS:  # the key is full: replace it by its rank, then go on
             key = rank_rows(key)
             used = rank_bits
-        key = (key << bits) | column.astype(np.int64)
+        key <<= bits
+        key |= column
         used += bits
-    return key
+    return key, used
+
+
+@functools.lru_cache(maxsize=8)
+def _surprisal_table(samples: int) -> np.ndarray:
+    """-p log2 p for p = c / samples, every count c = 0..samples (0 for c = 0 and c = samples)."""
+    p = np.arange(1, samples + 1, dtype=np.float64) / samples
+    return np.concatenate([[0.0], -p * np.log2(p)])
 
 
 def dense_ids(codes: np.ndarray) -> np.ndarray:
@@ -91,17 +102,18 @@ def dense_ids(codes: np.ndarray) -> np.ndarray:
     codes = _check_codes(codes)
     if codes.shape[0] != 1:
         raise ValueError("dense_ids takes one (rows, columns) matrix")
-    return rank_rows(_packed_keys(codes, None, 0))[0]
+    return rank_rows(_packed_keys(codes, None, 0)[0])[0]
 
 
 def _entropy_per_row(boundaries: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
     """Entropy (bits) and number of states per row of sorted keys, from where new values start."""
     seeds = boundaries.shape[0]
     starts = np.flatnonzero(boundaries.reshape(-1))
-    counts = np.diff(np.append(starts, boundaries.size))
-    p = counts / samples
+    counts = np.diff(starts, append=boundaries.size)
     owner = starts // samples
-    return np.bincount(owner, weights=-p * np.log2(p), minlength=seeds), np.bincount(owner, minlength=seeds)
+    # -p log2 p is looked up by count rather than computed for every state
+    entropy = np.bincount(owner, weights=_surprisal_table(samples)[counts], minlength=seeds)
+    return entropy, np.bincount(owner, minlength=seeds)
 
 
 def layer_information(codes: np.ndarray, labels: np.ndarray) -> LayerInformation:
@@ -118,7 +130,8 @@ def layer_information(codes: np.ndarray, labels: np.ndarray) -> LayerInformation
     if labels.shape[0] != samples:
         raise ValueError(f"{samples} rows of codes but {labels.shape[0]} labels")
     label_bits = max(_bits(labels.max()), 1)
-    keys = np.sort(_packed_keys(codes, labels[None, :], label_bits), axis=1)
+    keys, used = _packed_keys(codes, labels[None, :], label_bits)
+    keys = np.sort(keys.astype(np.int32) if used <= 31 else keys, axis=1)  # 32-bit sorts faster
 
     joint_new = np.ones(keys.shape, dtype=bool)
     joint_new[:, 1:] = keys[:, 1:] != keys[:, :-1]

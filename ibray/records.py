@@ -169,15 +169,23 @@ class ResultsWriter:
     def __init__(self, out: str | Path) -> None:
         self.out = out if is_uri(out) else Path(out)
         self._batches: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
+        self._pending: list = []
 
     def add(self, measurement) -> None:
-        """Buffer a measurement: an object with `.mi` and `.metrics` dicts of equal-length columns."""
-        for name in TABLES:
-            columns = getattr(measurement, name)
-            if columns and len(columns["seed"]):
-                self._batches[name].append(pa.Table.from_pydict(columns, schema=TABLES[name]))
+        """Buffer a measurement: an object with `.mi` and `.metrics` dicts of equal-length
+        columns. `.mi` is read only at the next flush, so it may still be computing."""
+        self._pending.append(measurement)
+
+    def _settle(self) -> None:
+        for measurement in self._pending:
+            for name in TABLES:
+                columns = getattr(measurement, name)
+                if columns and len(columns["seed"]):
+                    self._batches[name].append(pa.Table.from_pydict(columns, schema=TABLES[name]))
+        self._pending.clear()
 
     def pending(self) -> int:
+        self._settle()
         return sum(t.num_rows for batches in self._batches.values() for t in batches)
 
     def flush(self, tag: str) -> list[Path]:
@@ -186,6 +194,7 @@ class ResultsWriter:
         Part names follow the epochs they cover, so a resumed run rewrites the same files with
         the same rows instead of adding duplicates.
         """
+        self._settle()
         written = []
         for name, batches in self._batches.items():
             if not batches:
@@ -198,6 +207,7 @@ class ResultsWriter:
 
     def drop_seed(self, seed: int, restarts: int) -> None:
         """Remove a discarded attempt of a seed from the buffer and from files already written."""
+        self._settle()
         for name, batches in self._batches.items():
             batches[:] = [t.filter(pc.invert(_attempt(t, seed, restarts))) for t in batches]
             for path in list_parts(join(self.out, name)):

@@ -15,11 +15,14 @@ re-initialised from a fresh stream and trained from epoch 0 while the others go 
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +38,8 @@ from ibray.records import ResultsWriter, is_uri, join, write_text_atomic
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPSILON = 1e-7  # Keras' default, as in the study
 _EVAL_CHUNK = 8192
+_DEFAULT_THREADS = torch.get_num_threads()
+_OVERLAP_SEEDS = 8  # from this many seeds on, measurements run beside the training
 _LANES = 16  # floats per AVX-512 register: training batches are padded to a multiple  # samples per forward chunk in the MI pass (bounds memory on MNIST)
 
 
@@ -52,17 +57,75 @@ def slot_streams(seed: int, restarts: int) -> tuple[int, int, int]:
     return int(init), int(shuffle), int(labels)
 
 
-@dataclass
 class Measurement:
-    """Rows of one measurement, columnar, ready for ResultsWriter."""
+    """Rows of one measurement, columnar, ready for ResultsWriter.
 
-    mi: dict[str, list] = field(default_factory=dict)
-    metrics: dict[str, list] = field(default_factory=dict)
+    A measurement runs on the trainer's worker thread while the next epoch trains (torch and
+    numpy release the GIL, so the two share the cores); reading `.mi` or `.metrics` waits.
+    """
+
+    def __init__(self, pending: Future | None = None, mi: dict | None = None, metrics: dict | None = None) -> None:
+        self._pending = pending
+        self._mi: dict[str, list] = mi if mi is not None else {}
+        self._metrics: dict[str, list] = metrics if metrics is not None else {}
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            self._mi, self._metrics = self._pending.result()
+            self._pending = None
+
+    @property
+    def mi(self) -> dict[str, list]:
+        self._settle()
+        return self._mi
+
+    @property
+    def metrics(self) -> dict[str, list]:
+        self._settle()
+        return self._metrics
 
     def extend(self, other: "Measurement") -> None:
         for mine, theirs in ((self.mi, other.mi), (self.metrics, other.metrics)):
             for key, values in theirs.items():
                 mine.setdefault(key, []).extend(values)
+
+
+def mi_rows(
+    estimators: tuple[str, ...],
+    layers: list,
+    codes: list[np.ndarray] | None,
+    values: list[np.ndarray] | None,
+    bounds: dict,
+    extremes: list[tuple[list[float], list[float]]],
+    labels: np.ndarray,
+    axes: dict[str, list],
+) -> dict[str, list]:
+    """The MI rows of one measurement, from the layers' codes (or float values) and labels."""
+    seeds = len(axes["seed"])
+    columns: dict[str, list] = {}
+    for estimator in estimators:
+        for number, spec in enumerate(layers, start=1):
+            if estimator == "exact":
+                layer_codes = codes[number - 1] if codes is not None else float_codes(values[number - 1])
+            else:
+                layer_codes = bin_codes(values[number - 1], binning_bins(estimator), *bounds[number - 1])
+            info = layer_information(layer_codes, labels)
+            rows = {
+                **axes,
+                "estimator": [estimator] * seeds,
+                "layer": [number] * seeds,
+                "layer_name": [spec.name] * seeds,
+                "width": [spec.width] * seeds,
+                "mi_xt": info.mi_xt.tolist(),
+                "mi_ty": info.mi_ty.tolist(),
+                "h_t": info.h_t.tolist(),
+                "n_states": info.n_states.tolist(),
+                "t_min": extremes[number - 1][0],
+                "t_max": extremes[number - 1][1],
+            }
+            for key, column in rows.items():
+                columns.setdefault(key, []).extend(column)
+    return columns
 
 
 class Trainer:
@@ -78,9 +141,16 @@ class Trainer:
         self.sweep = sweep
         self.trial = config.trial_id()
         self.device = pick_device(config.device)
+        if self.device.type == "cpu":
+            # A few seeds make tiny tensors: per-op overhead dominates and a second intra-op
+            # thread only adds hand-offs. Many seeds: use the threads, and measure alongside.
+            torch.set_num_threads(1 if len(config.seeds) < _OVERLAP_SEEDS else _DEFAULT_THREADS)
         self.global_ranges = global_ranges
         self.measure_mi = measure_mi
         self.seen_ranges: dict[tuple[int, int], tuple[float, float]] = {}
+        self._worker: ThreadPoolExecutor | None = None  # measures while the next epoch trains
+        self._eval_model: BatchedNetwork | None = None  # the worker's copy of the network
+        self._inflight: list[Measurement] = []
         self.total_epochs = config.prefit_epochs + config.epochs
         self.x = torch.as_tensor(dataset.x, dtype=torch.float32, device=self.device)
         self.y = np.asarray(dataset.y, dtype=np.int64)
@@ -232,18 +302,18 @@ class Trainer:
 
     # -- measuring --------------------------------------------------------------------------
     @torch.no_grad()
-    def _forward_all(self):
+    def _forward_all(self, model: BatchedNetwork):
         """The whole data set through the network, ranges held fixed, in chunks."""
-        self.model.eval()
-        parts = [self.model(self.x[start : start + _EVAL_CHUNK]) for start in range(0, len(self.x), _EVAL_CHUNK)]
+        model.eval()
+        parts = [model(self.x[start : start + _EVAL_CHUNK]) for start in range(0, len(self.x), _EVAL_CHUNK)]
 
         def joined(pieces: list[torch.Tensor]) -> torch.Tensor:
             return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
-        layers = range(len(self.model.layers))
+        layers = range(len(model.layers))
         log_probs = joined([p.log_probs for p in parts])
         values = [joined([p.values[i] for p in parts]) for i in layers]
-        codes = [joined([p.codes[i] for p in parts]) for i in layers] if self.model.quantized else None
+        codes = [joined([p.codes[i] for p in parts]) for i in layers] if model.quantized else None
         return log_probs, values, codes
 
     def _metrics(self, log_probs: torch.Tensor) -> dict[str, np.ndarray]:
@@ -274,60 +344,67 @@ class Trainer:
         }
 
     def measure(self, slots: list[int]) -> Measurement:
-        """Metrics and per-layer MI rows of the given slots at their current epoch."""
-        log_probs, values, codes = self._forward_all()
+        """Metrics and per-layer MI rows of the given slots at their current epoch.
+
+        The network's state is copied now; the forward pass and the counting run on the
+        worker thread, at most two measurements behind the training.
+        """
+        keys = [(self.seeds[s], self.restarts[s]) for s in slots]
+        bounds = None
+        if self.measure_mi and self.global_ranges is not None:
+            bounds = [self.global_ranges[key] for key in keys]
+        if len(self.seeds) < _OVERLAP_SEEDS:  # small models: the thread hand-off costs more than it saves
+            return Measurement(None, *self._measure_job(slots, keys, self._axes(slots), None, bounds, self.model))
+        snapshot = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        job = functools.partial(self._measure_job, slots, keys, self._axes(slots), snapshot, bounds)
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ibray-measure")
+            self._eval_model = copy.deepcopy(self.model)
+        self._inflight = [m for m in self._inflight if m._pending is not None and not m._pending.done()]
+        while len(self._inflight) >= 2:  # bound the backlog (and its memory)
+            self._inflight.pop(0)._settle()
+        measurement = Measurement(self._worker.submit(job))
+        self._inflight.append(measurement)
+        return measurement
+
+    def _measure_job(self, slots, keys, axes, snapshot, global_bounds, model=None) -> tuple[dict, dict]:
+        if model is None:
+            model = self._eval_model
+            model.load_state_dict(snapshot)
+        log_probs, values, codes = self._forward_all(model)
+        every = slots == list(range(len(self.seeds)))
         index = torch.as_tensor(slots, device=self.device)
-        measurement = Measurement()
-        metrics = self._metrics(log_probs[index])
-        measurement.metrics = {**self._axes(slots), **{k: v.tolist() for k, v in metrics.items()}}
-        layer_values = [v[index].cpu().numpy() for v in values]
+
+        def pick(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor if every else tensor[index]
+
+        metrics = {**axes, **{k: v.tolist() for k, v in self._metrics(pick(log_probs)).items()}}
+        values = [pick(v) for v in values]
+        extremes = [(v.flatten(1).amin(1).double().tolist(), v.flatten(1).amax(1).double().tolist()) for v in values]
         if self.global_ranges is None and self.config.bin_bounds == "global":
-            for row, slot in enumerate(slots):  # the range pass: remember each run's extremes
-                key = (self.seeds[slot], self.restarts[slot])
-                low = min(float(v[row].min()) for v in layer_values)
-                high = max(float(v[row].max()) for v in layer_values)
+            for row, key in enumerate(keys):  # the range pass: remember each run's extremes
+                low = min(layer[0][row] for layer in extremes)
+                high = max(layer[1][row] for layer in extremes)
                 old_low, old_high = self.seen_ranges.get(key, (math.inf, -math.inf))
                 self.seen_ranges[key] = (min(low, old_low), max(high, old_high))
         if not self.measure_mi:
-            return measurement
-        columns: dict[str, list] = {}
-        for estimator in self.config.estimators:
-            for number, (spec, layer) in enumerate(zip(self.model.layers, layer_values), start=1):
-                if estimator == "exact":
-                    layer_codes = codes[number - 1][index].to(torch.int32).cpu().numpy() if codes else float_codes(layer)
-                else:
-                    layer_codes = bin_codes(layer, binning_bins(estimator), *self._bin_bounds(slots, layer))
-                info = layer_information(layer_codes, self.y)
-                rows = {
-                    **self._axes(slots),
-                    "estimator": [estimator] * len(slots),
-                    "layer": [number] * len(slots),
-                    "layer_name": [spec.name] * len(slots),
-                    "width": [spec.width] * len(slots),
-                    "mi_xt": info.mi_xt.tolist(),
-                    "mi_ty": info.mi_ty.tolist(),
-                    "h_t": info.h_t.tolist(),
-                    "n_states": info.n_states.tolist(),
-                    "t_min": layer.reshape(len(slots), -1).min(axis=1).astype(float).tolist(),
-                    "t_max": layer.reshape(len(slots), -1).max(axis=1).astype(float).tolist(),
-                }
-                for key, column in rows.items():
-                    columns.setdefault(key, []).extend(column)
-        measurement.mi = columns
-        return measurement
+            return {}, metrics
+        binning = any(binning_bins(e) for e in self.config.estimators)
+        layer_values = [v.cpu().numpy() for v in values] if binning or codes is None else None
+        layer_codes = [pick(c).to(torch.int32).cpu().numpy() for c in codes] if codes is not None else None
+        bounds = [self._bin_bounds(extreme, global_bounds) for extreme in extremes] if binning else None
+        mi = mi_rows(self.config.estimators, model.layers, layer_codes, layer_values, bounds, extremes, self.y, axes)
+        return mi, metrics
 
-    def _bin_bounds(self, slots: list[int], layer: np.ndarray):
-        bounds = self.config.bin_bounds
-        if bounds == "fixed":
+    def _bin_bounds(self, extremes: tuple[list[float], list[float]], global_bounds: list | None):
+        """(low, high) of the bins of one layer, broadcastable over (seeds, samples, neurons)."""
+        if self.config.bin_bounds == "fixed":
             return self.config.bin_range
-        if bounds == "layer":
-            flat = layer.reshape(len(slots), -1)
-            return flat.min(axis=1)[:, None, None], flat.max(axis=1)[:, None, None]
-        if self.global_ranges is None:  # the range pass: binning is not measured yet
-            flat = layer.reshape(len(slots), -1)
-            return flat.min(axis=1)[:, None, None], flat.max(axis=1)[:, None, None]
-        ranges = np.array([self.global_ranges[(self.seeds[s], self.restarts[s])] for s in slots])
-        return ranges[:, 0, None, None], ranges[:, 1, None, None]
+        if self.config.bin_bounds == "global" and global_bounds is not None:
+            low, high = np.array([b[0] for b in global_bounds]), np.array([b[1] for b in global_bounds])
+        else:  # per layer and epoch (the range pass of global bounds bins nothing)
+            low, high = np.array(extremes[0]), np.array(extremes[1])
+        return low[:, None, None], high[:, None, None]
 
     def _due(self, slot: int, previous: int) -> bool:
         epoch = self.slot_epoch[slot]
@@ -355,15 +432,13 @@ class Trainer:
         due = [s for s in range(len(self.seeds)) if self._due(s, before[s])]
         measurement = self.measure(due) if due else Measurement()
         discarded = []
-        if due:
+        config = self.config
+        checking = [s for s in due if self.phase_epoch(self.slot_epoch[s]) == ("train", config.restart_epoch)]
+        if checking:  # the only place the loop waits for a measurement
             accuracy = dict(zip(due, measurement.metrics["train_acc"]))
-            config = self.config
-            for slot in due:
-                phase, epoch = self.phase_epoch(self.slot_epoch[slot])
+            for slot in checking:
                 if (
-                    phase == "train"
-                    and epoch == config.restart_epoch
-                    and accuracy[slot] < config.min_train_acc
+                    accuracy[slot] < config.min_train_acc
                     and self.restarts[slot] < config.max_restarts
                 ):
                     discarded.append((self.seeds[slot], self.restarts[slot]))
@@ -377,15 +452,11 @@ class Trainer:
 
     @staticmethod
     def _drop(measurement: Measurement, attempts: list[tuple[int, int]]) -> Measurement:
-        kept = Measurement()
-        for name in ("mi", "metrics"):
-            table = getattr(measurement, name)
-            if not table:
-                continue
-            pairs = list(zip(table["seed"], table["restarts"]))
-            keep = [pair not in attempts for pair in pairs]
-            setattr(kept, name, {k: [v for v, ok in zip(col, keep) if ok] for k, col in table.items()})
-        return kept
+        tables = []
+        for table in (measurement.mi, measurement.metrics):
+            keep = [pair not in attempts for pair in zip(table.get("seed", []), table.get("restarts", []))]
+            tables.append({k: [v for v, ok in zip(col, keep) if ok] for k, col in table.items()})
+        return Measurement(mi=tables[0], metrics=tables[1])
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -443,9 +514,11 @@ def find_global_ranges(config: TrialConfig, dataset: Dataset) -> dict[tuple[int,
     run that follows goes through the very same states.
     """
     trainer = Trainer(config, dataset, measure_mi=False)
-    trainer.start()
+    measurements = [trainer.start()]
     while not trainer.done:
-        trainer.step()
+        measurements.append(trainer.step()[0])
+    for measurement in measurements:
+        measurement.metrics  # wait: the ranges are gathered by the measurements
     return trainer.seen_ranges
 
 
@@ -493,14 +566,14 @@ def run_trial(
         packed = [[s, r, lo, hi] for (s, r), (lo, hi) in ranges.items()] if ranges else None
         return {"trainer": trainer.state_dict(), "written": last_written, "global_ranges": packed}
 
-    latest: dict = {}
+    last: Measurement | None = None
     while not trainer.done:
         measurement, discarded = trainer.step()
         for seed, restarts in discarded:
             writer.drop_seed(seed, restarts)
         writer.add(measurement)
-        if measurement.metrics:
-            latest = measurement.metrics
+        if measurement._pending is not None or measurement.metrics:
+            last = measurement
         if on_epoch is not None:
             on_epoch(trainer)
         step = trainer.epochs_run
@@ -509,7 +582,7 @@ def run_trial(
             last_written = step
             write_trial_info(out, config, sweep, "complete" if trainer.done else "running", step)
             if on_write is not None:
-                on_write(checkpoint(), _scalars(latest, step))
+                on_write(checkpoint(), _scalars(last.metrics if last else {}, step))
     if writer.pending():  # e.g. a resumed run that was already complete
         writer.flush(f"{last_written + 1:06d}-{trainer.epochs_run:06d}")
     write_trial_info(out, config, sweep, "complete", trainer.epochs_run)
@@ -520,7 +593,7 @@ def run_trial(
         epochs=trainer.epochs_run,
         restarts={seed: r for seed, r in zip(trainer.seeds, trainer.restarts) if r},
         seconds=time.perf_counter() - started,
-        final=_scalars(latest, trainer.epochs_run),
+        final=_scalars(last.metrics if last else {}, trainer.epochs_run),
     )
 
 

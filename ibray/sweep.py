@@ -1,0 +1,344 @@
+"""Sweep files: load the YAML, validate every key and value, expand to the grid of trials.
+
+A sweep file states only the axes and what departs from TrialConfig's defaults. Keys are
+TrialConfig's field names plus a few sweep-level ones (SWEEP_KEYS). A list given for a
+single-valued field is an axis; the grid is the product of the axes, and the seeds are cut
+into blocks of `seeds_per_trial`, each block one trial (the core trains a block as one
+batched model). Every error names the file, the key, the bad value and what is allowed, and
+the whole file is checked, every grid point included, before anything starts.
+
+Knows nothing of Ray: `SweepSpec.param_space()` is a plain dict whose axes are marked by
+`grid_search`, the one name Tune's param_space needs; the launcher turns them into Tune's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ibray.config import ConfigError, TrialConfig, default_for, parse_seeds
+
+# Sweep-level keys (not TrialConfig fields): what each means and its default.
+SWEEP_KEYS = {
+    "name": "the sweep's name: its folder under the results root (default: the file's stem)",
+    "seeds_per_trial": "seeds trained together in one trial (default: all of them)",
+    "resources": "per trial: {cpu: CPUs, gpu: GPU fraction} (default {cpu: 1, gpu: 0})",
+    "max_failures": "retries of a failed trial from its last checkpoint (default 3)",
+}
+TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(TrialConfig))
+# Fields whose value is itself a list; a list of them is one value, not an axis.
+LIST_FIELDS = ("seeds", "estimators", "bin_range")
+RESOURCE_KEYS = ("cpu", "gpu")
+DEFAULT_RESOURCES = {"cpu": 1.0, "gpu": 0.0}
+DEFAULT_MAX_FAILURES = 3
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SweepError(ConfigError):
+    """A sweep file that cannot run; the message names the file, key, value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: its name, the grid's axes and constants, the seed blocks, resources."""
+
+    path: str  # the file it came from (for messages)
+    text: str  # the file as given, copied next to the results
+    name: str
+    constants: dict  # TrialConfig keys held fixed (seeds excluded)
+    axes: dict  # TrialConfig key -> list of values, in the file's order
+    seed_blocks: tuple  # tuple of seed tuples, one per trial of each grid point
+    resources: dict  # {"cpu": float, "gpu": float} per trial
+    max_failures: int
+
+    @property
+    def trials(self) -> list[TrialConfig]:
+        """Every trial of the grid: axes in file order, then seed blocks."""
+        keys = list(self.axes)
+        points = itertools.product(*(self.axes[k] for k in keys), self.seed_blocks)
+        return [
+            TrialConfig.from_dict({**self.constants, **dict(zip(keys, values[:-1])), "seeds": values[-1]})
+            for values in points
+        ]
+
+    @property
+    def seeds(self) -> int:
+        return sum(len(block) for block in self.seed_blocks)
+
+    @property
+    def seed_epochs(self) -> int:
+        return sum(len(t.seeds) * (t.epochs + t.prefit_epochs) for t in self.trials)
+
+    def param_space(self) -> dict:
+        """A flat config with each axis (and the seed blocks) as {'grid_search': values}."""
+        space = {key: _plain(value) for key, value in self.constants.items()}
+        for key, values in self.axes.items():
+            space[key] = {"grid_search": [_plain(v) for v in values]}
+        space["seeds"] = {"grid_search": [list(block) for block in self.seed_blocks]}
+        return space
+
+    def describe(self) -> str:
+        """The grid in a few lines: axes, trials, seeds, seed-epochs, resources."""
+        trials = self.trials
+        lines = [f"sweep {self.name!r} ({self.path})"]
+        for key, values in self.axes.items():
+            lines.append(f"  axis {key}: {', '.join(map(str, values))}")
+        sizes = sorted({len(b) for b in self.seed_blocks})
+        lines.append(
+            f"  seeds: {self.seeds} ({_seed_text(self.seed_blocks)}) in {len(self.seed_blocks)} block(s) of "
+            f"{'/'.join(map(str, sizes))} per grid point"
+        )
+        lines.append(f"  trials: {len(trials)}; seed-epochs: {self.seed_epochs:,}")
+        first = trials[0]
+        lines.append(
+            f"  per trial: {first.epochs} epochs"
+            + (f" after {first.prefit_epochs} prefit epochs" if first.prefit_epochs else "")
+            + f", MI every {first.mi_every}, written and checkpointed every {first.write_every}; "
+            f"resources cpu {self.resources['cpu']:g}, gpu {self.resources['gpu']:g}; "
+            f"max_failures {self.max_failures}"
+        )
+        return "\n".join(lines)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _seed_text(blocks) -> str:
+    seeds = [s for block in blocks for s in block]
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+    return ",".join(map(str, seeds))
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file; raises SweepError listing every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SweepError(f"{path}: cannot read the sweep file ({error.strerror or error})") from error
+    return parse_sweep(text, str(path), default_name=path.stem)
+
+
+def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep") -> SweepSpec:
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SweepError(f"{source}: not valid YAML ({str(error).splitlines()[0]})") from error
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise SweepError(f"{source}: a sweep file is a mapping of keys to values, not a {type(values).__name__}")
+    return _Validator(source, values, default_name).spec(text)
+
+
+class _Validator:
+    """Collects every problem of a file, then raises them together."""
+
+    def __init__(self, source: str, values: dict, default_name: str) -> None:
+        self.source = source
+        self.values = values
+        self.default_name = default_name
+        self.errors: list[str] = []
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append(f"{self.source}: {key}: {message}")
+
+    def spec(self, text: str) -> SweepSpec:
+        allowed = set(TRIAL_KEYS) | set(SWEEP_KEYS)
+        for key in self.values:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                self.error(str(key), f"unknown key; {hint}allowed: {', '.join(sorted(allowed))}")
+
+        name = self._name()
+        seed_blocks = self._seed_blocks()
+        resources = self._resources()
+        max_failures = self._max_failures()
+        constants, axes = {}, {}
+        for key in TRIAL_KEYS:
+            if key == "seeds" or key not in self.values:
+                continue
+            value = self.values[key]
+            is_axis = _is_list_of_lists(value) if key in LIST_FIELDS else isinstance(value, list)
+            if is_axis:
+                axis = self._axis(key, value)
+                if axis is not None:
+                    axes[key] = axis
+            else:
+                checked = self._value(key, value)
+                if checked is not _BAD:
+                    constants[key] = checked
+        if self.errors:
+            raise SweepError("\n".join(self.errors))
+        spec = SweepSpec(
+            path=self.source,
+            text=text,
+            name=name,
+            constants=constants,
+            axes=axes,
+            seed_blocks=seed_blocks,
+            resources=resources,
+            max_failures=max_failures,
+        )
+        self._check_grid(spec)
+        return spec
+
+    # -- single keys ------------------------------------------------------------------------
+    def _name(self) -> str:
+        name = self.values.get("name", self.default_name)
+        if not isinstance(name, str) or not _NAME.match(name):
+            self.error("name", f"{name!r} is not a usable folder name; use letters, digits, '_', '.', '-'")
+            return "invalid"
+        return name
+
+    def _seed_blocks(self) -> tuple:
+        raw = self.values.get("seeds", 1)
+        if isinstance(raw, bool):
+            self.error("seeds", f"{raw!r} is not allowed; give a count (e.g. 20), a list (e.g. [0, 3, 7]) or a range ('0-19')")
+            return ((0,),)
+        try:
+            if isinstance(raw, int):
+                if raw < 1:
+                    raise ConfigError(f"seeds: a count of {raw} seeds; give at least 1")
+                seeds = tuple(range(raw))
+            elif isinstance(raw, list) and not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
+                raise ConfigError(f"seeds: {raw!r} holds something other than integer seeds")
+            else:
+                seeds = parse_seeds(raw)
+        except ConfigError as error:
+            self.error("seeds", f"{_strip_key(error, 'seeds')} (value {raw!r}); allowed: a count, a list of distinct seeds, or ranges like '0-9,20'")
+            return ((0,),)
+        per_trial = self.values.get("seeds_per_trial", len(seeds))
+        if isinstance(per_trial, bool) or not isinstance(per_trial, int) or per_trial < 1:
+            self.error("seeds_per_trial", f"{per_trial!r} is not allowed; give a positive integer")
+            return (seeds,)
+        return tuple(seeds[i : i + per_trial] for i in range(0, len(seeds), per_trial))
+
+    def _resources(self) -> dict:
+        raw = self.values.get("resources", {})
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            self.error("resources", f"{raw!r} is not allowed; give a mapping such as {{cpu: 1, gpu: 0.25}}")
+            return dict(DEFAULT_RESOURCES)
+        resources = dict(DEFAULT_RESOURCES)
+        for key, value in raw.items():
+            if key not in RESOURCE_KEYS:
+                self.error(f"resources.{key}", f"unknown resource; allowed: {', '.join(RESOURCE_KEYS)}")
+                continue
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if key == "cpu" and not (ok and value > 0):
+                self.error("resources.cpu", f"{value!r} is not allowed; give CPUs per trial > 0 (fractions allowed)")
+            elif key == "gpu" and not (ok and (0 <= value <= 1 or float(value).is_integer() and value > 0)):
+                self.error("resources.gpu", f"{value!r} is not allowed; give a GPU fraction in [0, 1] or a whole number of GPUs")
+            else:
+                resources[key] = float(value)
+        return resources
+
+    def _max_failures(self) -> int:
+        value = self.values.get("max_failures", DEFAULT_MAX_FAILURES)
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            self.error("max_failures", f"{value!r} is not allowed; give retries per trial >= 0 (-1: retry forever)")
+            return DEFAULT_MAX_FAILURES
+        return value
+
+    # -- TrialConfig keys -------------------------------------------------------------------
+    def _axis(self, key: str, values: list):
+        if not values:
+            self.error(key, "an empty list; give at least one value")
+            return None
+        checked = [self._value(key, v) for v in values]
+        if any(v is _BAD for v in checked):
+            return None
+        seen = []
+        for value in checked:
+            if value in seen:
+                self.error(key, f"{value!r} is listed twice; each value of an axis must be distinct")
+                return None
+            seen.append(value)
+        return checked
+
+    def _value(self, key: str, value):
+        """One value of a TrialConfig field: type-checked, then checked by TrialConfig itself."""
+        default = default_for(key)
+        expected = type(default)
+        if expected is float and isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if key in LIST_FIELDS:
+            value = [value] if isinstance(value, str) and key == "estimators" else value
+            if not isinstance(value, list):
+                self.error(key, f"{value!r} is not allowed; give a list (default {list(default)!r})")
+                return _BAD
+            value = tuple(value)
+        elif not isinstance(value, expected) or isinstance(value, bool):
+            kind = {int: "an integer", float: "a number", str: "a string"}.get(expected, expected.__name__)
+            self.error(key, f"{value!r} is not allowed; give {kind} (default {default!r})")
+            return _BAD
+        try:
+            TrialConfig.from_dict(_probe(key, value))
+        except ConfigError as error:
+            message = str(error)
+            if message.startswith(f"{key}:"):
+                self.error(key, message[len(key) + 1 :].strip())
+            elif key in ("architecture", "dataset"):
+                pass  # a pairing problem, reported once for the whole grid by _check_grid
+            else:
+                self.error(key, message)
+            return value if key in ("architecture", "dataset") else _BAD
+        return value
+
+    def _check_grid(self, spec: SweepSpec) -> None:
+        """Every grid point as a TrialConfig (e.g. each architecture against the data set)."""
+        keys = list(spec.axes)
+        problems: dict[str, None] = {}
+        for values in itertools.product(*(spec.axes[k] for k in keys)):
+            point = {**spec.constants, **dict(zip(keys, values))}
+            try:
+                TrialConfig.from_dict(point)
+            except ConfigError as error:
+                problems.setdefault(f"{self.source}: {error}", None)
+        if problems:
+            raise SweepError("\n".join(problems))
+
+
+_BAD = object()
+
+
+def _is_list_of_lists(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, list) for v in value)
+
+
+def _probe(key: str, value) -> dict:
+    """A config that checks one value alone: rules that tie two keys are left to the grid check."""
+    from ibray.config import ARCHITECTURES, DATASET_FAMILY
+
+    if key == "architecture" and value in ARCHITECTURES:
+        family = ARCHITECTURES[value]
+        dataset = next(d for d, f in DATASET_FAMILY.items() if f == family)
+        return {"architecture": value, "dataset": dataset}
+    if key == "dataset" and value in DATASET_FAMILY:
+        family = DATASET_FAMILY[value]
+        architecture = next(a for a, f in ARCHITECTURES.items() if f == family)
+        return {"architecture": architecture, "dataset": value}
+    if key == "epochs":
+        return {"epochs": value, "prefit_epochs": 1}
+    return {key: value}
+
+
+def _strip_key(error: Exception, key: str) -> str:
+    message = str(error)
+    return message[len(key) + 1 :].strip() if message.startswith(f"{key}:") else message
