@@ -55,33 +55,37 @@ class Quantizer(nn.Module):
             self.low[slots] = float("inf")
             self.high[slots] = float("-inf")
 
+    @torch.no_grad()
     def _track(self, values: torch.Tensor) -> None:
-        flat = values.detach().flatten(1)
+        flat = values.flatten(1)
         batch_low, batch_high = flat.amin(dim=1), flat.amax(dim=1)
-        fresh = torch.isinf(self.low)
         if self.tracking == "epoch":
-            self.low.copy_(torch.minimum(self.low, batch_low))
-            self.high.copy_(torch.maximum(self.high, batch_high))
+            torch.minimum(self.low, batch_low, out=self.low)
+            torch.maximum(self.high, batch_high, out=self.high)
         elif self.tracking == "batch":
             self.low.copy_(batch_low)
             self.high.copy_(batch_high)
         else:
+            fresh = torch.isinf(self.low)
             decay = self.ema_decay
             self.low.copy_(torch.where(fresh, batch_low, decay * self.low + (1 - decay) * batch_low))
             self.high.copy_(torch.where(fresh, batch_high, decay * self.high + (1 - decay) * batch_high))
 
-    def _grid(self, dims: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-seed low, step and 1/step, shaped to broadcast over (seeds, ...) values.
+    @torch.no_grad()
+    def _quantize(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(quantized values, codes as floats) under the current per-seed ranges.
         A constant layer (high == low) has step 0 and maps everything to code 0."""
-        shape = (-1,) + (1,) * (dims - 1)
-        step = (self.high - self.low) / self.levels
-        inverse = torch.where(step > 0, 1.0 / torch.where(step > 0, step, 1.0), 0.0)
-        return self.low.reshape(shape), step.reshape(shape), inverse.reshape(shape)
+        shape = (-1,) + (1,) * (values.dim() - 1)
+        step = (self.high - self.low).div_(self.levels)
+        inverse = torch.where(step > 0, step.reciprocal(), 0.0).view(shape)
+        low = self.low.view(shape)
+        codes = (values - low).mul_(inverse).round_().clamp_(0, self.levels)
+        # a multiply, then an add: a fused multiply-add would round differently by position
+        return codes.mul(step.view(shape)).add_(low), codes
 
     def codes(self, values: torch.Tensor) -> torch.Tensor:
         """Integer codes 0..2^bits-1 (as floats) of values (seeds first) under the current ranges."""
-        low, _, inverse = self._grid(values.dim())
-        return ((values.detach() - low) * inverse).round_().clamp_(0, self.levels)
+        return self._quantize(values)[1]
 
     def forward(self, values: torch.Tensor, valid: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantized values (straight-through gradient) and their integer codes (as floats).
@@ -91,7 +95,5 @@ class Quantizer(nn.Module):
         """
         if self.training and not self.frozen:
             self._track(values if valid is None else values[:, :valid])
-        low, step, inverse = self._grid(values.dim())
-        codes = ((values.detach() - low) * inverse).round_().clamp_(0, self.levels)
-        quantized = codes * step + low  # not addcmul: a fused multiply-add rounds differently
+        quantized, codes = self._quantize(values)
         return straight_through(values, quantized), codes
