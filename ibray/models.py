@@ -157,6 +157,21 @@ class BatchedNetwork(nn.Module):
             return values, None
         return self.quantizers[index](values, valid)
 
+    @staticmethod
+    def _conv(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """3x3 'valid' convolution of (S, B, C, H, W) with per-seed kernels (S, out, C, 3, 3).
+
+        As patches times kernels (a batched matrix product, like the dense layers) rather than
+        a grouped convolution, whose kernels round a seed's sums differently by its group.
+        """
+        seeds, batch, channels, side_h, side_w = hidden.shape
+        patches = F.unfold(hidden.reshape(seeds * batch, channels, side_h, side_w), kernel_size=3)
+        positions = patches.shape[-1]
+        patches = patches.reshape(seeds, batch, channels * 9, positions).transpose(1, 2).reshape(seeds, channels * 9, -1)
+        out = torch.baddbmm(bias.unsqueeze(-1), weight.reshape(seeds, weight.shape[1], -1), patches)
+        out = out.reshape(seeds, weight.shape[1], batch, positions).transpose(1, 2)
+        return out.reshape(seeds, batch, weight.shape[1], side_h - 2, side_w - 2)
+
     def forward(self, x: torch.Tensor, valid: int | None = None) -> Pass:
         """x: (S, B, inputs), or (B, inputs) shared by all seeds (the MI pass).
 
@@ -172,11 +187,7 @@ class BatchedNetwork(nn.Module):
             if spec.kind == "conv":
                 if hidden.dim() == 3:  # flat images -> (S, B, 1, H, W)
                     hidden = hidden.reshape(seeds, batch, 1, *self.image_shape)
-                channels_in, side_h, side_w = hidden.shape[2:]
-                grouped = hidden.transpose(0, 1).reshape(batch, seeds * channels_in, side_h, side_w)
-                out = F.conv2d(grouped, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), groups=seeds)
-                out = self.activation(out)
-                out = out.reshape(batch, seeds, CONV_CHANNELS, *out.shape[2:]).transpose(0, 1)
+                out = self.activation(self._conv(hidden, weight, bias))
                 out, code = self._quantize(index, out, valid)
                 # Max-pooling commutes with the monotone quantizer: pool the codes alike.
                 hidden = F.max_pool2d(out.reshape(seeds * batch, CONV_CHANNELS, *out.shape[3:]), 2)

@@ -31,7 +31,7 @@ import torch
 
 from ibray.config import TrialConfig, binning_bins
 from ibray.data import Dataset, load_dataset
-from ibray.models import BatchedNetwork
+from ibray.models import BatchedNetwork, Pass
 from ibray.mutual_information import bin_codes, float_codes, layer_information
 from ibray.records import ResultsWriter, is_uri, join, write_text_atomic
 
@@ -49,6 +49,21 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device")
     return torch.device(name)
+
+
+def _pad_to_lanes(rows: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, int]:
+    """Pad `rows` along `dim` to a multiple of the SIMD width by repeating its first rows.
+
+    Every seed's block of activations then starts on the same vector lane, so vectorised
+    tanh/exp give a seed the same bits whichever slot it occupies. Returns the padded rows
+    and how many are real; the padding is ignored (loss, quantizer ranges, results).
+    """
+    size = rows.shape[dim]
+    missing = -size % _LANES
+    if not missing:
+        return rows, size
+    repeats = rows.narrow(dim, 0, 1).expand(*[missing if d == dim else -1 for d in range(rows.dim())])
+    return torch.cat([rows, repeats], dim=dim), size
 
 
 def slot_streams(seed: int, restarts: int) -> tuple[int, int, int]:
@@ -159,6 +174,9 @@ class Trainer:
         self.test_idx = torch.as_tensor(dataset.test_idx, dtype=torch.long, device=self.device)
         self.train_labels = self.y_device[self.train_idx]
         self.x_train = self.x[self.train_idx]
+        # Samples per forward chunk of the MI pass: the conv network's patches are large.
+        per_sample = dataset.x.shape[1] * (9 if config.architecture == "conv" else 1) * len(config.seeds)
+        self._eval_chunk = max(_LANES, min(_EVAL_CHUNK, (2**24 // per_sample) // _LANES * _LANES))
         seeds = len(config.seeds)
         self.model = BatchedNetwork(
             config.architecture,
@@ -209,8 +227,9 @@ class Trainer:
         for q in quantizers:
             q.reset()
             q.tracking = "epoch"
-        for start in range(0, len(self.train_idx), _EVAL_CHUNK):
-            self.model(self.x[self.train_idx[start : start + _EVAL_CHUNK]])
+        for start in range(0, len(self.train_idx), self._eval_chunk):
+            chunk, size = _pad_to_lanes(self.x_train[start : start + self._eval_chunk])
+            self.model(chunk, valid=size)
         keep = torch.ones(len(self.seeds), dtype=torch.bool, device=self.device)
         keep[slots] = False
         for q, (low, high, tracking) in zip(quantizers, saved):
@@ -284,13 +303,7 @@ class Trainer:
             self.model.reset_ranges()
         for start in range(0, n_train, self.config.batch_size):
             batch = orders[:, start : start + self.config.batch_size]
-            size = batch.shape[1]
-            # Pad a short batch to a multiple of the SIMD width with (ignored) real samples:
-            # every seed's block of activations then starts on the same vector lane, so
-            # vectorised tanh/exp give a seed the same bits whichever slot it occupies.
-            padded = -size % _LANES
-            if padded:
-                batch = torch.cat([batch, batch[:, :padded]], dim=1)
+            batch, size = _pad_to_lanes(batch, dim=1)
             result = self.model(self.x_train[batch], valid=size)
             targets = labels.gather(1, batch[:, :size])
             nll = -result.log_probs[:, :size].gather(2, targets.unsqueeze(-1)).squeeze(-1)
@@ -305,7 +318,17 @@ class Trainer:
     def _forward_all(self, model: BatchedNetwork):
         """The whole data set through the network, ranges held fixed, in chunks."""
         model.eval()
-        parts = [model(self.x[start : start + _EVAL_CHUNK]) for start in range(0, len(self.x), _EVAL_CHUNK)]
+        parts = []
+        for start in range(0, len(self.x), self._eval_chunk):
+            chunk, size = _pad_to_lanes(self.x[start : start + self._eval_chunk])
+            parts.append(model(chunk))
+            if len(chunk) > size:
+                result = parts[-1]
+                parts[-1] = Pass(
+                    result.log_probs[:, :size],
+                    [v[:, :size] for v in result.values],
+                    [c[:, :size] if c is not None else None for c in result.codes],
+                )
 
         def joined(pieces: list[torch.Tensor]) -> torch.Tensor:
             return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)

@@ -144,14 +144,22 @@ def tiny_mnist(samples=240) -> Dataset:
     return Dataset("mnist", x, y.astype(np.int64), np.arange(0, 200), np.arange(200, samples), 10, (28, 28))
 
 
+@pytest.mark.parametrize("bits", [4, 8, 32])
 @pytest.mark.parametrize("architecture", ["bottleneck2", "bottleneck4", "hourglass", "4x10", "conv"])
-def test_every_mnist_network_trains_and_measures(tmp_path, architecture):
-    config = TrialConfig(dataset="mnist", architecture=architecture, activation="relu", bits=4, seeds=(0, 1), epochs=2, batch_size=64)
+def test_every_mnist_network_trains_and_measures(tmp_path, architecture, bits):
+    estimators = ("exact", "bin30") if bits == 32 else ("exact",)
+    config = TrialConfig(
+        dataset="mnist", architecture=architecture, activation="relu", bits=bits, seeds=(0, 1), epochs=2,
+        batch_size=64, estimators=estimators,
+    )
     run_trial(config, tmp_path / "run", dataset=tiny_mnist())
     mi = read(tmp_path / "run")
     layers = mi["layer"].max()
-    assert mi.height == 2 * 3 * layers
+    assert mi.height == 2 * 3 * layers * len(estimators)
     assert (mi.filter(pl.col("layer") == layers)["mi_ty"] <= np.log2(10) + 1e-9).all()
+    assert (mi["mi_xt"] <= np.log2(240) + 1e-9).all()
+    wide = mi.filter(pl.col("estimator") == "exact").sort("layer").group_by("seed", "epoch").agg("n_states")
+    assert all(np.all(np.diff(states) <= 0) for states in wide["n_states"].to_list())
 
 
 def test_trainer_checkpoint_is_loadable_without_pickle(tmp_path, synthetic):
@@ -170,3 +178,13 @@ def test_trainer_checkpoint_is_loadable_without_pickle(tmp_path, synthetic):
     assert a.mi == b.mi
     with pytest.raises(ValueError, match="checkpoint belongs"):
         Trainer(TrialConfig(seeds=(0, 2), epochs=3), synthetic).load_state_dict(state)
+
+
+def test_a_conv_seed_does_not_depend_on_its_batch_mates(tmp_path):
+    common = dict(dataset="mnist", architecture="conv", activation="relu", epochs=3, batch_size=64)
+    run_trial(TrialConfig(seeds=(2,), **common), tmp_path / "alone", dataset=tiny_mnist())
+    run_trial(TrialConfig(seeds=(0, 1, 2, 3, 4), **common), tmp_path / "shared", dataset=tiny_mnist())
+    columns = [c for c in read(tmp_path / "alone").columns if c != "trial"]
+    alone = read(tmp_path / "alone").select(columns).sort("epoch", "layer")
+    shared = read(tmp_path / "shared").filter(pl.col("seed") == 2).select(columns).sort("epoch", "layer")
+    assert alone.equals(shared)
