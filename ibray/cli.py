@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 EXIT_USAGE = 2
 
 
 def _trial_parser(sub) -> None:
-    from ibray.config import TrialConfig, default_for
+    from ibray.config import default_for
 
     p = sub.add_parser("trial", help="train one configuration for several seeds (no Ray) and write Parquet")
     p.add_argument("--dataset", default=default_for("dataset"), help="synthetic12 (offline), szt, mnist")
@@ -38,10 +37,10 @@ def _trial_parser(sub) -> None:
     p.add_argument("--data-dir", default=None, help="data directory (default: $IBRAY_DATA_DIR or ~/.cache/ibray)")
     p.add_argument("--out", default="results/trial", help="results folder")
     p.add_argument("--overwrite", action="store_true", help="replace results of another trial in --out")
-    p.set_defaults(handler=_run_trial, config_type=TrialConfig)
+    p.set_defaults(handler=_run_trial)
 
 
-def _config_from_args(args) -> "TrialConfig":
+def _config_from_args(args):
     from ibray.config import TrialConfig
 
     return TrialConfig(

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DATASETS = ("synthetic12", "szt", "mnist")
 # architecture -> the data-set family it fits ("synthetic": 12 binary inputs, "mnist": images)
@@ -189,4 +189,4 @@ def default_for(key: str):
     return next(f for f in dataclasses.fields(TrialConfig) if f.name == key).default
 
 
-__all__ = ["TrialConfig", "ConfigError", "parse_seeds", "binning_bins", "field"]
+__all__ = ["TrialConfig", "ConfigError", "parse_seeds", "binning_bins"]

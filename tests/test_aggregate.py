@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import polars as pl
 import pyarrow as pa
 import pytest
 from analysis_fixtures import table, write_trial
