@@ -108,8 +108,10 @@ def run_sweep(
     filesystem, inner = resolve(folder)
     trials = spec.trials
     if overwrite:
-        if filesystem.get_file_info(inner).type != pafs.FileType.NotFound:
+        if read_text(join(folder, SWEEP_FILE)) is not None:  # only ever a sweep's own folder
             filesystem.delete_dir(inner)
+        else:
+            _check_existing(spec, folder, resume)  # refuses a folder that is not a sweep's
     else:
         statuses = _check_existing(spec, folder, resume)
         if statuses and all(s == "complete" for s in statuses.values()):
@@ -303,7 +305,7 @@ class LiveView(tune.Callback):
 
 
 def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 

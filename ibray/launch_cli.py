@@ -47,7 +47,9 @@ def _run_sweep(args) -> int:
         raise SweepError("--resume and --overwrite contradict each other; pass one of them")
     spec = load_sweep(args.file)
     print(spec.describe(), flush=True)
-    from ibray.launch import run_sweep  # imports ray: only once the file is known to be good
+    from ibray.launch import (
+        run_sweep,  # imports ray: only once the file is known to be good
+    )
 
     data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
     outcome = run_sweep(

@@ -163,6 +163,17 @@ def list_parts(folder: str | Path) -> list[str | Path]:
     return [join(folder, n) for n in names if n.startswith("part-") and n.endswith(".parquet")]
 
 
+def remove_temporaries(out: str | Path) -> None:
+    """Delete the temporary files a killed writer left in a local results folder.
+
+    They never hold results a reader would see (those appear only by rename); a resumed run
+    writes its own."""
+    if is_uri(out) or not Path(out).is_dir():
+        return
+    for leftover in Path(out).glob("**/.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 class ResultsWriter:
     """Buffers columnar batches of both tables and writes them as part files."""
 

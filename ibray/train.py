@@ -33,7 +33,7 @@ from ibray.config import TrialConfig, binning_bins
 from ibray.data import Dataset, load_dataset
 from ibray.models import BatchedNetwork, Pass
 from ibray.mutual_information import bin_codes, float_codes, layer_information
-from ibray.records import ResultsWriter, is_uri, join, write_text_atomic
+from ibray.records import ResultsWriter, is_uri, join, remove_temporaries, write_text_atomic
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPSILON = 1e-7  # Keras' default, as in the study
@@ -576,6 +576,7 @@ def run_trial(
     else:
         ranges = find_global_ranges(config, dataset) if needs_global_ranges(config) else None
     trainer = Trainer(config, dataset, sweep, global_ranges=ranges)
+    remove_temporaries(out)
     writer = ResultsWriter(out)
     write_trial_info(out, config, sweep, "running", 0)
     last_written = -1

@@ -4,7 +4,8 @@ A plain function of a flat config (TrialConfig's keys). It restores from `tune.g
 first, trains with `ibray.train.run_trial`, writes Parquet under
 `<trials_root>/<trial_id>/` and, at every write (every `write_every` epochs), hands Tune a
 checkpoint (`checkpoint.pt`, loadable with torch.load(weights_only=True)) and a few scalars:
-epoch, accuracies and the output layer's I(X;T), I(T;Y) (mean over seeds, first estimator).
+epoch, accuracies, the output layer's I(X;T), I(T;Y) (mean over seeds, first estimator) and
+the seconds spent so far on checkpoints and reports (report_seconds, for the benchmark).
 Per-layer rows never go through Tune.
 
 A trial whose results folder already says "complete" returns at once without touching
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,13 @@ from ray import tune
 
 from ibray.config import TrialConfig
 from ibray.records import join, read_text
-from ibray.train import CHECKPOINT_FILE, TrialStateError, load_checkpoint, run_trial, save_checkpoint
+from ibray.train import (
+    CHECKPOINT_FILE,
+    TrialStateError,
+    load_checkpoint,
+    run_trial,
+    save_checkpoint,
+)
 
 
 def train_trial(config: dict, sweep: str, trials_root: str, data_dir: str | None = None) -> None:
@@ -44,14 +52,20 @@ def train_trial(config: dict, sweep: str, trials_root: str, data_dir: str | None
     state = restore_state(tune.get_checkpoint(), trial.trial_id())
     resumed_from = int(state["written"]) if state is not None else 0
     written = [int(state["written"]) if state is not None else -1]
+    reporting = [0.0]  # seconds spent in checkpoints and reports so far: Ray's share of the trial
 
     def report(checkpoint: dict, scalars: dict) -> None:
+        started = time.perf_counter()
         part = join(out, "mi", f"part-{written[0] + 1:06d}-{int(checkpoint['written']):06d}.parquet")
         written[0] = int(checkpoint["written"])
         metrics = {**fixed, **scalars, **output_information(part, trial.estimators[0]), "resumed_from": resumed_from}
         with tempfile.TemporaryDirectory(prefix="ibray-checkpoint-") as folder:
             save_checkpoint(checkpoint, Path(folder) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(
+                {**metrics, "report_seconds": reporting[0] + time.perf_counter() - started},
+                checkpoint=tune.Checkpoint.from_directory(folder),
+            )
+        reporting[0] += time.perf_counter() - started
 
     run_trial(trial, out, sweep=sweep, data_dir=data_dir, state=state, on_write=report)
 

@@ -1,0 +1,323 @@
+"""Sweeps on a real Ray (the session's two-node cluster on 127.0.0.1): end to end on a URI root,
+a finished sweep run again, two sweeps under one root, a trial worker SIGKILLed mid-run, the
+driver SIGKILLed mid-sweep then --resume, and a corrupt checkpoint. Every sweep is tiny."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pyarrow.dataset as ds
+import pytest
+import torch
+import yaml
+
+from ibray.cli import main
+from ibray.config import TrialConfig
+from ibray.records import METRICS_KEY, MI_KEY
+from ibray.sweep import SweepError, load_sweep
+from ibray.train import CHECKPOINT_FILE, TrialStateError, run_trial, save_checkpoint
+
+TINY = {"seeds": 2, "epochs": 10, "learning_rate": 0.003, "mi_every": 5, "write_every": 5}
+LAYERS = 6  # the synthetic network: five hidden layers and the softmax output
+
+
+def sweep_file(folder: Path, name: str, **keys) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, **TINY, **keys}, sort_keys=False))
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def table(folder: Path, name: str = "mi") -> pl.DataFrame:
+    """A whole sweep's table as one data set (a results folder of a single trial works too)."""
+    pattern = f"{folder}/trials/*/{name}/*.parquet" if (folder / "trials").exists() else f"{folder}/{name}/*.parquet"
+    return pl.read_parquet(pattern)
+
+
+def infos(folder: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (folder / "trials").glob("*/trial.json")}
+
+
+def epochs_run(info: Path) -> int:
+    try:
+        return json.loads(info.read_text())["epochs_run"]
+    except (OSError, ValueError):
+        return -1
+
+
+def trial_workers() -> list[int]:
+    """PIDs of Tune's trial processes (ray::ImplicitFunc) descending from this process (our Ray)."""
+    parents, titles = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+                titles[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except (OSError, ValueError):
+                pass
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return [pid for pid, title in titles.items() if "ImplicitFunc" in title and ours(pid)]
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def sorted_rows(frame: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    return frame.sort(key)
+
+
+def in_thread(function, *args, **kwargs):
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 (surfaced by the test)
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+# -- without Ray work ---------------------------------------------------------------------------
+class _Pickled:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoints_load_without_running_pickled_code(tmp_path):
+    from ray import tune
+
+    from ibray.trainable import restore_state
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(TrialStateError, match=r"trial t1: Tune checkpoint .*checkpoint.pt is corrupt or unreadable"):
+        restore_state(tune.Checkpoint.from_directory(folder), "t1")
+    marker = tmp_path / "ran"
+    torch.save({"trainer": _Pickled(marker)}, folder / CHECKPOINT_FILE)
+    with pytest.raises(TrialStateError, match="corrupt or unreadable"):
+        restore_state(tune.Checkpoint.from_directory(folder), "t1")
+    assert not marker.exists()
+    save_checkpoint({"written": 5, "trainer": {"x": torch.ones(2)}}, folder / CHECKPOINT_FILE)
+    assert restore_state(tune.Checkpoint.from_directory(folder), "t1")["written"] == 5
+    (folder / CHECKPOINT_FILE).unlink()
+    with pytest.raises(TrialStateError, match="holds no checkpoint.pt"):
+        restore_state(tune.Checkpoint.from_directory(folder), "t1")
+    assert restore_state(None, "t1") is None
+
+
+def test_a_file_uri_results_folder_equals_a_local_one(tmp_path, synthetic):
+    # min_train_acc 1.0 at epoch 2 restarts every seed once: drop_seed rewrites parts on the URI too
+    config = TrialConfig(seeds=(0, 1), epochs=4, mi_every=2, write_every=2, restart_epoch=2, min_train_acc=1.0, max_restarts=1)
+    local = tmp_path / "local"
+    uri = (tmp_path / "uri").as_uri()
+    run_trial(config, local, sweep="s", dataset=synthetic)
+    summary = run_trial(config, uri, sweep="s", dataset=synthetic)
+    assert summary.out == uri and summary.restarts == {0: 1, 1: 1}
+    for name, key in (("mi", MI_KEY), ("metrics", METRICS_KEY)):
+        assert table(local, name).sort(key).equals(table(tmp_path / "uri", name).sort(key))
+    assert json.loads((tmp_path / "uri" / "trial.json").read_text())["status"] == "complete"
+    assert not list((tmp_path / "uri").rglob("*.tmp"))
+
+
+def test_a_folder_that_is_not_a_sweeps_is_never_deleted(tmp_path, capsys):
+    path = sweep_file(tmp_path, "precious")
+    keep = tmp_path / "root" / "precious" / "notes.txt"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("mine")
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        assert main(["sweep", str(path), "--results", str(tmp_path / "root"), *flags]) == 2
+        assert "holds no sweep.yaml, so it is not a sweep's folder" in capsys.readouterr().err
+    assert keep.read_text() == "mine" and sorted(keep.parent.iterdir()) == [keep]
+    assert main(["sweep", str(path), "--resume", "--overwrite"]) == 2
+    assert "contradict" in capsys.readouterr().err
+
+
+# -- on the session's Ray ----------------------------------------------------------------------
+def test_sweep_end_to_end_on_a_uri_root(ray_cluster, tmp_path, capsys):
+    root = tmp_path / "root"
+    uri = root.as_uri()
+    path = sweep_file(tmp_path, "e2e", activation=["tanh", "relu"])
+    assert main(["sweep", str(path), "--results", uri, "--view-every", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "[e2e " in out and "trials: 2 done, 0 running, 0 pending" in out  # the live view
+    assert "sweep 'e2e': 2/2 trials complete" in out
+    assert f"report: ibray report {uri}/e2e -o report-e2e.html" in out
+
+    folder = root / "e2e"
+    assert (folder / "sweep.yaml").read_text() == path.read_text()
+    assert {i["status"] for i in infos(folder).values()} == {"complete"}
+    mi, metrics = table(folder), table(folder, "metrics")
+    assert mi.height == 2 * 2 * 3 * LAYERS and metrics.height == 2 * 2 * 3  # trials x seeds x epochs 0, 5, 10
+    assert not mi.select(MI_KEY).is_duplicated().any() and not metrics.select(METRICS_KEY).is_duplicated().any()
+    assert set(mi["activation"]) == {"tanh", "relu"} and set(mi["sweep"]) == {"e2e"}
+    assert set(mi["bits"]) == {8} and set(mi["seed"]) == {0, 1} and set(mi["epoch"]) == {0, 5, 10}
+    # Tune got a few scalars at each write (epochs 5 and 10), not the rows
+    for result in folder.glob("tune/*/result.json"):
+        reports = [json.loads(line) for line in result.read_text().splitlines()]
+        assert [r["epoch"] for r in reports] == [5, 10]
+        assert all({"train_acc", "test_acc", "mi_xt", "mi_ty", "seeds", "node"} <= set(r) for r in reports)
+        assert 0 < reports[-1]["mi_ty"] <= 1 and reports[-1]["mi_xt"] >= reports[-1]["mi_ty"]
+    # pyarrow reads the whole sweep as one data set as well
+    files = sorted(str(p) for p in folder.glob("trials/*/mi/*.parquet"))
+    assert ds.dataset(files, format="parquet").count_rows() == mi.height
+
+    # a finished sweep run again says so and touches nothing
+    before = snapshot(root)
+    assert main(["sweep", str(path), "--results", uri]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert snapshot(root) == before
+
+    # another sweep under the same root writes only under its own name
+    other = sweep_file(tmp_path, "other", seeds=1, epochs=5)
+    assert main(["sweep", str(other), "--results", uri, "--view-every", "60"]) == 0
+    after = snapshot(root)
+    assert {k: v for k, v in after.items() if "/root/e2e/" in k} == before
+    assert set(table(root / "other")["sweep"]) == {"other"}
+
+    # the same name from a different file is refused before anything is written
+    clash = sweep_file(tmp_path / "elsewhere", "e2e", epochs=20)
+    assert main(["sweep", str(clash), "--results", uri]) == 2
+    assert "holds sweep 'e2e' from a different sweep file" in capsys.readouterr().err
+    assert snapshot(root) == after
+
+    # --overwrite starts over
+    assert main(["sweep", str(other), "--results", uri, "--overwrite", "--view-every", "60"]) == 0
+    assert "1/1 trials complete" in capsys.readouterr().out
+
+
+def test_gpu_request_on_a_cluster_without_gpus(ray_cluster, tmp_path, capsys):
+    from ibray.launch import _check_resources
+
+    spec = load_sweep(sweep_file(tmp_path, "gpu", resources={"cpu": 1, "gpu": 0.5}))
+    with pytest.raises(SweepError, match=r"resources.gpu: 0.5 per trial, but the Ray cluster has 0 GPUs; set resources"):
+        _check_resources(spec, embedded=True)
+    _check_resources(spec, embedded=False)  # an autoscaling cluster may add GPU nodes: a warning
+    assert "warning:" in capsys.readouterr().out
+
+
+def test_trial_killed_mid_run_resumes_from_its_checkpoint(ray_cluster, tmp_path):
+    import ray
+
+    from ibray.launch import run_sweep
+
+    path = sweep_file(tmp_path, "killed", activation="tanh", epochs=80, max_failures=2)
+    spec = load_sweep(path)
+    (trial,) = spec.trials
+    # The same trial uninterrupted, in a Ray worker like the sweep's (same threads, same numbers).
+    reference = ray.remote(num_cpus=1)(run_trial).remote(trial, str(tmp_path / "reference"), sweep="killed")
+
+    root = tmp_path / "root"
+    thread, outcome = in_thread(run_sweep, spec, str(root), view_every=60)
+    info = root / "killed" / "trials" / trial.trial_id() / "trial.json"
+    wait_for(lambda: epochs_run(info) >= 15, 120, "the trial to pass epoch 15")
+    (worker,) = trial_workers()
+    os.kill(worker, signal.SIGKILL)
+    killed_at = epochs_run(info)
+    thread.join(180)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["value"]
+    assert killed_at < 80 and result.complete == 1 and not result.failed
+
+    # Tune restarted the trial from a checkpoint, not from scratch
+    attempts = [json.loads(line) for line in (root / "killed" / "tune" / trial.trial_id() / "result.json").read_text().splitlines()]
+    assert 5 <= attempts[-1]["resumed_from"] <= killed_at
+    ray.get(reference)
+    for name, key in (("mi", MI_KEY), ("metrics", METRICS_KEY)):
+        resumed, clean = table(root / "killed", name), table(tmp_path / "reference", name)
+        assert not resumed.select(key).is_duplicated().any()
+        assert resumed.height == clean.height == 2 * 17 * (LAYERS if name == "mi" else 1)
+        assert resumed.sort(key).equals(clean.sort(key))
+
+
+def test_driver_killed_mid_sweep_then_resume_finishes_only_the_rest(ray_cluster, tmp_path, capsys):
+    path = sweep_file(tmp_path, "driver", activation=["tanh", "relu"], seeds_per_trial=1, epochs=40)
+    root = tmp_path / "root"
+    command = [sys.executable, "-m", "ibray.cli", "sweep", str(path), "--results", str(root)]
+    folder = root / "driver"
+
+    def partly_done() -> bool:
+        statuses = [i["status"] for i in infos(folder).values()] if folder.exists() else []
+        return "complete" in statuses and any(i["status"] == "running" and i["epochs_run"] >= 5 for i in infos(folder).values())
+
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen([*command, "--address", ray_cluster.address, "--view-every", "1"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(partly_done, 120, "one trial complete and another checkpointed")
+        finally:
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(30)
+    wait_for(lambda: not trial_workers(), 60, "the dead driver's trials to end")
+    done = {t for t, i in infos(folder).items() if i["status"] == "complete"}
+    assert 1 <= len(done) < 4
+    before = {k: v for k, v in snapshot(folder / "trials").items() if any(t in k for t in done)}
+
+    assert main(["sweep", str(path), "--results", str(root)]) == 2  # unfinished: needs --resume
+    assert "pass --resume to finish it" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--results", str(root), "--resume", "--address", ray_cluster.address]) == 0
+    out = capsys.readouterr().out
+    assert "resuming sweep 'driver'" in out and "4/4 trials complete" in out
+    assert {t: i["status"] for t, i in infos(folder).items()} == {t.trial_id(): "complete" for t in load_sweep(path).trials}
+    after = snapshot(folder / "trials")
+    assert {k: v for k, v in after.items() if k in before} == before  # finished trials untouched
+    mi = table(folder)
+    assert not mi.select(MI_KEY).is_duplicated().any()
+    assert mi.height == 4 * 9 * LAYERS  # 4 trials x 1 seed x epochs 0, 5, ..., 40
+
+
+def test_corrupt_checkpoint_fails_the_trial_with_a_clear_message(ray_cluster, tmp_path):
+    from ibray.launch import run_sweep
+
+    spec = load_sweep(sweep_file(tmp_path, "corrupt", activation="tanh", seeds=1, epochs=400, max_failures=1))
+    (trial,) = spec.trials
+    root = tmp_path / "root"
+    thread, outcome = in_thread(run_sweep, spec, str(root), view_every=60)
+    info = root / "corrupt" / "trials" / trial.trial_id() / "trial.json"
+    wait_for(lambda: epochs_run(info) >= 10, 120, "two checkpoints")
+
+    def corrupt() -> None:
+        for checkpoint in (root / "corrupt" / "tune").rglob(CHECKPOINT_FILE):
+            checkpoint.write_bytes(b"\x00garbage")
+
+    corrupt()
+    (worker,) = trial_workers()
+    os.kill(worker, signal.SIGKILL)
+    corrupt()  # one the worker may have written just before it died
+    thread.join(180)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["value"]
+    assert result.complete == 0
+    message = result.failed[trial.trial_id()]
+    assert "TrialStateError" in message and "is corrupt or unreadable" in message and trial.trial_id() in message
+    assert f"failed {trial.trial_id()}: " in result.summary("corrupt.yaml")

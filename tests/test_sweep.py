@@ -1,0 +1,154 @@
+"""Sweep files: every file under sweeps/ validates; the grid expands as stated; every error names
+the file, the key, the value and what is allowed, and `ibray validate` exits 2 on it. No Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ibray.cli import main
+from ibray.config import TrialConfig
+from ibray.sweep import SweepError, load_sweep, parse_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
+STUDY = {  # file stem -> (trials, seeds per grid point, epochs) the protocol asks for
+    "syn_8bit": (10, 50, 8000),
+    "mnist_bottleneck2": (2, 20, 3000),
+    "appendix_a_binning": (10, 50, 8000),
+    "appendix_c_precision": (20, 50, 8000),
+    "appendix_d_prefit": (4, 20, 8000),
+    "appendix_e_mnist": (4, 20, 3000),
+    "appendix_e_mnist_wide": (2, 10, 3000),
+}
+
+
+def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def errors_of(text: str) -> str:
+    with pytest.raises(SweepError) as caught:
+        parse_sweep(text, "f.yaml")
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_every_sweep_file_validates(path, capsys):
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    spec = load_sweep(path)
+    assert f"trials: {len(spec.trials)}; seed-epochs: {spec.seed_epochs:,}" in out
+    ids = [t.trial_id() for t in spec.trials]
+    assert len(set(ids)) == len(ids)
+
+
+def test_the_study_is_covered():
+    stems = {p.stem for p in SWEEP_FILES}
+    assert set(STUDY) | {"quickstart"} <= stems
+    for stem, (trials, seeds, epochs) in STUDY.items():
+        spec = load_sweep(REPO / "sweeps" / f"{stem}.yaml")
+        assert (len(spec.trials), spec.seeds, spec.trials[0].epochs) == (trials, seeds, epochs), stem
+    prefit = load_sweep(REPO / "sweeps" / "appendix_d_prefit.yaml").trials[0]
+    assert prefit.prefit_epochs == 1000
+    binning = load_sweep(REPO / "sweeps" / "appendix_a_binning.yaml").trials[0]
+    assert binning.bits == 32 and binning.estimators == ("bin30", "bin100", "bin256")
+    assert {t.bits for t in load_sweep(REPO / "sweeps" / "appendix_c_precision.yaml").trials} == {4, 32}
+
+
+def test_quickstart_is_offline_and_small():
+    spec = load_sweep(REPO / "sweeps" / "quickstart.yaml")
+    assert {t.dataset for t in spec.trials} == {"synthetic12"}
+    assert {t.activation for t in spec.trials} == {"tanh", "relu"}
+    assert spec.seed_epochs <= 50_000 and spec.resources == {"cpu": 1.0, "gpu": 0.0}
+
+
+def test_grid_is_axes_times_seed_blocks():
+    spec = parse_sweep(
+        "activation: [tanh, relu]\nbits: [4, 8]\nseeds: 5\nseeds_per_trial: 2\nepochs: 7\nlearning_rate: 3e-3\n",
+        "g.yaml",
+        default_name="g",
+    )
+    assert spec.name == "g"
+    assert spec.seed_blocks == ((0, 1), (2, 3), (4,))
+    trials = spec.trials
+    assert len(trials) == 2 * 2 * 3
+    assert {(t.activation, t.bits, t.seeds) for t in trials} == {
+        (a, b, s) for a in ("tanh", "relu") for b in (4, 8) for s in spec.seed_blocks
+    }
+    assert all(t.learning_rate == 0.003 and t.epochs == 7 for t in trials)
+    assert spec.seed_epochs == 5 * 4 * 7
+    space = spec.param_space()
+    assert space["activation"] == {"grid_search": ["tanh", "relu"]}
+    assert space["seeds"] == {"grid_search": [[0, 1], [2, 3], [4]]}
+    assert space["epochs"] == 7
+    # a grid point as Tune hands it to the trainable is a valid flat TrialConfig
+    point = {k: (v["grid_search"][0] if isinstance(v, dict) else v) for k, v in space.items()}
+    assert TrialConfig.from_dict(point) == trials[0]
+
+
+def test_seeds_forms_and_list_valued_keys():
+    assert parse_sweep("seeds: '0-2,7'\n").seed_blocks == ((0, 1, 2, 7),)
+    assert parse_sweep("seeds: [3, 1]\nseeds_per_trial: 1\n").seed_blocks == ((3,), (1,))
+    spec = parse_sweep("estimators: [[exact], [exact, bin30]]\nbin_range: [-2, 2]\n")
+    assert spec.axes == {"estimators": [("exact",), ("exact", "bin30")]}
+    assert {t.bin_range for t in spec.trials} == {(-2.0, 2.0)}
+    assert parse_sweep("estimators: [exact, bin30]\n").trials[0].estimators == ("exact", "bin30")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("architectures: [syn]\n", ["f.yaml: architectures: unknown key; did you mean 'architecture'?"]),
+        ("bits: 7.5\n", ["f.yaml: bits: 7.5 is not allowed; give an integer"]),
+        ("bits: 17\n", ["f.yaml: bits: 17 is not allowed; use 2..16, or 32"]),
+        ("activation: [tanh, swish]\n", ["f.yaml: activation: unknown value 'swish'; allowed: tanh, relu"]),
+        ("activation: [tanh, tanh]\n", ["f.yaml: activation: 'tanh' is listed twice"]),
+        ("seeds: [1, 2, 2]\n", ["f.yaml: seeds: [2] appear more than once", "value [1, 2, 2]", "allowed:"]),
+        ("seeds: 0\n", ["f.yaml: seeds:", "at least 1"]),
+        ("learning_rate: fast\n", ["f.yaml: learning_rate: 'fast' is not allowed; give a number"]),
+        ("resources: {cpu: 0, tpu: 1}\n", ["f.yaml: resources.cpu: 0", "f.yaml: resources.tpu: unknown resource; allowed: cpu, gpu"]),
+        ("estimators: [exact, bin1]\n", ["f.yaml: estimators: unknown estimator 'bin1'; allowed: exact, bin<n>"]),
+        ("name: 'a/b'\n", ["f.yaml: name: 'a/b' is not a usable folder name"]),
+        ("dataset: synthetic12\narchitecture: [syn, conv]\n", ["f.yaml: architecture: 'conv' does not fit dataset 'synthetic12'; for synthetic12 use syn"]),
+        ("dataset: mnist\n", ["f.yaml: architecture: 'syn' does not fit dataset 'mnist'"]),
+        ("epochs: 0\n", ["f.yaml: epochs: train for at least one epoch"]),
+        ("- a\n- b\n", ["f.yaml: a sweep file is a mapping"]),
+        ("a: [\n", ["f.yaml: not valid YAML"]),
+    ],
+)
+def test_errors_name_file_key_value_and_what_is_allowed(text, expected):
+    message = errors_of(text)
+    for part in expected:
+        assert part in message
+
+
+def test_every_problem_is_reported_at_once():
+    message = errors_of("bits: 7.5\nlearning_rate: fast\nwhat: 1\n")
+    assert len(message.splitlines()) == 3
+
+
+def test_prefit_epochs_alone_are_enough():
+    assert parse_sweep("epochs: 0\nprefit_epochs: 3\n").trials[0].prefit_epochs == 3
+
+
+def test_validate_exits_2_with_one_line_per_problem(tmp_path, capsys):
+    path = write(tmp_path, "architecture: conv\nseeds: [1, 1]\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ibray: error: {path}: seeds:")
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read the sweep file" in capsys.readouterr().err
+    path = write(tmp_path, "architecture: conv\n")
+    assert main(["validate", str(path)]) == 2
+    assert "architecture: 'conv' does not fit dataset 'synthetic12'" in capsys.readouterr().err
+
+
+def test_sweep_refuses_a_bad_file_before_starting_ray(tmp_path, capsys):
+    path = write(tmp_path, "bits: 1\n")
+    assert main(["sweep", str(path), "--results", str(tmp_path / "r")]) == 2
+    assert "bits: 1 is not allowed" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
