@@ -20,11 +20,14 @@ a seed was rerun after a dead start (`restarts` > 0) only its highest `restarts`
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+import pyarrow.fs as pafs
 
 AXES = {
     "sweep": pl.String,
@@ -120,7 +123,7 @@ def load(paths: list[str | Path]) -> Results:
         paths = [paths]
     if not paths:
         raise ResultsError("no results path given; pass a trial, sweep or results folder")
-    roots = [Path(p) for p in paths]
+    roots = [fetch_remote(p) if isinstance(p, str) and "://" in p else Path(p) for p in paths]
     for root in roots:
         if not root.exists():
             raise ResultsError(f"{root}: no such file or folder")
@@ -157,6 +160,37 @@ def load(paths: list[str | Path]) -> Results:
         sweep_files=_read_sweep_files(roots),
         files=files,
     )
+
+
+_REMOTE_CACHE = Path(tempfile.gettempdir()) / "ibray-report-cache"
+
+
+def fetch_remote(uri: str) -> Path:
+    """Copy the ibray files (Parquet parts, trial.json, sweep.yaml) below a filesystem URI
+    (s3://, gs://, file://: anything pyarrow resolves) into a local cache folder; returns it.
+
+    Tune's checkpoints and state next to them are not copied."""
+    try:
+        filesystem, base = pafs.FileSystem.from_uri(uri)
+        infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    except (OSError, ValueError) as error:
+        raise ResultsError(f"{uri}: cannot be read ({error}); check the URI and your credentials") from None
+    if not infos and filesystem.get_file_info(base).type == pafs.FileType.NotFound:
+        raise ResultsError(f"{uri}: no such file or folder")
+    local = _REMOTE_CACHE / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    wanted = [
+        info for info in infos
+        if info.type == pafs.FileType.File
+        and (info.base_name in ("trial.json", "sweep.yaml") or (info.base_name.startswith("part-") and info.base_name.endswith(".parquet")))
+        and "/tune/" not in info.path[len(base):]
+    ]
+    for info in wanted:
+        target = local / info.path[len(base):].lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with filesystem.open_input_stream(info.path) as source:
+            target.write_bytes(source.read())
+    local.mkdir(parents=True, exist_ok=True)
+    return local
 
 
 def _find(roots: list[Path], pattern: str) -> list[Path]:

@@ -120,3 +120,15 @@ def test_started_trials_without_rows(tmp_path):
     (tmp_path / "t" / "trial.json").write_text(json.dumps({"sweep": "s", "trial": "t", "status": "running", "config": {}}))
     with pytest.raises(ResultsError, match="written no MI rows yet"):
         load([tmp_path])
+
+
+def test_results_under_a_filesystem_uri_are_fetched_and_read(tmp_path):
+    write_sweep(tmp_path, "alpha", trials=2, seeds_per_trial=2, epochs=3, layers=3)
+    (tmp_path / "alpha" / "tune").mkdir()
+    (tmp_path / "alpha" / "tune" / "part-0.parquet").write_bytes(b"Tune's, not ours")
+    remote = load([(tmp_path / "alpha").as_uri()])
+    local = load([tmp_path / "alpha"])
+    assert remote.mi.collect().sort(KEYS["mi"]).equals(local.mi.collect().sort(KEYS["mi"]))
+    assert list(remote.sweep_files.values()) == list(local.sweep_files.values())
+    with pytest.raises(ResultsError, match="no such file or folder"):
+        load([(tmp_path / "nowhere").as_uri()])
