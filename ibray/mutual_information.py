@@ -66,7 +66,8 @@ def rank_rows(keys: np.ndarray) -> np.ndarray:
 def _packed_keys(codes: np.ndarray, tail: np.ndarray | None, tail_bits: int) -> tuple[np.ndarray, int]:
     """One int64 key per (seed, sample) such that keys are equal exactly when the rows of
     codes (and the tail column, if given) are equal, and ordered like the rows; and the
-    number of bits the key uses."""
+    number of bits the key uses, or -1 when the rows alone are all distinct already (then the
+    key is their rank and holds no tail)."""
     seeds, samples, width = codes.shape
     rank_bits = max(1, int(samples).bit_length())
     key = np.zeros((seeds, samples), dtype=np.int64)
@@ -81,6 +82,9 @@ def _packed_keys(codes: np.ndarray, tail: np.ndarray | None, tail_bits: int) -> 
         if used + bits > _WORD_BITS:  # the key is full: replace it by its rank, then go on
             key = rank_rows(key)
             used = rank_bits
+            if (key.max(axis=1) == samples - 1).all():
+                # Every seed's rows are already told apart: later columns cannot merge them.
+                return key, -1
         key <<= bits
         key |= column
         used += bits
@@ -130,7 +134,13 @@ def layer_information(codes: np.ndarray, labels: np.ndarray) -> LayerInformation
     if labels.shape[0] != samples:
         raise ValueError(f"{samples} rows of codes but {labels.shape[0]} labels")
     label_bits = max(_bits(labels.max()), 1)
+    label_p = np.bincount(labels) / samples
+    label_p = label_p[label_p > 0]
+    h_y = float(-(label_p * np.log2(label_p)).sum())
     keys, used = _packed_keys(codes, labels[None, :], label_bits)
+    if used < 0:  # an injective layer: H(T) = log2 N and T determines Y
+        everything = np.full(seeds, np.log2(samples))
+        return LayerInformation(everything, everything.copy(), np.full(seeds, h_y), np.full(seeds, samples))
     keys = np.sort(keys.astype(np.int32) if used <= 31 else keys, axis=1)  # 32-bit sorts faster
 
     joint_new = np.ones(keys.shape, dtype=bool)
@@ -141,9 +151,6 @@ def layer_information(codes: np.ndarray, labels: np.ndarray) -> LayerInformation
     h_t, n_states = _entropy_per_row(state_new, samples)
     h_ty, _ = _entropy_per_row(joint_new, samples)
 
-    label_p = np.bincount(labels) / samples
-    label_p = label_p[label_p > 0]
-    h_y = float(-(label_p * np.log2(label_p)).sum())
     mi_ty = np.maximum(h_t + h_y - h_ty, 0.0)  # float rounding can dip a hair below zero
     return LayerInformation(h_t=h_t, mi_xt=h_t.copy(), mi_ty=mi_ty, n_states=n_states)
 

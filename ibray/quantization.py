@@ -14,25 +14,16 @@ import torch
 from torch import nn
 
 
-class _StraightThrough(torch.autograd.Function):
-    """Forward: exactly the quantized values. Backward: the gradient passes unchanged.
-
-    (`values + (quantized - values).detach()` is not exact in floating point: equal codes
-    would reach the next layer as slightly different numbers.)
-    """
-
-    @staticmethod
-    def forward(ctx, values: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-        return quantized
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad, None
-
-
 def straight_through(values: torch.Tensor, replacement: torch.Tensor) -> torch.Tensor:
-    """`replacement` in the forward pass, with the gradient of `values` in the backward pass."""
-    return _StraightThrough.apply(values, replacement) if values.requires_grad else replacement
+    """`replacement` in the forward pass, with the gradient of `values` in the backward pass.
+
+    `values - values.detach()` is exactly +0 for finite values, so the sum is exactly the
+    replacement (whereas `values + (replacement - values).detach()` rounds: equal codes would
+    reach the next layer as slightly different numbers), and its gradient is the identity.
+    """
+    if not values.requires_grad:
+        return replacement
+    return replacement.detach() + (values - values.detach())
 
 
 class Quantizer(nn.Module):

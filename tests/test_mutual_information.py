@@ -126,3 +126,22 @@ def test_rejects_bad_codes():
         layer_information(np.array([[-1]]), np.array([0]))
     with pytest.raises(ValueError):
         layer_information(np.zeros((3, 2), dtype=int), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_wide_injective_rows_take_the_shortcut_and_agree_with_brute_force(seeds):
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 256, size=(seeds, 3000, 16))
+    labels = rng.integers(0, 10, size=3000)
+    info = layer_information(codes, labels)
+    for seed in range(seeds):
+        h_t, mi_ty, states = brute_force(codes[seed], labels)
+        assert states == 3000
+        assert info.h_t[seed] == pytest.approx(h_t, abs=1e-9)
+        assert info.mi_ty[seed] == pytest.approx(mi_ty, abs=1e-9)
+        assert info.n_states[seed] == states
+    # one seed with a repeated row: no shortcut for anyone, and the counts stay exact
+    codes[-1, 1] = codes[-1, 0]
+    info = layer_information(codes, labels)
+    assert info.n_states[-1] == 2999
+    assert info.h_t[-1] == pytest.approx(brute_force(codes[-1], labels)[0], abs=1e-9)
