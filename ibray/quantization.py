@@ -46,10 +46,8 @@ class Quantizer(nn.Module):
             self.low[slots] = float("inf")
             self.high[slots] = float("-inf")
 
-    @torch.no_grad()
     def _track(self, values: torch.Tensor) -> None:
-        flat = values.flatten(1)
-        batch_low, batch_high = flat.amin(dim=1), flat.amax(dim=1)
+        batch_low, batch_high = torch.aminmax(values.flatten(1), dim=1)
         if self.tracking == "epoch":
             torch.minimum(self.low, batch_low, out=self.low)
             torch.maximum(self.high, batch_high, out=self.high)
@@ -62,7 +60,6 @@ class Quantizer(nn.Module):
             self.low.copy_(torch.where(fresh, batch_low, decay * self.low + (1 - decay) * batch_low))
             self.high.copy_(torch.where(fresh, batch_high, decay * self.high + (1 - decay) * batch_high))
 
-    @torch.no_grad()
     def _quantize(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(quantized values, codes as floats) under the current per-seed ranges.
         A constant layer (high == low) has step 0 and maps everything to code 0."""
@@ -76,7 +73,8 @@ class Quantizer(nn.Module):
 
     def codes(self, values: torch.Tensor) -> torch.Tensor:
         """Integer codes 0..2^bits-1 (as floats) of values (seeds first) under the current ranges."""
-        return self._quantize(values)[1]
+        with torch.no_grad():
+            return self._quantize(values)[1]
 
     def forward(self, values: torch.Tensor, valid: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantized values (straight-through gradient) and their integer codes (as floats).
@@ -84,7 +82,8 @@ class Quantizer(nn.Module):
         values: (seeds, batch, ...) activations after the layer's activation function.
         valid: only values[:, :valid] update the range (the rest of the batch is padding).
         """
-        if self.training and not self.frozen:
-            self._track(values if valid is None else values[:, :valid])
-        quantized, codes = self._quantize(values)
+        with torch.no_grad():  # ranges and rounding are not differentiated
+            if self.training and not self.frozen:
+                self._track(values if valid is None else values[:, :valid])
+            quantized, codes = self._quantize(values)
         return straight_through(values, quantized), codes
