@@ -41,28 +41,14 @@ def _trial_parser(sub) -> None:
 
 
 def _config_from_args(args):
+    """The TrialConfig of the `trial` flags: every flag named like a config field sets it."""
+    import dataclasses
+
     from ibray.config import TrialConfig
 
-    return TrialConfig(
-        dataset=args.dataset,
-        architecture=args.architecture,
-        activation=args.activation,
-        bits=args.bits,
-        seeds=args.seeds,
-        estimators=tuple(e.strip() for e in args.estimators.split(",") if e.strip()),
-        epochs=args.epochs,
-        prefit_epochs=args.prefit_epochs,
-        learning_rate=args.learning_rate,
-        batch_size=args.batch_size,
-        mi_every=args.mi_every,
-        init=args.init,
-        range_tracking=args.range_tracking,
-        bin_bounds=args.bin_bounds,
-        min_train_acc=args.min_train_acc,
-        restart_epoch=args.restart_epoch,
-        write_every=args.write_every,
-        device=args.device,
-    )
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrialConfig) if hasattr(args, f.name)}
+    values["estimators"] = tuple(e.strip() for e in args.estimators.split(",") if e.strip())
+    return TrialConfig(**values)
 
 
 def _run_trial(args) -> int:
