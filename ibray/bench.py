@@ -1,8 +1,8 @@
 """`ibray bench`: training and exact-MI speed on this machine, printed as numbers.
 
 Training: the synthetic network (12-10-7-5-4-3-2), 8 bits, tanh, exact MI of every layer every
-epoch, at 1 seed and at many seeds per batched model, in seed-epochs per second (epochs after
-a warm-up, the data set already loaded). MI: one exact H/I(X;T)/I(T;Y) computation of random
+epoch, at 1 seed and at many seeds per batched model, in seed-epochs per second (after a
+warm-up, the data set already loaded; the median of five stretches of the run). MI: one exact H/I(X;T)/I(T;Y) computation of random
 8-bit codes, 4096 x 10 and 70000 x 16, median of repeated runs.
 """
 
@@ -24,18 +24,24 @@ from ibray.train import Trainer
 _WARMUP_EPOCHS = 2
 
 
-def training_rate(seeds: int, epochs: int, dataset) -> float:
-    """Seed-epochs per second of training plus exact MI every epoch."""
+def training_rate(seeds: int, epochs: int, dataset, segments: int = 5) -> float:
+    """Seed-epochs per second of training plus exact MI every epoch: the median over
+    `segments` consecutive stretches of the run (this machine's speed drifts), each counted
+    until its measurements are done."""
     config = TrialConfig(seeds=tuple(range(seeds)), epochs=epochs + _WARMUP_EPOCHS, mi_every=1)
     trainer = Trainer(config, dataset)
     trainer.start()
     for _ in range(_WARMUP_EPOCHS):
         trainer.step()
-    started = time.perf_counter()
-    measurements = [trainer.step()[0] for _ in range(epochs)]
-    for measurement in measurements:  # wait for the MI counted alongside training
-        assert measurement.mi
-    return seeds * epochs / (time.perf_counter() - started)
+    per_segment = max(1, epochs // segments)
+    rates = []
+    for _ in range(segments):
+        started = time.perf_counter()
+        measurements = [trainer.step()[0] for _ in range(per_segment)]
+        for measurement in measurements:  # wait for the MI counted alongside training
+            assert measurement.mi
+        rates.append(seeds * per_segment / (time.perf_counter() - started))
+    return statistics.median(rates)
 
 
 def mi_milliseconds(samples: int, width: int, repeats: int = 20) -> float:
@@ -57,7 +63,7 @@ def run_benchmarks(epochs: int = 20, seeds: int = 50, as_json: bool = False) -> 
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, device {device}")
     figures = {
         "seed_epochs_per_s_1": training_rate(1, epochs, dataset),
-        f"seed_epochs_per_s_{seeds}": training_rate(seeds, max(epochs // 2, 2), dataset),
+        f"seed_epochs_per_s_{seeds}": training_rate(seeds, max(epochs // 2, 5), dataset),
         "mi_ms_4096x10": mi_milliseconds(4096, 10),
         "mi_ms_70000x16": mi_milliseconds(70000, 16),
         "device": device,

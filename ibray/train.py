@@ -38,7 +38,6 @@ from ibray.records import ResultsWriter, is_uri, join, remove_temporaries, write
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPSILON = 1e-7  # Keras' default, as in the study
 _EVAL_CHUNK = 8192
-_DEFAULT_THREADS = torch.get_num_threads()
 _OVERLAP_SEEDS = 8  # from this many seeds on, measurements run beside the training
 _LANES = 16  # floats per AVX-512 register: training batches are padded to a multiple  # samples per forward chunk in the MI pass (bounds memory on MNIST)
 
@@ -157,9 +156,10 @@ class Trainer:
         self.trial = config.trial_id()
         self.device = pick_device(config.device)
         if self.device.type == "cpu":
-            # A few seeds make tiny tensors: per-op overhead dominates and a second intra-op
-            # thread only adds hand-offs. Many seeds: use the threads, and measure alongside.
-            torch.set_num_threads(1 if len(config.seeds) < _OVERLAP_SEEDS else _DEFAULT_THREADS)
+            # One core trains and (from _OVERLAP_SEEDS seeds on) a second measures: even 50
+            # seeds make small tensors, where intra-op threads cost more hand-offs than they
+            # save (measured). More cores serve more trials (Ray), not one trial.
+            torch.set_num_threads(1)
         self.global_ranges = global_ranges
         self.measure_mi = measure_mi
         self.seen_ranges: dict[tuple[int, int], tuple[float, float]] = {}
