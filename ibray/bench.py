@@ -28,18 +28,19 @@ def training_rate(seeds: int, epochs: int, dataset, segments: int = 5) -> float:
     """Seed-epochs per second of training plus exact MI every epoch: the median over
     `segments` consecutive stretches of the run (this machine's speed drifts), each counted
     until its measurements are done."""
-    config = TrialConfig(seeds=tuple(range(seeds)), epochs=epochs + _WARMUP_EPOCHS, mi_every=1)
+    per_segment = max(1, epochs // segments)
+    config = TrialConfig(seeds=tuple(range(seeds)), epochs=_WARMUP_EPOCHS + segments * per_segment, mi_every=1)
     trainer = Trainer(config, dataset)
     trainer.start()
     for _ in range(_WARMUP_EPOCHS):
         trainer.step()
-    per_segment = max(1, epochs // segments)
     rates = []
     for _ in range(segments):
         started = time.perf_counter()
         measurements = [trainer.step()[0] for _ in range(per_segment)]
-        for measurement in measurements:  # wait for the MI counted alongside training
-            assert measurement.mi
+        layers = sum(len(measurement.mi["seed"]) for measurement in measurements)  # waits for them
+        if layers != seeds * per_segment * len(trainer.model.layers):
+            raise RuntimeError(f"the benchmark measured {layers} layer rows, not one per seed, epoch and layer")
         rates.append(seeds * per_segment / (time.perf_counter() - started))
     return statistics.median(rates)
 

@@ -37,9 +37,9 @@ from ibray.records import ResultsWriter, is_uri, join, remove_temporaries, write
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPSILON = 1e-7  # Keras' default, as in the study
-_EVAL_CHUNK = 8192
+_EVAL_CHUNK = 8192  # samples per forward chunk of the MI pass, at most (bounds memory on MNIST)
 _OVERLAP_SEEDS = 8  # from this many seeds on, measurements run beside the training
-_LANES = 16  # floats per AVX-512 register: training batches are padded to a multiple  # samples per forward chunk in the MI pass (bounds memory on MNIST)
+_LANES = 16  # floats per AVX-512 register: batches and chunks are padded to a multiple
 
 
 def pick_device(name: str) -> torch.device:
@@ -109,7 +109,7 @@ def mi_rows(
     layers: list,
     codes: list[np.ndarray] | None,
     values: list[np.ndarray] | None,
-    bounds: dict,
+    bounds: list | None,
     extremes: list[tuple[list[float], list[float]]],
     labels: np.ndarray,
     axes: dict[str, list],
@@ -200,10 +200,11 @@ class Trainer:
         self.shufflers = [torch.Generator() for _ in range(seeds)]
         self.prefit_labels = torch.zeros(seeds, len(self.train_idx), dtype=torch.long, device=self.device)
         for slot in range(seeds):
-            self._init_slot(slot)
+            self._init_slot(slot, calibrate=False)
+        self._calibrate(list(range(seeds)))
 
     # -- slots ------------------------------------------------------------------------------
-    def _init_slot(self, slot: int) -> None:
+    def _init_slot(self, slot: int, calibrate: bool = True) -> None:
         init_seed, shuffle_seed, label_seed = slot_streams(self.seeds[slot], self.restarts[slot])
         self.model.init_slot(slot, torch.Generator().manual_seed(init_seed))
         for m, v in zip(self.adam_m, self.adam_v):
@@ -214,7 +215,8 @@ class Trainer:
         self.shufflers[slot].manual_seed(shuffle_seed)
         order = torch.randperm(len(self.train_idx), generator=torch.Generator().manual_seed(label_seed))
         self.prefit_labels[slot] = self.train_labels[order.to(self.device)]
-        self._calibrate([slot])
+        if calibrate:
+            self._calibrate([slot])
 
     @torch.no_grad()
     def _calibrate(self, slots: list[int]) -> None:
