@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ibray.config import TrialConfig, binning_bins
+from ibray.config import ConfigError, TrialConfig, binning_bins
 from ibray.data import Dataset, load_dataset
 from ibray.models import BatchedNetwork, Pass
 from ibray.mutual_information import bin_codes, float_codes, layer_information
@@ -46,7 +46,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device")
+        raise ConfigError("device: 'cuda' asked for, but torch sees no CUDA device; use --device auto or cpu")
     return torch.device(name)
 
 

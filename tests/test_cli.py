@@ -44,10 +44,16 @@ def fails_cleanly(capsys, tmp_path, args, message):
         (["--bits", "20"], "bits: 20 is not allowed"),
         (["--dataset", "mnist"], "architecture: 'syn' does not fit dataset 'mnist'"),
         (["--seeds", "1,1"], "seeds: [1] appear more than once"),
+        (["--device", "tpu"], "device: unknown value 'tpu'"),
     ],
 )
 def test_bad_values_exit_2_and_write_nothing(capsys, tmp_path, args, message):
     fails_cleanly(capsys, tmp_path, args, message)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_refused(capsys, tmp_path):
+    fails_cleanly(capsys, tmp_path, ["--device", "cuda"], "device: 'cuda' asked for, but torch sees no CUDA device")
 
 
 def test_missing_data_file_names_the_download_command(capsys, tmp_path):
