@@ -147,11 +147,6 @@ class BatchedNetwork(nn.Module):
             for quantizer in self.quantizers:
                 quantizer.reset()
 
-    def set_frozen(self, frozen: bool) -> None:
-        if self.quantizers is not None:
-            for quantizer in self.quantizers:
-                quantizer.frozen = frozen
-
     def _quantize(self, index: int, values: torch.Tensor, valid: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.quantizers is None:
             return values, None

@@ -98,17 +98,6 @@ def _surprisal_table(samples: int) -> np.ndarray:
     return np.concatenate([[0.0], -p * np.log2(p)])
 
 
-def dense_ids(codes: np.ndarray) -> np.ndarray:
-    """Map each row of a non-negative integer matrix (rows, columns) to its dense rank.
-
-    Two rows get the same id exactly when they are equal; ids run 0..(distinct rows - 1).
-    """
-    codes = _check_codes(codes)
-    if codes.shape[0] != 1:
-        raise ValueError("dense_ids takes one (rows, columns) matrix")
-    return rank_rows(_packed_keys(codes, None, 0)[0])[0]
-
-
 def _entropy_per_row(boundaries: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
     """Entropy (bits) and number of states per row of sorted keys, from where new values start."""
     seeds = boundaries.shape[0]

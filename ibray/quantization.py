@@ -3,7 +3,7 @@ gradient (quantization-aware training, Jacob et al. 2018, as used by the study).
 
 A quantizer owns one range (low, high) per seed. In training it updates the range from the
 batch, then maps each activation onto one of 2^bits uniformly spaced values between low and
-high; the backward pass ignores the rounding (straight-through). Frozen, it uses the range as
+high; the backward pass ignores the rounding (straight-through). In eval mode it uses the range as
 it stands and clamps to it, so the MI pass sees one fixed discrete function, and it hands out
 the integer codes the next layer actually receives.
 """
@@ -33,7 +33,6 @@ class Quantizer(nn.Module):
         self.levels = 2**bits - 1  # the top code
         self.tracking = tracking  # 'epoch' (min/max over the epoch), 'moving_average', 'batch'
         self.ema_decay = ema_decay
-        self.frozen = False
         self.register_buffer("low", torch.full((seeds,), float("inf")))
         self.register_buffer("high", torch.full((seeds,), float("-inf")))
 
@@ -72,11 +71,6 @@ class Quantizer(nn.Module):
         # a multiply, then an add: a fused multiply-add would round differently by position
         return codes.mul(step.view(shape)).add_(low), codes
 
-    def codes(self, values: torch.Tensor) -> torch.Tensor:
-        """Integer codes 0..2^bits-1 (as floats) of values (seeds first) under the current ranges."""
-        with torch.no_grad():
-            return self._quantize(values)[1]
-
     def forward(self, values: torch.Tensor, valid: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantized values (straight-through gradient) and their integer codes (as floats).
 
@@ -84,7 +78,7 @@ class Quantizer(nn.Module):
         valid: only values[:, :valid] update the range (the rest of the batch is padding).
         """
         with torch.no_grad():  # ranges and rounding are not differentiated
-            if self.training and not self.frozen:
+            if self.training:
                 self._track(values if valid is None else values[:, :valid])
             quantized, codes = self._quantize(values)
         return straight_through(values, quantized), codes

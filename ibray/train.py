@@ -560,7 +560,6 @@ def run_trial(
     dataset: Dataset | None = None,
     state: dict | None = None,
     on_write: Callable[[dict, dict], None] | None = None,
-    on_epoch: Callable[[Trainer], None] | None = None,
 ) -> TrialSummary:
     """Train config's seeds, writing Parquet every `write_every` epochs under `out`.
 
@@ -600,8 +599,6 @@ def run_trial(
         writer.add(measurement)
         if measurement._pending is not None or measurement.metrics:
             last = measurement
-        if on_epoch is not None:
-            on_epoch(trainer)
         step = trainer.epochs_run
         if step % config.write_every == 0 or trainer.done:
             writer.flush(f"{last_written + 1:06d}-{step:06d}")

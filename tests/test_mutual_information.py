@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ibray.mutual_information import bin_codes, dense_ids, float_codes, layer_information, rank_rows
+from ibray.mutual_information import bin_codes, float_codes, layer_information, rank_rows
 
 
 def brute_force(codes: np.ndarray, labels: np.ndarray) -> tuple[float, float, int]:
@@ -89,9 +89,7 @@ def test_seeds_are_counted_separately():
         assert together.n_states[seed] == alone.n_states[0]
 
 
-def test_dense_ids_and_rank_rows():
-    ids = dense_ids(np.array([[1, 2], [0, 5], [1, 2], [0, 4]]))
-    assert ids.tolist() == [2, 1, 2, 0]
+def test_rank_rows():
     assert rank_rows(np.array([[5, -1, 5, 9]])).tolist() == [[1, 0, 1, 2]]
 
 
