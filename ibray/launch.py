@@ -27,6 +27,7 @@ import ray
 from ray import tune
 
 from ibray.config import TrialConfig
+from ibray.data import load_dataset
 from ibray.records import is_uri, join, read_text, resolve, write_text_atomic
 from ibray.sweep import SweepError, SweepSpec, parse_sweep
 from ibray.trainable import train_trial
@@ -116,6 +117,9 @@ def run_sweep(
         statuses = _check_existing(spec, folder, resume)
         if statuses and all(s == "complete" for s in statuses.values()):
             return SweepOutcome(spec.name, folder, len(trials), len(trials), ran=False)
+    if address is None:  # the embedded Ray trains here: its data must be here (else exit 2 now)
+        for dataset in sorted({trial.dataset for trial in trials}):
+            load_dataset(dataset, data_dir)
     write_text_atomic(spec.text, join(folder, SWEEP_FILE))
 
     # The live view replaces Tune's tables; snapshots forced by frequent checkpoints are wanted

@@ -321,3 +321,17 @@ def test_corrupt_checkpoint_fails_the_trial_with_a_clear_message(ray_cluster, tm
     message = result.failed[trial.trial_id()]
     assert "TrialStateError" in message and "is corrupt or unreadable" in message and trial.trial_id() in message
     assert f"failed {trial.trial_id()}: " in result.summary("corrupt.yaml")
+
+
+def test_a_sweep_whose_data_is_missing_fails_before_anything_starts(tmp_path, capsys):
+    from ibray.cli import main
+
+    sweep = tmp_path / "needs-szt.yaml"
+    sweep.write_text("name: needs-szt\ndataset: szt\nseeds: 2\nepochs: 2\n")
+    empty = tmp_path / "data"
+    empty.mkdir()
+    results = tmp_path / "results"
+    assert main(["sweep", str(sweep), "--results", str(results), "--data-dir", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ibray: error: ") and "ibray data download szt" in err
+    assert not results.exists()
