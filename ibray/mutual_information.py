@@ -72,8 +72,9 @@ def _packed_keys(codes: np.ndarray, tail: np.ndarray | None, tail_bits: int) -> 
     rank_bits = max(1, int(samples).bit_length())
     key = np.zeros((seeds, samples), dtype=np.int64)
     used = 0
-    tops = codes.max(axis=(0, 1)) if codes.size else np.zeros(width, dtype=np.int64)
-    columns = [(codes[:, :, j], _bits(tops[j])) for j in range(width)]
+    # One contiguous (seeds, samples) block per neuron: the packing reads each block once.
+    by_neuron = np.ascontiguousarray(np.moveaxis(codes, 2, 0))
+    columns = [(block, _bits(block.max()) if block.size else 0) for block in by_neuron]
     if tail is not None:
         columns.append((np.broadcast_to(tail, (seeds, samples)), tail_bits))
     for column, bits in columns:
