@@ -79,8 +79,7 @@ class BatchedNetwork(nn.Module):
         self.init = init
         self.quantized = bits != 32
         self.image_shape = image_shape
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
+        self._shapes: list[tuple[int, ...]] = []  # per layer: weight shape, then bias shape
         self.layers: list[LayerSpec] = []
         if architecture == "conv":
             if image_shape is None:
@@ -99,19 +98,34 @@ class BatchedNetwork(nn.Module):
             self._add_dense(f"dense{number}", previous, width)
             previous = width
         self._add_dense("output", previous, classes)
+        # All of a seed's weights and biases in one row: the optimizer updates one tensor, not
+        # two per layer (per-tensor overhead dominates small networks).
+        self._sizes = [math.prod(shape) for shape in self._shapes]
+        self.flat = nn.Parameter(torch.zeros(seeds, sum(self._sizes)))
         self.quantizers = nn.ModuleList(
             Quantizer(bits, seeds, tracking, ema_decay) for _ in self.layers
         ) if self.quantized else None
 
     def _add_dense(self, name: str, fan_in: int, fan_out: int) -> None:
-        self.weights.append(nn.Parameter(torch.zeros(self.seeds, fan_in, fan_out)))
-        self.biases.append(nn.Parameter(torch.zeros(self.seeds, 1, fan_out)))
+        self._shapes += [(fan_in, fan_out), (1, fan_out)]
         self.layers.append(LayerSpec(name, "dense", fan_out))
 
     def _add_conv(self, name: str, channels_in: int, channels_out: int) -> None:
-        self.weights.append(nn.Parameter(torch.zeros(self.seeds, channels_out, channels_in, 3, 3)))
-        self.biases.append(nn.Parameter(torch.zeros(self.seeds, channels_out)))
+        self._shapes += [(channels_out, channels_in, 3, 3), (channels_out,)]
         self.layers.append(LayerSpec(name, "conv", 0))
+
+    def _views(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, the weights and biases as (seeds, ...) views of the one parameter row."""
+        pieces = [piece.view(self.seeds, *shape) for piece, shape in zip(self.flat.split(self._sizes, dim=1), self._shapes)]
+        return pieces[0::2], pieces[1::2]
+
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        return self._views()[0]
+
+    @property
+    def biases(self) -> list[torch.Tensor]:
+        return self._views()[1]
 
     @torch.no_grad()
     def init_slot(self, slot: int, generator: torch.Generator) -> None:
@@ -120,7 +134,7 @@ class BatchedNetwork(nn.Module):
         truncated_normal: mean 0, std 1/sqrt(the layer's own width), cut at 2 std (as Keras'
         TruncatedNormal used by the study). glorot: Keras' default, Glorot uniform.
         """
-        for weight, bias in zip(self.weights, self.biases):
+        for weight, bias in zip(*self._views()):
             shape = weight.shape[1:]
             if len(shape) == 2:
                 fan_in, fan_out = shape
@@ -178,7 +192,7 @@ class BatchedNetwork(nn.Module):
         values: list[torch.Tensor] = []
         codes: list[torch.Tensor | None] = []
         hidden = x
-        for index, (spec, weight, bias) in enumerate(zip(self.layers, self.weights, self.biases)):
+        for index, (spec, weight, bias) in enumerate(zip(self.layers, *self._views())):
             if spec.kind == "conv":
                 if hidden.dim() == 3:  # flat images -> (S, B, 1, H, W)
                     hidden = hidden.reshape(seeds, batch, 1, *self.image_shape)
