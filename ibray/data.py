@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ibray.records import replace_atomically
 
 DATASETS = ("synthetic12", "szt", "mnist")
 DATA_DIR_ENV = "IBRAY_DATA_DIR"
@@ -324,11 +325,10 @@ def _sha256(path: Path) -> str:
 
 def _fetch(url: str, target: Path, sha256: str) -> None:
     """Download `url` to `target` via a temp file beside it; only a verified file appears."""
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    temp = Path(temp_name)
-    try:
+
+    def write_verified(temp: Path) -> None:
         digest = hashlib.sha256()
-        with os.fdopen(handle, "wb") as out:
+        with temp.open("wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
                     for chunk in iter(lambda: response.read(_CHUNK_BYTES), b""):
@@ -339,16 +339,13 @@ def _fetch(url: str, target: Path, sha256: str) -> None:
                     f"could not download {url} ({error}); check the network and retry, "
                     f"or put the file at {target} yourself"
                 ) from error
-            out.flush()
-            os.fsync(out.fileno())
         if digest.hexdigest() != sha256:
             raise DataError(
                 f"{url} has SHA-256 {digest.hexdigest()}, expected {sha256}; the download is "
                 "corrupt or the source changed, so nothing was saved; retry later"
             )
-        os.replace(temp, target)  # atomic on one file system: readers never see a partial file
-    finally:
-        temp.unlink(missing_ok=True)
+
+    replace_atomically(target, write_verified)
 
 
 def download(

@@ -17,7 +17,6 @@ results root you trust. Trial checkpoints hold tensors only (torch.load weights_
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from ibray.config import TrialConfig
 from ibray.data import load_dataset
 from ibray.records import is_uri, join, read_text, resolve, write_text_atomic
 from ibray.sweep import SweepError, SweepSpec, parse_sweep
+from ibray.train import TrialStateError, read_trial_info
 from ibray.trainable import train_trial
 
 SWEEP_FILE = "sweep.yaml"
@@ -86,11 +86,11 @@ def trial_statuses(spec: SweepSpec, folder: str) -> dict[str, str]:
     """trial id -> status in its trial.json ('complete', 'running'), 'absent' when none."""
     statuses = {}
     for trial in spec.trials:
-        text = read_text(join(folder, TRIALS, trial.trial_id(), "trial.json"))
         try:
-            statuses[trial.trial_id()] = json.loads(text).get("status", "absent") if text else "absent"
-        except ValueError:
-            statuses[trial.trial_id()] = "absent"
+            info = read_trial_info(join(folder, TRIALS, trial.trial_id()))
+        except TrialStateError:
+            info = None  # damaged: as good as absent, the trial runs again
+        statuses[trial.trial_id()] = info.get("status", "absent") if info else "absent"
     return statuses
 
 

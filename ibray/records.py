@@ -23,6 +23,7 @@ import io
 import os
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -112,23 +113,28 @@ def _write_uri_atomic(data: bytes, uri: str) -> None:
             sink.write(data)
 
 
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Make the local file `path` appear complete or not at all: `write` fills a temporary file
+    beside it, which is flushed to disk and renamed over `path`; on failure it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_atomic(table: pa.Table, path: str | Path) -> None:
-    """Write a Parquet file so that `path` is either absent or complete: write, fsync, rename."""
+    """Write a Parquet file so that `path` is either absent or complete."""
     if is_uri(path):
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         _write_uri_atomic(buffer.getvalue(), path)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def write_text_atomic(text: str, path: str | Path) -> None:
@@ -136,10 +142,7 @@ def write_text_atomic(text: str, path: str | Path) -> None:
     if is_uri(path):
         _write_uri_atomic(text.encode(), path)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    replace_atomically(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def read_text(path: str | Path) -> str | None:

@@ -19,7 +19,6 @@ import copy
 import functools
 import json
 import math
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +32,15 @@ from ibray.config import ConfigError, TrialConfig, binning_bins
 from ibray.data import Dataset, load_dataset
 from ibray.models import BatchedNetwork, Pass
 from ibray.mutual_information import bin_codes, float_codes, layer_information
-from ibray.records import ResultsWriter, is_uri, join, remove_temporaries, write_text_atomic
+from ibray.records import (
+    ResultsWriter,
+    is_uri,
+    join,
+    read_text,
+    remove_temporaries,
+    replace_atomically,
+    write_text_atomic,
+)
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPSILON = 1e-7  # Keras' default, as in the study
@@ -87,6 +94,11 @@ class Measurement:
         if self._pending is not None:
             self._mi, self._metrics = self._pending.result()
             self._pending = None
+
+    @property
+    def empty(self) -> bool:
+        """True for the measurement of an epoch where no seed was due."""
+        return self._pending is None and not self._mi and not self._metrics
 
     @property
     def mi(self) -> dict[str, list]:
@@ -579,13 +591,14 @@ def run_trial(
     trainer = Trainer(config, dataset, sweep, global_ranges=ranges)
     remove_temporaries(out)
     writer = ResultsWriter(out)
-    write_trial_info(out, config, sweep, "running", 0)
     last_written = -1
     if state is not None:
         trainer.load_state_dict(state["trainer"])
         last_written = int(state["written"])
     else:
         writer.add(trainer.start())
+    # (a run resumed from its final checkpoint has nothing left to do but say so)
+    write_trial_info(out, config, sweep, "complete" if trainer.done else "running", trainer.epochs_run)
 
     def checkpoint() -> dict:
         packed = [[s, r, lo, hi] for (s, r), (lo, hi) in ranges.items()] if ranges else None
@@ -597,7 +610,7 @@ def run_trial(
         for seed, restarts in discarded:
             writer.drop_seed(seed, restarts)
         writer.add(measurement)
-        if measurement._pending is not None or measurement.metrics:
+        if not measurement.empty:
             last = measurement
         step = trainer.epochs_run
         if step % config.write_every == 0 or trainer.done:
@@ -605,10 +618,7 @@ def run_trial(
             last_written = step
             write_trial_info(out, config, sweep, "complete" if trainer.done else "running", step)
             if on_write is not None:
-                on_write(checkpoint(), _scalars(last.metrics if last else {}, step))
-    if writer.pending():  # e.g. a resumed run that was already complete
-        writer.flush(f"{last_written + 1:06d}-{trainer.epochs_run:06d}")
-    write_trial_info(out, config, sweep, "complete", trainer.epochs_run)
+                on_write(checkpoint(), _scalars(last, step, config.estimators[0]))
     return TrialSummary(
         out=out,
         trial=trainer.trial,
@@ -616,15 +626,25 @@ def run_trial(
         epochs=trainer.epochs_run,
         restarts={seed: r for seed, r in zip(trainer.seeds, trainer.restarts) if r},
         seconds=time.perf_counter() - started,
-        final=_scalars(last.metrics if last else {}, trainer.epochs_run),
+        final=_scalars(last, trainer.epochs_run, config.estimators[0]),
     )
 
 
-def _scalars(metrics: dict, epoch: int) -> dict[str, float]:
+def _scalars(last: Measurement | None, epoch: int, estimator: str) -> dict[str, float]:
+    """A few numbers for progress reports: mean accuracies and losses over the seeds of the
+    latest measurement, and the output layer's I(X;T), I(T;Y) by `estimator`."""
     scalars: dict[str, float] = {"epoch": epoch}
+    if last is None:
+        return scalars
     for key in ("train_acc", "test_acc", "train_loss", "test_loss"):
-        if metrics.get(key):
-            scalars[key] = float(np.mean(metrics[key]))
+        if last.metrics.get(key):
+            scalars[key] = float(np.mean(last.metrics[key]))
+    mi = last.mi
+    if mi:
+        output = max(mi["layer"])
+        rows = [i for i, (layer, e) in enumerate(zip(mi["layer"], mi["estimator"])) if layer == output and e == estimator]
+        for key in ("mi_xt", "mi_ty"):
+            scalars[key] = float(np.mean([mi[key][i] for i in rows]))
     return scalars
 
 
@@ -638,10 +658,7 @@ class TrialStateError(RuntimeError):
 
 def save_checkpoint(state: dict, path: Path) -> None:
     """Atomically replace `path` with the checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    replace_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -655,14 +672,14 @@ def load_checkpoint(path: Path) -> dict:
         ) from error
 
 
-def existing_trial(out: Path) -> dict | None:
-    info = out / "trial.json"
-    if not info.exists():
-        return None
+def read_trial_info(out: str | Path) -> dict | None:
+    """The trial.json of a trial folder (path or URI); None when there is none."""
+    where = join(out, "trial.json")
     try:
-        return json.loads(info.read_text())
+        text = read_text(where)
+        return None if text is None else json.loads(text)
     except (OSError, ValueError) as error:
-        raise TrialStateError(f"{info} is unreadable ({error}); move the folder aside or pick another --out") from error
+        raise TrialStateError(f"{where} is unreadable ({error}); move the folder aside or pick another --out") from error
 
 
 def run_resumable(
@@ -679,7 +696,7 @@ def run_resumable(
     """
     out = Path(out)
     dataset = load_dataset(config.dataset, data_dir, config.train_fraction, config.split_seed)
-    info = existing_trial(out)
+    info = read_trial_info(out)
     state = None
     if info is not None and not overwrite:
         if info.get("trial") != config.trial_id():

@@ -15,24 +15,21 @@ record of it is older than the results.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 from ray import tune
 
 from ibray.config import TrialConfig
-from ibray.records import join, read_text
+from ibray.records import join
 from ibray.train import (
     CHECKPOINT_FILE,
     TrialStateError,
     load_checkpoint,
+    read_trial_info,
     run_trial,
     save_checkpoint,
 )
@@ -51,14 +48,11 @@ def train_trial(config: dict, sweep: str, trials_root: str, data_dir: str | None
         return
     state = restore_state(tune.get_checkpoint(), trial.trial_id())
     resumed_from = int(state["written"]) if state is not None else 0
-    written = [int(state["written"]) if state is not None else -1]
     reporting = [0.0]  # seconds spent in checkpoints and reports so far: Ray's share of the trial
 
     def report(checkpoint: dict, scalars: dict) -> None:
         started = time.perf_counter()
-        part = join(out, "mi", f"part-{written[0] + 1:06d}-{int(checkpoint['written']):06d}.parquet")
-        written[0] = int(checkpoint["written"])
-        metrics = {**fixed, **scalars, **output_information(part, trial.estimators[0]), "resumed_from": resumed_from}
+        metrics = {**fixed, **scalars, "resumed_from": resumed_from}
         with tempfile.TemporaryDirectory(prefix="ibray-checkpoint-") as folder:
             save_checkpoint(checkpoint, Path(folder) / CHECKPOINT_FILE)
             tune.report(
@@ -71,14 +65,11 @@ def train_trial(config: dict, sweep: str, trials_root: str, data_dir: str | None
 
 
 def trial_complete(out, trial_id: str) -> bool:
-    text = read_text(join(out, "trial.json"))
-    if text is None:
-        return False
     try:
-        info = json.loads(text)
-    except ValueError:
+        info = read_trial_info(out)
+    except TrialStateError:
         return False  # a damaged record: the trial runs again and rewrites it
-    return info.get("trial") == trial_id and info.get("status") == "complete"
+    return info is not None and info.get("trial") == trial_id and info.get("status") == "complete"
 
 
 def restore_state(checkpoint: tune.Checkpoint | None, trial_id: str) -> dict | None:
@@ -96,22 +87,3 @@ def restore_state(checkpoint: tune.Checkpoint | None, trial_id: str) -> dict | N
             return load_checkpoint(path)
         except TrialStateError as error:
             raise TrialStateError(f"trial {trial_id}: Tune checkpoint {checkpoint.path}: {error}") from error
-
-
-def output_information(part, estimator: str) -> dict[str, float]:
-    """Mean I(X;T), I(T;Y) of the output layer at the latest epoch of a freshly written part."""
-    try:
-        table = pq.read_table(str(part), columns=["phase", "epoch", "layer", "estimator", "mi_xt", "mi_ty"])
-    except (OSError, ValueError):
-        return {}
-    table = table.filter(pc.equal(table["estimator"], estimator))
-    if table.num_rows == 0:
-        return {}
-    table = table.filter(pc.equal(table["layer"], pc.max(table["layer"])))
-    phase = "train" if pc.any(pc.equal(table["phase"], "train")).as_py() else "prefit"
-    table = table.filter(pc.equal(table["phase"], phase))
-    table = table.filter(pc.equal(table["epoch"], pc.max(table["epoch"])))
-    return {
-        "mi_xt": float(np.mean(table["mi_xt"].to_numpy())),
-        "mi_ty": float(np.mean(table["mi_ty"].to_numpy())),
-    }
