@@ -142,6 +142,11 @@ def layer_information(codes: np.ndarray, labels: np.ndarray) -> LayerInformation
     h_ty, _ = _entropy_per_row(joint_new, samples)
 
     mi_ty = np.maximum(h_t + h_y - h_ty, 0.0)  # float rounding can dip a hair below zero
+    # An injective seed gets the shortcut's exact values whatever its batch mates: the sums
+    # above round differently from log2 N and H(Y), and a seed must not depend on its mates.
+    injective = n_states == samples
+    h_t[injective] = np.log2(samples)
+    mi_ty[injective] = h_y
     return LayerInformation(h_t=h_t, mi_xt=h_t.copy(), mi_ty=mi_ty, n_states=n_states)
 
 

@@ -143,3 +143,24 @@ def test_wide_injective_rows_take_the_shortcut_and_agree_with_brute_force(seeds)
     info = layer_information(codes, labels)
     assert info.n_states[-1] == 2999
     assert info.h_t[-1] == pytest.approx(brute_force(codes[-1], labels)[0], abs=1e-9)
+
+
+@pytest.mark.parametrize("samples", [3000, 4096])
+def test_a_seed_gets_the_same_bits_whatever_its_batch_mates(samples):
+    # Seed 0's layer is injective; its mates are not, so the batch cannot take the shortcut.
+    # Each seed's numbers alone and in the mixed batch must agree to the last bit.
+    rng = np.random.default_rng(samples)
+    labels = rng.integers(0, 3, size=samples)
+    injective = rng.permutation(samples)[:, None] // np.array([[1 << 6, 1]]) % 64
+    merged = rng.integers(0, 5, size=(samples, 2))
+    mixed = np.stack([injective, merged, merged[::-1]])
+    together = layer_information(mixed, labels)
+    assert together.n_states[0] == samples and together.n_states[1] == len(set(map(tuple, merged.tolist()))) < samples
+    for seed in range(3):
+        alone = layer_information(mixed[seed], labels)
+        for field in ("h_t", "mi_xt", "mi_ty", "n_states"):
+            assert getattr(together, field)[seed] == getattr(alone, field)[0], (seed, field)
+    # the injective seed's values are exactly log2 N and H(Y), on both paths
+    p = np.bincount(labels) / samples
+    assert together.h_t[0] == np.log2(samples)
+    assert together.mi_ty[0] == float(-(p * np.log2(p)).sum())

@@ -47,6 +47,22 @@ def test_a_seed_does_not_depend_on_its_batch_mates(tmp_path, synthetic):
     assert alone.select(columns).sort(key).equals(shared.select(columns).sort(key))
 
 
+def test_an_injective_seed_does_not_depend_on_mates_that_are_not(tmp_path, synthetic):
+    # ReLU on synthetic12: layer 1 is injective (4096 states) for some seeds and not for
+    # others, so the batch's counting cannot take the injective shortcut for all of them.
+    shared = run(tmp_path, synthetic, "shared", activation="relu", seeds=tuple(range(8)), epochs=4)
+    first_layer = shared.filter(pl.col("layer") == 1)
+    injective = first_layer.filter(pl.col("n_states") == 4096)["seed"].unique().to_list()
+    merged = first_layer.filter(pl.col("n_states") < 4096)["seed"].unique().to_list()
+    assert injective and merged
+    columns = [c for c in shared.columns if c != "trial"]
+    key = ["epoch", "layer"]
+    for seed in (injective[0], merged[0]):
+        alone = run(tmp_path, synthetic, f"alone{seed}", activation="relu", seeds=(seed,), epochs=4)
+        mine = shared.filter(pl.col("seed") == seed)
+        assert alone.select(columns).sort(key).equals(mine.select(columns).sort(key)), seed
+
+
 def test_same_config_and_seed_give_the_same_numbers(tmp_path, synthetic):
     first = run(tmp_path, synthetic, "a", seeds=(0, 1), epochs=4, prefit_epochs=2)
     second = run(tmp_path, synthetic, "b", seeds=(0, 1), epochs=4, prefit_epochs=2)
