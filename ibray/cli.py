@@ -7,7 +7,10 @@ print one line `ibray: error: ...` and exit with code 2, before anything is writ
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 EXIT_USAGE = 2
 
@@ -55,6 +58,7 @@ def _run_trial(args) -> int:
     from ibray.train import run_resumable
 
     config = _config_from_args(args)
+    _check_trial_folder(args.out)
 
     def progress(_checkpoint: dict, scalars: dict) -> None:
         acc = f" train_acc {scalars['train_acc']:.3f} test_acc {scalars['test_acc']:.3f}" if "train_acc" in scalars else ""
@@ -73,6 +77,36 @@ def _run_trial(args) -> int:
     )
     print(f"results: {summary.out}/mi and {summary.out}/metrics (Parquet); report: ibray report {summary.out}")
     return 0
+
+
+def _check_trial_folder(out: str) -> None:
+    """Refuse an --out that cannot take this trial's results, before any data is read or written:
+    a file, a place where no folder can be made, or a folder of something else."""
+    from ibray.train import TrialStateError
+
+    path = existing = Path(out)
+    try:
+        if path.is_dir():
+            # a writer killed mid-write leaves only hidden *.tmp files, which the rerun removes
+            entries = [e.name for e in path.iterdir() if not (e.name.startswith(".") and e.name.endswith(".tmp"))]
+            if entries and not (path / "trial.json").exists():
+                shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+                raise TrialStateError(
+                    f"--out {out}: the folder holds other files ({shown}) but no trial.json, so it is not "
+                    f"a trial's folder; pick a new or empty --out"
+                )
+        elif os.path.lexists(path):
+            raise TrialStateError(f"--out {out}: is a file, not a folder; pick another --out")
+        else:
+            existing = path.absolute().parent
+            while not os.path.lexists(existing):
+                existing = existing.parent
+            if not existing.is_dir():
+                raise TrialStateError(f"--out {out}: {existing} is a file, so no folder can be made under it; pick another --out")
+        # a real attempt, not os.access: that says yes to root everywhere, /proc included
+        os.rmdir(tempfile.mkdtemp(prefix=".ibray-probe-", dir=existing))
+    except OSError as error:
+        raise TrialStateError(f"--out {out}: cannot write in {existing} ({error.strerror or error}); pick another --out") from None
 
 
 def _data_parser(sub) -> None:
@@ -112,16 +146,35 @@ def _run_bench(args) -> int:
     return 0
 
 
+def _verify_parser(sub) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check that results are complete: every expected row of every trial exactly once, nothing stray",
+    )
+    p.add_argument("paths", nargs="+", metavar="RESULTS", help="trial, sweep or results folders (paths or URIs)")
+    p.set_defaults(handler=_run_verify)
+
+
+def _run_verify(args) -> int:
+    from ibray.verify import summary, verify
+
+    checks = verify(args.paths)
+    for check in checks:
+        print(check.line())
+    print(summary(checks))
+    return 0 if all(check.ok for check in checks) else 1
+
+
 def _report_parser(sub) -> None:
-    p = sub.add_parser("report", help="one self-contained HTML report of results folders", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(handler=_run_report)
+    # Here to be listed by `ibray --help`; main() hands `ibray report ...` to analysis.report
+    # whole, since argparse's REMAINDER drops an option that comes before the folders.
+    sub.add_parser("report", help="one self-contained HTML report of results folders", add_help=False)
 
 
-def _run_report(args) -> int:
+def _run_report(argv: list[str]) -> int:
     from analysis.report import main as report_main
 
-    return report_main(args.rest)
+    return report_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     _trial_parser(sub)
     _data_parser(sub)
     _bench_parser(sub)
+    _verify_parser(sub)
     _report_parser(sub)
     try:
         from ibray import launch_cli
@@ -143,14 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:  # analysis.report parses its own options and --help
+        return _run_report(argv[1:])
     args = build_parser().parse_args(argv)
     from ibray.config import ConfigError
     from ibray.data import DataError
     from ibray.train import TrialStateError
+    from ibray.verify import VerifyError
 
     try:
         return args.handler(args)
-    except (ConfigError, DataError, TrialStateError) as error:
+    except (ConfigError, DataError, TrialStateError, VerifyError) as error:
         print(f"ibray: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

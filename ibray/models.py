@@ -29,6 +29,12 @@ DENSE_WIDTHS = {
 CONV_CHANNELS = 2  # both conv layers: 3x3 kernels, 2 channels, ReLU, then 2x2 max-pooling
 CONV_DENSE = 16  # the dense layer after the convolutions (16 in the authors' code; 20 in the text)
 
+def layer_count(architecture: str) -> int:
+    """Layers whose output T is measured: the hidden layers and the softmax output."""
+    hidden = 3 if architecture == "conv" else len(DENSE_WIDTHS[architecture])  # conv: 2 conv + dense
+    return hidden + 1
+
+
 ACTIVATIONS = {
     "tanh": torch.tanh,
     "relu": F.relu,

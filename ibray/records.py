@@ -2,8 +2,13 @@
 
 A results folder holds two tables, each as many Parquet part files:
 
-    <out>/mi/part-<first>-<last>.parquet       a row per (seed, phase, epoch, layer, estimator)
-    <out>/metrics/part-<first>-<last>.parquet  a row per (seed, phase, epoch)
+    <out>/mi/part-w<write>-e<epoch>.parquet       a row per (seed, phase, epoch, layer, estimator)
+    <out>/metrics/part-w<write>-e<epoch>.parquet  a row per (seed, phase, epoch)
+
+<write> counts the trial's writes (1, 2, ...), kept in its checkpoint, so two writes never
+share a name, whatever the seeds' epochs (a restarted seed starts again at epoch 0); <epoch>
+is the slowest seed's epoch at that write, for people reading the folder. Folders written
+before this scheme (part-<first>-<last>.parquet) load the same.
 
 A sweep puts one such folder per trial under <root>/<sweep>/trials/<trial>/, so that
 `<root>/<sweep>/**/mi/*.parquet` is one data set. Every row carries its axes (sweep, trial,
@@ -21,6 +26,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -202,22 +208,34 @@ class ResultsWriter:
         self._settle()
         return sum(t.num_rows for batches in self._batches.values() for t in batches)
 
-    def flush(self, tag: str) -> list[Path]:
-        """Write the buffered rows as `<table>/part-<tag>.parquet`; returns the files written.
+    def flush(self, write: int, epoch: int) -> list[Path]:
+        """Write the buffered rows as `<table>/part-w<write>-e<epoch>.parquet`; returns the files.
 
-        Part names follow the epochs they cover, so a resumed run rewrites the same files with
-        the same rows instead of adding duplicates.
+        `write` numbers the trial's writes; a run resumed from the checkpoint of write k
+        rewrites the parts k+1, ... under the same names with the same rows (training is
+        deterministic) instead of adding duplicates.
         """
         self._settle()
         written = []
         for name, batches in self._batches.items():
             if not batches:
                 continue
-            path = join(self.out, name, f"part-{tag}.parquet")
+            path = join(self.out, name, part_name(write, epoch))
             write_atomic(pa.concat_tables(batches), path)
             written.append(path)
             batches.clear()
         return written
+
+    def remove_parts_after(self, write: int) -> None:
+        """Delete the parts of writes after `write`: a run that resumes from the checkpoint of
+        `write` (0: from scratch) writes them again, and rows must never be there twice.
+
+        From scratch, parts of the older naming go too: nothing in the folder is kept."""
+        for name in TABLES:
+            for path in list_parts(join(self.out, name)):
+                number = part_write(str(path).rsplit("/", 1)[-1])
+                if (number is None and write == 0) or (number is not None and number > write):
+                    _delete(path)
 
     def drop_seed(self, seed: int, restarts: int) -> None:
         """Remove a discarded attempt of a seed from the buffer and from files already written."""
@@ -229,6 +247,27 @@ class ResultsWriter:
                 stale = _attempt(table, seed, restarts)
                 if pc.any(stale).as_py():
                     write_atomic(table.filter(pc.invert(stale)), path)
+
+
+_PART = re.compile(r"^part-w(\d+)-e(\d+)\.parquet$")
+
+
+def part_name(write: int, epoch: int) -> str:
+    return f"part-w{write:06d}-e{epoch:06d}.parquet"
+
+
+def part_write(name: str) -> int | None:
+    """The write number of a part file's name; None for a name of the older scheme."""
+    match = _PART.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _delete(path: str | Path) -> None:
+    if is_uri(path):
+        filesystem, inner = resolve(path)
+        filesystem.delete_file(inner)
+    else:
+        Path(path).unlink(missing_ok=True)
 
 
 def _attempt(table: pa.Table, seed: int, restarts: int):

@@ -36,6 +36,7 @@ from ibray.records import (
     ResultsWriter,
     is_uri,
     join,
+    list_parts,
     read_text,
     remove_temporaries,
     replace_atomically,
@@ -47,6 +48,7 @@ _ADAM_EPSILON = 1e-7  # Keras' default, as in the study
 _EVAL_CHUNK = 8192  # samples per forward chunk of the MI pass, at most (bounds memory on MNIST)
 _OVERLAP_SEEDS = 8  # from this many seeds on, measurements run beside the training
 _LANES = 16  # floats per AVX-512 register: batches and chunks are padded to a multiple
+PROGRESS_EVERY_S = 5.0  # seconds between light progress reports (no checkpoint)
 
 
 def pick_device(name: str) -> torch.device:
@@ -266,6 +268,15 @@ class Trainer:
     def epochs_run(self) -> int:
         """Epochs of the slowest slot: the trial's progress."""
         return min(self.slot_epoch)
+
+    def progress(self) -> dict[str, int]:
+        """The slowest slot's epoch, seed-epochs trained by the kept attempts, and seed-epochs
+        left (a restarted seed's whole new run included)."""
+        return {
+            "epoch": self.epochs_run,
+            "seed_epochs_done": sum(self.slot_epoch),
+            "seed_epochs_left": sum(self.total_epochs - epoch for epoch in self.slot_epoch),
+        }
 
     # -- training ---------------------------------------------------------------------------
     def _adam(self) -> None:
@@ -559,8 +570,19 @@ def find_global_ranges(config: TrialConfig, dataset: Dataset) -> dict[tuple[int,
     return trainer.seen_ranges
 
 
-def write_trial_info(out: str | Path, config: TrialConfig, sweep: str, status: str, epochs_run: int) -> None:
-    info = {"sweep": sweep, "trial": config.trial_id(), "status": status, "epochs_run": epochs_run, "config": config.to_dict()}
+def write_trial_info(out: str | Path, trainer: "Trainer", sweep: str, parts: int) -> None:
+    """trial.json: the config, the status, and what `ibray verify` checks the rows against:
+    the kept attempt of each seed (`restarts`) and the writes so far (`parts`)."""
+    config = trainer.config
+    info = {
+        "sweep": sweep,
+        "trial": config.trial_id(),
+        "status": "complete" if trainer.done else "running",
+        "epochs_run": trainer.epochs_run,
+        "parts": parts,
+        "restarts": {str(seed): count for seed, count in zip(trainer.seeds, trainer.restarts)},
+        "config": config.to_dict(),
+    }
     write_text_atomic(json.dumps(info, indent=2), join(out, "trial.json"))
 
 
@@ -572,12 +594,17 @@ def run_trial(
     dataset: Dataset | None = None,
     state: dict | None = None,
     on_write: Callable[[dict, dict], None] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+    progress_every: float = PROGRESS_EVERY_S,
 ) -> TrialSummary:
     """Train config's seeds, writing Parquet every `write_every` epochs under `out`.
 
     `out` is a local path or a filesystem URI (s3://..., gs://..., file://...).
     on_write(checkpoint, scalars) runs right after each write: `checkpoint` continues the run
     via run_trial(state=checkpoint); `scalars` are a few numbers for a progress report.
+    on_progress(progress) runs every `progress_every` seconds, whatever the write cadence, with
+    the slowest seed's `epoch` and the trial's `seed_epochs_done` and `seed_epochs_left` (the
+    latter counts the whole remaining run of restarted seeds).
     """
     started = time.perf_counter()
     out = out if is_uri(out) else Path(out)
@@ -591,20 +618,27 @@ def run_trial(
     trainer = Trainer(config, dataset, sweep, global_ranges=ranges)
     remove_temporaries(out)
     writer = ResultsWriter(out)
-    last_written = -1
+    parts = 0  # writes so far: names the next part, so no two writes share a name
     if state is not None:
         trainer.load_state_dict(state["trainer"])
-        last_written = int(state["written"])
+        if "parts" in state:
+            parts = int(state["parts"])
+            writer.remove_parts_after(parts)
+        else:  # a checkpoint of the older naming: its parts stay, new ones cannot collide
+            parts = len(list_parts(join(out, "mi")))
     else:
+        writer.remove_parts_after(0)
         writer.add(trainer.start())
     # (a run resumed from its final checkpoint has nothing left to do but say so)
-    write_trial_info(out, config, sweep, "complete" if trainer.done else "running", trainer.epochs_run)
+    write_trial_info(out, trainer, sweep, parts)
 
     def checkpoint() -> dict:
         packed = [[s, r, lo, hi] for (s, r), (lo, hi) in ranges.items()] if ranges else None
-        return {"trainer": trainer.state_dict(), "written": last_written, "global_ranges": packed}
+        # "written": the epoch of the last write, for progress reports of a resumed run
+        return {"trainer": trainer.state_dict(), "parts": parts, "written": trainer.epochs_run, "global_ranges": packed}
 
     last: Measurement | None = None
+    last_progress = time.monotonic()
     while not trainer.done:
         measurement, discarded = trainer.step()
         for seed, restarts in discarded:
@@ -614,11 +648,14 @@ def run_trial(
             last = measurement
         step = trainer.epochs_run
         if step % config.write_every == 0 or trainer.done:
-            writer.flush(f"{last_written + 1:06d}-{step:06d}")
-            last_written = step
-            write_trial_info(out, config, sweep, "complete" if trainer.done else "running", step)
+            parts += 1
+            writer.flush(parts, step)
+            write_trial_info(out, trainer, sweep, parts)
             if on_write is not None:
                 on_write(checkpoint(), _scalars(last, step, config.estimators[0]))
+        elif on_progress is not None and time.monotonic() - last_progress >= progress_every:
+            last_progress = time.monotonic()
+            on_progress(trainer.progress())
     return TrialSummary(
         out=out,
         trial=trainer.trial,

@@ -204,3 +204,60 @@ def test_a_conv_seed_does_not_depend_on_its_batch_mates(tmp_path):
     alone = read(tmp_path / "alone").select(columns).sort("epoch", "layer")
     shared = read(tmp_path / "shared").filter(pl.col("seed") == 2).select(columns).sort("epoch", "layer")
     assert alone.equals(shared)
+
+
+def partial_restart_config(synthetic, **overrides) -> TrialConfig:
+    """ReLU seeds of which some, not all, are below the accuracy bar at the restart check.
+
+    The bar is the median training accuracy at `restart_epoch`, measured here, so the premise
+    does not hang on a hard-coded number. restart_epoch > 2 x write_every: parts written
+    before the restart would be overwritten if part names followed the seeds' epochs."""
+    common = {**FAST, **dict(activation="relu", seeds=tuple(range(6)), epochs=24, mi_every=2, write_every=5, restart_epoch=12)}
+    probe = Trainer(TrialConfig(**{**common, "epochs": 12, "min_train_acc": 0.0}), synthetic)
+    probe.start()
+    while not probe.done:
+        measurement, _ = probe.step()
+    accuracy = sorted(measurement.metrics["train_acc"])
+    bar = (accuracy[2] + accuracy[3]) / 2
+    assert accuracy[2] < bar < accuracy[3]
+    return TrialConfig(**{**common, "min_train_acc": bar, "max_restarts": 1, **overrides})
+
+
+def assert_every_row_once(out, config: TrialConfig, restarted: dict[int, int]) -> None:
+    from ibray.verify import measured_epochs, verify_trial
+
+    grid = measured_epochs(config)
+    for table, per_point in (("mi", 6), ("metrics", 1)):
+        rows = read(out, table)
+        for seed in config.seeds:
+            mine = rows.filter(pl.col("seed") == seed)
+            assert mine["restarts"].unique().to_list() == [restarted.get(seed, 0)], (table, seed)
+            points = sorted(zip(mine["phase"], mine["epoch"]))
+            assert points == sorted(p for p in grid for _ in range(per_point)), (table, seed)
+    check = verify_trial(out)
+    assert check.ok and not check.problems, check.line()
+
+
+def test_a_partial_restart_keeps_every_row_of_every_seed_exactly_once(tmp_path, synthetic):
+    config = partial_restart_config(synthetic)
+    summary = run_trial(config, tmp_path / "whole", dataset=synthetic)
+    assert 0 < len(summary.restarts) < len(config.seeds), summary.restarts
+    assert_every_row_once(tmp_path / "whole", config, summary.restarts)
+
+    # Killed between a write and its checkpoint, after the restart, then resumed from the
+    # checkpoint before: the same rows, each once, as the uninterrupted run.
+    saved, writes = {}, []
+
+    def crash_after_the_restart(checkpoint, scalars):
+        writes.append(scalars["epoch"])
+        if len(writes) == 5:  # parts 1-4 predate the restart at epoch 12 of the fast seeds
+            raise Crash
+        saved["state"] = checkpoint
+
+    with pytest.raises(Crash):
+        run_trial(config, tmp_path / "resumed", dataset=synthetic, on_write=crash_after_the_restart)
+    assert min(saved["state"]["trainer"]["restarts"]) == 0 < max(saved["state"]["trainer"]["restarts"])
+    run_trial(config, tmp_path / "resumed", dataset=synthetic, state=saved["state"])
+    assert_every_row_once(tmp_path / "resumed", config, summary.restarts)
+    for table, key in (("mi", ["seed", "phase", "epoch", "layer"]), ("metrics", ["seed", "phase", "epoch"])):
+        assert read(tmp_path / "whole", table).sort(key).equals(read(tmp_path / "resumed", table).sort(key))
