@@ -57,8 +57,11 @@ def global_epoch(group: list[str]) -> pl.Expr:
 def mi_stats(mi: pl.LazyFrame) -> pl.LazyFrame:
     """Per group, epoch and layer over repetitions: mean, var, std of I(X;T) and I(T;Y), and n.
 
-    Adds `global_epoch` (see `global_epoch`), sorted by group, layer and global epoch.
+    Adds `repetitions` (of the whole RUN_GROUP), `complete` (n == repetitions: no repetition
+    is missing at this point, so the mean is over all of them) and `global_epoch` (see
+    `global_epoch`); sorted by group, layer and global epoch.
     """
+    repetitions = mi.group_by(RUN_GROUP).agg(pl.struct(REPETITION).n_unique().alias("repetitions"))
     return (
         mi.group_by([*GROUP, "epoch", "layer"])
         .agg(
@@ -68,8 +71,34 @@ def mi_stats(mi: pl.LazyFrame) -> pl.LazyFrame:
             *spread("mi_ty"),
             pl.len().alias("n"),
         )
-        .with_columns(global_epoch(RUN_GROUP))
+        .join(repetitions, on=RUN_GROUP, how="left", nulls_equal=True)
+        .with_columns((pl.col("n") == pl.col("repetitions")).alias("complete"), global_epoch(RUN_GROUP))
         .sort([*GROUP, "layer", "global_epoch"])
+    )
+
+
+def completeness(stats: pl.LazyFrame) -> pl.LazyFrame:
+    """Per RUN_GROUP: repetitions, measured epochs, and the epochs where some are missing.
+
+    From `mi_stats`. An epoch is incomplete when any layer there lacks a repetition. Columns:
+    repetitions, epochs, incomplete_epochs, fewest (repetitions present at the worst epoch),
+    first_incomplete / last_incomplete (global epochs; null when complete).
+    """
+    points = stats.group_by([*RUN_GROUP, "global_epoch"]).agg(
+        pl.col("complete").all(), pl.col("repetitions").first(), pl.col("n").min()
+    )
+    gaps = pl.col("global_epoch").filter(~pl.col("complete"))
+    return (
+        points.group_by(RUN_GROUP)
+        .agg(
+            pl.col("repetitions").first(),
+            pl.len().alias("epochs"),
+            (~pl.col("complete")).sum().alias("incomplete_epochs"),
+            pl.col("n").min().alias("fewest"),
+            gaps.min().alias("first_incomplete"),
+            gaps.max().alias("last_incomplete"),
+        )
+        .sort(RUN_GROUP)
     )
 
 

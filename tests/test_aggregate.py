@@ -94,3 +94,19 @@ def test_progress_names_trials_without_trial_json(tmp_path):
     assert rows.select("trial", "status", "seeds_written", "last_epoch").rows() == [
         ("orphan", "unknown", 1, 1), ("t0", "complete", 1, 3)
     ]
+
+
+def test_completeness_names_the_epochs_where_repetitions_are_missing(tmp_path):
+    # three repetitions at epochs 0 and 3, seed 2 missing at epochs 1 and 2 (as a lost part would)
+    seeds = [0, 1, 2, 0, 1, 0, 1, 0, 1, 2]
+    epochs = [0, 0, 0, 1, 1, 2, 2, 3, 3, 3]
+    mi = table("mi", seed=seeds, epoch=epochs, mi_xt=[1.0, 2.0, 9.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 9.0])
+    stats = aggregate.mi_stats(crafted(tmp_path, mi).mi)
+    rows = stats.collect()
+    assert rows.select("epoch", "n", "repetitions", "complete").rows() == [
+        (0, 3, 3, True), (1, 2, 3, False), (2, 2, 3, False), (3, 3, 3, True)
+    ]
+    summary = aggregate.completeness(stats).collect().row(0, named=True)
+    assert {k: summary[k] for k in ("repetitions", "epochs", "incomplete_epochs", "fewest", "first_incomplete", "last_incomplete")} == {
+        "repetitions": 3, "epochs": 4, "incomplete_epochs": 2, "fewest": 2, "first_incomplete": 1, "last_incomplete": 2
+    }
