@@ -16,8 +16,10 @@ import argparse
 import functools
 import html
 import json
+import os
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +71,7 @@ class Tables:
     dpi: pl.DataFrame
     final: pl.DataFrame
     progress: pl.DataFrame
+    completeness: pl.DataFrame
 
 
 def compute(results: Results, threshold: float = phases.DEFAULT_THRESHOLD) -> Tables:
@@ -94,10 +97,12 @@ def compute(results: Results, threshold: float = phases.DEFAULT_THRESHOLD) -> Ta
             aggregate.repetition_rows(mi, median).select(
                 *RUN_GROUP, *REPETITION, "phase", "epoch", "global_epoch", "layer", "mi_xt", "mi_ty"
             ),
-            phases.phases(stats, threshold),
+            # Means over whoever is left would invent phases where repetitions are missing.
+            phases.phases(stats.filter(pl.col("complete")), threshold),
             phases.dpi_violations(mi),
             aggregate.final_metrics(metrics),
             aggregate.progress(mi, results.trials),
+            aggregate.completeness(stats),
         ]
     )
     return Tables(*(frame.with_columns(pl.col(pl.Categorical).cast(pl.String)) for frame in frames))
@@ -178,6 +183,7 @@ def summary_sections(tables: Tables, results: Results) -> list[Section]:
         )
     )
     sections.append(Section("trials", "Trials", 2, trials_body))
+    sections.append(completeness_section(tables))
 
     final = tables.final.select(
         *METRICS_RUN_GROUP,
@@ -201,7 +207,7 @@ def summary_sections(tables: Tables, results: Results) -> list[Section]:
             2,
             [
                 f"<p>Fitting: I(T;Y) rising; compression: I(X;T) falling after its maximum; epochs within the "
-                f"phase, on the mean curves, threshold {phases.DEFAULT_THRESHOLD} bits. DPI violations: "
+                f"phase, on the mean curves at the epochs where every repetition is present, threshold {phases.DEFAULT_THRESHOLD} bits. DPI violations: "
                 "(repetition, epoch) points where the layer's I(X;T) or I(T;Y) exceeds the previous layer's, "
                 "of those compared.</p>",
                 html_table(
@@ -221,6 +227,34 @@ def summary_sections(tables: Tables, results: Results) -> list[Section]:
     ] or ["<p>No sweep.yaml found at or below the given paths.</p>"]
     sections.append(Section("sweeps", "Sweep files", 2, files))
     return sections
+
+
+def completeness_section(tables: Tables) -> Section:
+    """Per group: are all repetitions present at every measured epoch?"""
+    frame = tables.completeness.with_columns(
+        (pl.col("incomplete_epochs") > 0).alias("gaps"),
+        pl.when(pl.col("incomplete_epochs") == 0)
+        .then(pl.format("all {} repetitions at every epoch", "repetitions"))
+        .otherwise(
+            pl.format(
+                "{} of {} epochs ({} to {}) lack repetitions: as few as {} of {}",
+                "incomplete_epochs", "epochs", "first_incomplete", "last_incomplete", "fewest", "repetitions",
+            )
+        )
+        .alias("completeness"),
+    )
+    gaps = frame.filter(pl.col("gaps")).height
+    body = [
+        "<p>Epochs are counted from the start of the run (prefit included). Where a repetition is "
+        "missing, the mean curves are over the repetitions present there, and those epochs are left "
+        "out of the phase table. <code>ibray verify</code> checks the rows of each trial against its "
+        "configuration.</p>"
+    ]
+    if gaps:
+        body.insert(0, f'<p class="warn">{gaps} group(s) lack repetitions at some epochs.</p>')
+    headers = {c: c for c in RUN_GROUP} | {"repetitions": "repetitions", "epochs": "epochs", "completeness": "completeness"}
+    body.append(html_table(frame, headers, row_class="gaps"))
+    return Section("completeness", "Completeness", 2, body)
 
 
 def group_sections(tables: Tables) -> list[Section]:
@@ -425,12 +459,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", metavar="DIR", default=None, help="also write each chart as a PNG into DIR")
     args = parser.parse_args(argv)
     try:
+        check_outputs(args.output, args.png)
         out = build_report(args.results, args.output, args.png)
-    except ResultsError as error:
+    except (ResultsError, OutputError) as error:
         print(f"ibray report: error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+class OutputError(Exception):
+    """An output path the report cannot write; the message names it and what to give instead."""
+
+
+def check_outputs(output: str, png_dir: str | None) -> None:
+    """Refuse -o and --png paths that cannot be written, before the report is built: either both
+    can be written or nothing is (the HTML would otherwise be written before a bad --png fails)."""
+    out = Path(output)
+    try:
+        if out.is_dir() or output.endswith(("/", os.sep)):
+            raise OutputError(f"-o {output}: names a folder; give the HTML file to write, e.g. {out / 'report.html'}")
+        _check_writable_place("-o", output, _nearest_existing(out.absolute().parent))
+        if os.path.lexists(out) and not os.access(out, os.W_OK):
+            raise OutputError(f"-o {output}: the file is read-only; pick another -o")
+        if png_dir is None:
+            return
+        png = Path(png_dir)
+        if png.absolute() == out.absolute() or out.absolute() in png.absolute().parents:
+            raise OutputError(f"--png {png_dir}: the HTML file goes to {output}; give --png a folder of its own")
+        if os.path.lexists(png) and not png.is_dir():
+            raise OutputError(f"--png {png_dir}: is a file, not a folder; give a folder for the PNG files")
+        _check_writable_place("--png", png_dir, png if png.is_dir() else _nearest_existing(png.absolute()))
+    except OSError as error:
+        raise OutputError(f"{error.filename or output}: cannot be read ({error.strerror or error}); pick another output path") from None
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path):
+        path = path.parent
+    return path
+
+
+def _check_writable_place(option: str, given: str, folder: Path) -> None:
+    if not folder.is_dir():
+        raise OutputError(f"{option} {given}: {folder} is a file, so nothing can be made under it; pick another {option}")
+    try:  # a real attempt, not os.access: that says yes to root everywhere, /proc included
+        os.rmdir(tempfile.mkdtemp(prefix=".ibray-probe-", dir=folder))
+    except OSError as error:
+        raise OutputError(f"{option} {given}: cannot write in {folder} ({error.strerror or error}); pick another {option}") from None
 
 
 if __name__ == "__main__":

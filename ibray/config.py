@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 DATASETS = ("synthetic12", "szt", "mnist")
@@ -30,6 +32,12 @@ RANGE_TRACKING = ("epoch", "moving_average", "batch")
 BIN_BOUNDS = ("global", "layer", "fixed")
 FLOAT_BITS = 32  # bits == 32 means the plain float32 network
 MIN_BITS, MAX_BITS = 2, 16
+# More seeds than any study needs; it stops a typo ('0-1000000000') from filling the memory
+# before anything could say what is wrong.
+MAX_SEEDS = 1_000_000
+# The only fields validate() checks against one another; a sweep checks every other field
+# once per value and only these across its grid.
+TIED_FIELDS = ("dataset", "architecture", "epochs", "prefit_epochs")
 _BINNING = re.compile(r"^bin(\d+)$")
 
 
@@ -48,7 +56,9 @@ def parse_seeds(text: str | int | list | tuple) -> tuple[int, ...]:
     if isinstance(text, int) and not isinstance(text, bool):
         seeds = [text]
     elif isinstance(text, (list, tuple)):
-        seeds = [int(s) for s in text]
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in text):
+            raise ConfigError(f"seeds: {list(text)!r} holds something other than integer seeds")
+        seeds = list(text)
     else:
         seeds = []
         for part in str(text).split(","):
@@ -59,12 +69,16 @@ def parse_seeds(text: str | int | list | tuple) -> tuple[int, ...]:
                 lo, hi = (int(p) for p in part.split("-"))
                 if hi < lo:
                     raise ConfigError(f"seeds: range {part!r} runs backwards; write it low-high, e.g. 0-9")
+                if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+                    raise ConfigError(f"seeds: {text!r} gives more than {MAX_SEEDS:,} seeds; give fewer")
                 seeds.extend(range(lo, hi + 1))
             else:
                 raise ConfigError(f"seeds: {part!r} is not a seed; use e.g. 0-9 or 0,3,5-7")
     if not seeds:
         raise ConfigError("seeds: no seeds given; use e.g. 0-9")
-    duplicates = sorted({s for s in seeds if seeds.count(s) > 1})
+    if len(seeds) > MAX_SEEDS:
+        raise ConfigError(f"seeds: {len(seeds):,} seeds; give at most {MAX_SEEDS:,}")
+    duplicates = sorted(s for s, count in Counter(seeds).items() if count > 1)
     if duplicates:
         raise ConfigError(f"seeds: {duplicates} appear more than once; each seed must be unique")
     if any(s < 0 for s in seeds):
@@ -101,7 +115,10 @@ class TrialConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", parse_seeds(self.seeds))
         object.__setattr__(self, "estimators", tuple(self.estimators))
-        object.__setattr__(self, "bin_range", tuple(float(v) for v in self.bin_range))
+        bin_range = tuple(self.bin_range)
+        if all(_is_number(v) for v in bin_range):
+            bin_range = tuple(float(v) for v in bin_range)
+        object.__setattr__(self, "bin_range", bin_range)
         self.validate()
 
     def validate(self) -> None:
@@ -129,7 +146,7 @@ class TrialConfig:
         if not self.estimators:
             raise ConfigError("estimators: give at least one, e.g. exact or bin30")
         for estimator in self.estimators:
-            bins = binning_bins(estimator)
+            bins = binning_bins(estimator) if isinstance(estimator, str) else None
             if estimator != "exact" and (bins is None or bins < 2):
                 raise ConfigError(f"estimators: unknown estimator {estimator!r}; allowed: exact, bin<n> with n >= 2 (e.g. bin30)")
         if len(set(self.estimators)) != len(self.estimators):
@@ -144,16 +161,13 @@ class TrialConfig:
                 raise ConfigError(f"{key}: {value!r} must be a positive integer")
         if self.epochs + self.prefit_epochs < 1:
             raise ConfigError("epochs: train for at least one epoch (epochs + prefit_epochs >= 1)")
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-            raise ConfigError(f"learning_rate: {self.learning_rate!r} must be a positive number")
-        if not 0.0 < self.train_fraction < 1.0:
-            raise ConfigError(f"train_fraction: {self.train_fraction!r} must lie strictly between 0 and 1")
-        if not 0.0 <= self.min_train_acc <= 1.0:
-            raise ConfigError(f"min_train_acc: {self.min_train_acc!r} must lie in [0, 1]")
-        if not 0.0 < self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay: {self.ema_decay!r} must lie strictly between 0 and 1")
-        if len(self.bin_range) != 2 or not self.bin_range[0] < self.bin_range[1]:
-            raise ConfigError(f"bin_range: {self.bin_range!r} must be [low, high] with low < high")
+        for key, (inside, allowed) in NUMBER_RULES.items():
+            value = getattr(self, key)
+            if not (_is_number(value) and math.isfinite(value) and inside(value)):
+                raise ConfigError(f"{key}: {value!r} is not allowed; give {allowed}")
+        low_high = len(self.bin_range) == 2 and all(_is_number(v) and math.isfinite(v) for v in self.bin_range)
+        if not (low_high and self.bin_range[0] < self.bin_range[1]):
+            raise ConfigError(f"bin_range: {list(self.bin_range)!r} is not allowed; give [low, high], two finite numbers with low < high")
         one_of("device", self.device, ("auto", "cpu", "cuda"))
 
     @classmethod
@@ -183,6 +197,20 @@ class TrialConfig:
     @property
     def quantized(self) -> bool:
         return self.bits != FLOAT_BITS
+
+
+# Every float field: what it must satisfy, and the words that say so. A test keeps this in step
+# with the fields, so a new float field cannot go unchecked (inf and nan fail every rule).
+NUMBER_RULES = {
+    "learning_rate": (lambda v: v > 0, "a finite number > 0 (Adam's step size, e.g. 1e-4)"),
+    "ema_decay": (lambda v: 0 < v < 1, "a number strictly between 0 and 1 (e.g. 0.999)"),
+    "min_train_acc": (lambda v: 0 <= v <= 1, "an accuracy in [0, 1] (e.g. 0.55)"),
+    "train_fraction": (lambda v: 0 < v < 1, "a number strictly between 0 and 1 (e.g. 0.8)"),
+}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def default_for(key: str):

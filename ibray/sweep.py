@@ -5,7 +5,9 @@ TrialConfig's field names plus a few sweep-level ones (SWEEP_KEYS). A list given
 single-valued field is an axis; the grid is the product of the axes, and the seeds are cut
 into blocks of `seeds_per_trial`, each block one trial (the core trains a block as one
 batched model). Every error names the file, the key, the bad value and what is allowed, and
-the whole file is checked, every grid point included, before anything starts.
+the whole file is checked before anything starts: each axis value once, the few fields that
+TrialConfig checks against one another across their combinations, and the grid's size against
+`max_trials` and `max_seed_epochs` (so a typo cannot start a million trials).
 
 Knows nothing of Ray: `SweepSpec.param_space()` is a plain dict whose axes are marked by
 `grid_search`, the one name Tune's param_space needs; the launcher turns them into Tune's.
@@ -16,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from ibray.config import ConfigError, TrialConfig, default_for, parse_seeds
+from ibray.config import MAX_SEEDS, TIED_FIELDS, ConfigError, TrialConfig, default_for, parse_seeds
 
 # Sweep-level keys (not TrialConfig fields): what each means and its default.
 SWEEP_KEYS = {
@@ -30,6 +33,8 @@ SWEEP_KEYS = {
     "seeds_per_trial": "seeds trained together in one trial (default: all of them)",
     "resources": "per trial: {cpu: CPUs, gpu: GPU fraction} (default {cpu: 1, gpu: 0})",
     "max_failures": "retries of a failed trial from its last checkpoint (default 3)",
+    "max_trials": "refuse a grid of more trials than this (default 100,000)",
+    "max_seed_epochs": "refuse a grid of more seed-epochs than this (default 1,000,000,000)",
 }
 TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(TrialConfig))
 # Fields whose value is itself a list; a list of them is one value, not an axis.
@@ -37,7 +42,12 @@ LIST_FIELDS = ("seeds", "estimators", "bin_range")
 RESOURCE_KEYS = ("cpu", "gpu")
 DEFAULT_RESOURCES = {"cpu": 1.0, "gpu": 0.0}
 DEFAULT_MAX_FAILURES = 3
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Far beyond the study (under 10^3 trials, under 10^8 seed-epochs), yet low enough that a typo
+# is refused at once instead of starting a sweep that cannot finish; a file may raise them.
+DEFAULT_MAX_TRIALS = 100_000
+DEFAULT_MAX_SEED_EPOCHS = 1_000_000_000
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+NAME_RULE = "ASCII letters (A-Z, a-z), digits, '_', '.' and '-', starting with a letter or digit, at most 100 characters"
 
 
 class SweepError(ConfigError):
@@ -67,13 +77,32 @@ class SweepSpec:
             for values in points
         ]
 
+    def first_trial(self) -> TrialConfig:
+        first = {key: values[0] for key, values in self.axes.items()}
+        return TrialConfig.from_dict({**self.constants, **first, "seeds": self.seed_blocks[0]})
+
+    @property
+    def grid_points(self) -> int:
+        return math.prod(len(values) for values in self.axes.values())
+
+    @property
+    def trial_count(self) -> int:
+        return self.grid_points * len(self.seed_blocks)
+
     @property
     def seeds(self) -> int:
         return sum(len(block) for block in self.seed_blocks)
 
     @property
     def seed_epochs(self) -> int:
-        return sum(len(t.seeds) * (t.epochs + t.prefit_epochs) for t in self.trials)
+        """Seeds times epochs (prefit included) over the grid, counted without building it: only
+        epochs and prefit_epochs vary the count, and every pair of them recurs equally often."""
+        epochs, prefit = self._values("epochs"), self._values("prefit_epochs")
+        per_pair = self.grid_points // (len(epochs) * len(prefit))
+        return self.seeds * per_pair * (len(prefit) * sum(epochs) + len(epochs) * sum(prefit))
+
+    def _values(self, key: str) -> list:
+        return self.axes.get(key) or [self.constants.get(key, default_for(key))]
 
     def param_space(self) -> dict:
         """A flat config with each axis (and the seed blocks) as {'grid_search': values}."""
@@ -85,7 +114,6 @@ class SweepSpec:
 
     def describe(self) -> str:
         """The grid in a few lines: axes, trials, seeds, seed-epochs, resources."""
-        trials = self.trials
         lines = [f"sweep {self.name!r} ({self.path})"]
         for key, values in self.axes.items():
             lines.append(f"  axis {key}: {', '.join(map(str, values))}")
@@ -94,8 +122,8 @@ class SweepSpec:
             f"  seeds: {self.seeds} ({_seed_text(self.seed_blocks)}) in {len(self.seed_blocks)} block(s) of "
             f"{'/'.join(map(str, sizes))} per grid point"
         )
-        lines.append(f"  trials: {len(trials)}; seed-epochs: {self.seed_epochs:,}")
-        first = trials[0]
+        lines.append(f"  trials: {self.trial_count:,}; seed-epochs: {self.seed_epochs:,}")
+        first = self.first_trial()
         lines.append(
             f"  per trial: {first.epochs} epochs"
             + (f" after {first.prefit_epochs} prefit epochs" if first.prefit_epochs else "")
@@ -121,22 +149,82 @@ def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file; raises SweepError listing every problem found."""
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.exists() and not path.is_file():  # a folder, or a device that reads forever
+            raise SweepError(f"{path}: not a file; give a sweep file such as sweeps/quickstart.yaml")
+        data = path.read_bytes()
     except OSError as error:
         raise SweepError(f"{path}: cannot read the sweep file ({error.strerror or error})") from error
+    try:
+        text = data.decode("utf-8-sig")  # a leading byte-order mark, as some editors write, is fine
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise SweepError(
+            f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}); save the sweep file as UTF-8"
+        ) from None
     return parse_sweep(text, str(path), default_name=path.stem)
 
 
 def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep") -> SweepSpec:
     try:
-        values = yaml.safe_load(text)
+        values = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as error:
+        raise SweepError(
+            f"{source}: line {error.line}: key {error.key!r} is given twice (first on line {error.first_line}); keep one"
+        ) from None
     except yaml.YAMLError as error:
-        raise SweepError(f"{source}: not valid YAML ({str(error).splitlines()[0]})") from error
-    if values is None:
-        values = {}
+        raise SweepError(f"{source}: not valid YAML: {_yaml_problem(error, text)}") from None
+    if values is None or values == {}:
+        raise SweepError(
+            f"{source}: the file states nothing; a sweep file is a mapping of keys to values, at least "
+            f"its name (e.g. name: my-sweep) and what departs from the defaults (see sweeps/quickstart.yaml)"
+        )
     if not isinstance(values, dict):
         raise SweepError(f"{source}: a sweep file is a mapping of keys to values, not a {type(values).__name__}")
     return _Validator(source, values, default_name).spec(text)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first_line: int, line: int) -> None:
+        super().__init__(f"key {key!r} on lines {first_line} and {line}")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML
+    keeps the last, so the first would be silently ignored."""
+
+    def construct_mapping(self, node, deep=False):
+        first_lines: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' may be overridden by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_lines:
+                    raise _DuplicateKey(key, first_lines[key], line)
+                first_lines[key] = line
+            except TypeError:  # an unhashable key: the safe loader's own error names it
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(error: yaml.YAMLError, text: str) -> str:
+    """PyYAML's cause with its line and column (counted from 1), on one line."""
+    if isinstance(error, yaml.reader.ReaderError):
+        line = text.count("\n", 0, error.position) + 1
+        character = f"U+{error.character:04X}" if isinstance(error.character, int) else repr(error.character)
+        return f"line {line}: character {character} is not allowed ({error.reason})"
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return " ".join(str(error).split())
+    mark, context_mark = error.problem_mark, error.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    message = f"{where}{error.problem or error.context}"
+    if error.problem and error.context:
+        moved = context_mark and (not mark or (context_mark.line, context_mark.column) != (mark.line, mark.column))
+        started = f" at line {context_mark.line + 1}, column {context_mark.column + 1}" if moved else ""
+        message += f" ({error.context}{started})"
+    return " ".join(message.split())
 
 
 class _Validator:
@@ -162,7 +250,9 @@ class _Validator:
         name = self._name()
         seed_blocks = self._seed_blocks()
         resources = self._resources()
-        max_failures = self._max_failures()
+        max_failures = self._count("max_failures", DEFAULT_MAX_FAILURES, -1, "retries per trial >= 0 (-1: retry forever)")
+        max_trials = self._count("max_trials", DEFAULT_MAX_TRIALS, 1, "a positive integer")
+        max_seed_epochs = self._count("max_seed_epochs", DEFAULT_MAX_SEED_EPOCHS, 1, "a positive integer")
         constants, axes = {}, {}
         for key in TRIAL_KEYS:
             if key == "seeds" or key not in self.values:
@@ -189,14 +279,16 @@ class _Validator:
             resources=resources,
             max_failures=max_failures,
         )
+        self._check_size(spec, max_trials, max_seed_epochs)
         self._check_grid(spec)
         return spec
 
     # -- single keys ------------------------------------------------------------------------
     def _name(self) -> str:
         name = self.values.get("name", self.default_name)
-        if not isinstance(name, str) or not _NAME.match(name):
-            self.error("name", f"{name!r} is not a usable folder name; use letters, digits, '_', '.', '-'")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            given = "" if "name" in self.values else " (the file's stem, as no name: is given)"
+            self.error("name", f"{name!r}{given} is not a usable folder name; use {NAME_RULE}")
             return "invalid"
         return name
 
@@ -207,11 +299,9 @@ class _Validator:
             return ((0,),)
         try:
             if isinstance(raw, int):
-                if raw < 1:
-                    raise ConfigError(f"seeds: a count of {raw} seeds; give at least 1")
+                if not 1 <= raw <= MAX_SEEDS:
+                    raise ConfigError(f"seeds: a count of {raw:,} seeds; give at least 1 and at most {MAX_SEEDS:,}")
                 seeds = tuple(range(raw))
-            elif isinstance(raw, list) and not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
-                raise ConfigError(f"seeds: {raw!r} holds something other than integer seeds")
             else:
                 seeds = parse_seeds(raw)
         except ConfigError as error:
@@ -235,7 +325,7 @@ class _Validator:
             if key not in RESOURCE_KEYS:
                 self.error(f"resources.{key}", f"unknown resource; allowed: {', '.join(RESOURCE_KEYS)}")
                 continue
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if key == "cpu" and not (ok and value > 0):
                 self.error("resources.cpu", f"{value!r} is not allowed; give CPUs per trial > 0 (fractions allowed)")
             elif key == "gpu" and not (ok and (0 <= value <= 1 or float(value).is_integer() and value > 0)):
@@ -244,11 +334,11 @@ class _Validator:
                 resources[key] = float(value)
         return resources
 
-    def _max_failures(self) -> int:
-        value = self.values.get("max_failures", DEFAULT_MAX_FAILURES)
-        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
-            self.error("max_failures", f"{value!r} is not allowed; give retries per trial >= 0 (-1: retry forever)")
-            return DEFAULT_MAX_FAILURES
+    def _count(self, key: str, default: int, lowest: int, allowed: str) -> int:
+        value = self.values.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            self.error(key, f"{value!r} is not allowed; give {allowed}")
+            return default
         return value
 
     # -- TrialConfig keys -------------------------------------------------------------------
@@ -259,12 +349,12 @@ class _Validator:
         checked = [self._value(key, v) for v in values]
         if any(v is _BAD for v in checked):
             return None
-        seen = []
+        seen = set()
         for value in checked:
             if value in seen:
                 self.error(key, f"{value!r} is listed twice; each value of an axis must be distinct")
                 return None
-            seen.append(value)
+            seen.add(value)
         return checked
 
     def _value(self, key: str, value):
@@ -301,9 +391,26 @@ class _Validator:
             return value if key in ("architecture", "dataset") else _BAD
         return value
 
+    def _check_size(self, spec: SweepSpec, max_trials: int, max_seed_epochs: int) -> None:
+        sizes = " x ".join(f"{len(values)} {key}" for key, values in spec.axes.items())
+        grid = f"{sizes} x {len(spec.seed_blocks)} seed block(s)" if sizes else f"{len(spec.seed_blocks)} seed block(s)"
+        trials = f"{spec.trial_count:,} trial{'s' if spec.trial_count != 1 else ''}"
+        figures = f"{trials} ({grid}) and {spec.seed_epochs:,} seed-epochs"
+        for key, value, limit in (("max_trials", spec.trial_count, max_trials), ("max_seed_epochs", spec.seed_epochs, max_seed_epochs)):
+            if value > limit:
+                origin = "the default" if key not in self.values else "as the file sets it"
+                self.error(
+                    key,
+                    f"the grid has {figures}, more than {key} {limit:,} ({origin}); split the file into "
+                    f"smaller sweeps, or set {key}: {value} if you mean to run all of it",
+                )
+        if self.errors:
+            raise SweepError("\n".join(self.errors))
+
     def _check_grid(self, spec: SweepSpec) -> None:
-        """Every grid point as a TrialConfig (e.g. each architecture against the data set)."""
-        keys = list(spec.axes)
+        """The fields TrialConfig checks against one another, in every combination the grid
+        has (e.g. each architecture against each data set); every other value was checked once."""
+        keys = [key for key in spec.axes if key in TIED_FIELDS]
         problems: dict[str, None] = {}
         for values in itertools.product(*(spec.axes[k] for k in keys)):
             point = {**spec.constants, **dict(zip(keys, values))}

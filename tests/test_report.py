@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import polars as pl
 import pytest
 from analysis_fixtures import curves, write_sweep, write_trial
 
@@ -42,7 +43,7 @@ def test_report_is_one_self_contained_file(built):
     ids = chart_ids(page)
     # comparisons (estimators, bits), 2 accuracy charts, 3 charts for each of 3 estimator groups
     assert len(ids) == 2 + 2 + 9 and len(set(ids)) == len(ids)
-    for anchor in ("trials", "accuracy", "phases", "sweeps", "cmp-estimators", "cmp-bits"):
+    for anchor in ("trials", "completeness", "accuracy", "phases", "sweeps", "cmp-estimators", "cmp-bits"):
         assert f'href="#{anchor}"' in page and f'id="{anchor}"' in page
     assert out.stat().st_size < 5_000_000
 
@@ -59,6 +60,10 @@ def test_summary_tables(built):
     assert "Final accuracies" in page and "± " in page
     assert "1 trial(s) incomplete" in page and "main/trial-running (running)" in page
     assert "DPI violations" in page
+    # The running trial's seed 9 (train epochs 0-30, i.e. 20-50 of the group's 141) joins the
+    # four repetitions of `main`: only epochs 21-50 have all five; at 20 it is alone.
+    assert "111 of 141 epochs (0 to 140) lack repetitions: as few as 1 of 5" in page
+    assert "all 4 repetitions at every epoch" in page  # the bin30 group: no running trial
     assert "name: &#x27;&lt;script&gt;" in page  # the sweep file, verbatim and escaped
 
 
@@ -139,3 +144,13 @@ def test_every_chart_renders_in_headless_chromium(built):
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_phases_leave_out_epochs_where_repetitions_are_missing(built):
+    from analysis.load import load
+
+    root, _, _ = built
+    tables = report.compute(load([root / "main"]))
+    train = tables.phases.filter(pl.col("phase") == "train")
+    last = dict(train.group_by("estimator").agg(pl.col("last_epoch").max()).rows())
+    assert last == {"exact": 30, "bin30": 120}  # exact: seed 9 stops at 30; bin30 has no seed 9

@@ -41,7 +41,9 @@ def test_every_sweep_file_validates(path, capsys):
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     spec = load_sweep(path)
-    assert f"trials: {len(spec.trials)}; seed-epochs: {spec.seed_epochs:,}" in out
+    assert f"trials: {len(spec.trials):,}; seed-epochs: {spec.seed_epochs:,}" in out
+    assert spec.trial_count == len(spec.trials)
+    assert spec.seed_epochs == sum(len(t.seeds) * (t.epochs + t.prefit_epochs) for t in spec.trials)
     ids = [t.trial_id() for t in spec.trials]
     assert len(set(ids)) == len(ids)
 
@@ -117,7 +119,36 @@ def test_seeds_forms_and_list_valued_keys():
         ("dataset: mnist\n", ["f.yaml: architecture: 'syn' does not fit dataset 'mnist'"]),
         ("epochs: 0\n", ["f.yaml: epochs: train for at least one epoch"]),
         ("- a\n- b\n", ["f.yaml: a sweep file is a mapping"]),
-        ("a: [\n", ["f.yaml: not valid YAML"]),
+        ("a: [\n", ["f.yaml: not valid YAML: line 2, column 1: expected the node content, but found '<stream end>'"]),
+        ("a: 'x\n", ["f.yaml: not valid YAML: line 2, column 1: found unexpected end of stream (while scanning a quoted scalar at line 1, column 4)"]),
+        ("a: 1\n\tb: 2\n", ["f.yaml: not valid YAML: line 2, column 1: found character '\\t' that cannot start any token"]),
+        ("a: b: c\n", ["f.yaml: not valid YAML: line 1, column 5: mapping values are not allowed here"]),
+        ("a: \x01\n", ["f.yaml: not valid YAML: line 1: character U+0001 is not allowed"]),
+        ("name: a\nbits: 8\nepochs: 3\nbits: 4\n", ["f.yaml: line 4: key 'bits' is given twice (first on line 2); keep one"]),
+        ("resources:\n  cpu: 1\n  cpu: 2\n", ["f.yaml: line 3: key 'cpu' is given twice (first on line 2)"]),
+        ("", ["f.yaml: the file states nothing", "name: my-sweep"]),
+        ("# a comment only\n", ["f.yaml: the file states nothing"]),
+        ("{}\n", ["f.yaml: the file states nothing"]),
+        ("name: café\n", ["f.yaml: name: 'café' is not a usable folder name; use ASCII letters (A-Z, a-z), digits, '_', '.' and '-'"]),
+        ("name: 'ab\n'\n", ["f.yaml: name: 'ab ' is not a usable folder name"]),
+        (f"name: {'a' * 101}\n", ["is not a usable folder name", "at most 100 characters"]),
+        ("learning_rate: .inf\n", ["f.yaml: learning_rate: inf is not allowed; give a finite number > 0"]),
+        ("learning_rate: .nan\n", ["f.yaml: learning_rate: nan is not allowed"]),
+        ("learning_rate: inf\n", ["f.yaml: learning_rate: inf is not allowed"]),
+        ("learning_rate: 1e400\n", ["f.yaml: learning_rate: inf is not allowed"]),
+        ("learning_rate: -0.1\n", ["f.yaml: learning_rate: -0.1 is not allowed"]),
+        ("learning_rate: 0\n", ["f.yaml: learning_rate: 0.0 is not allowed"]),
+        ("learning_rate: [0.1, .inf]\n", ["f.yaml: learning_rate: inf is not allowed"]),
+        ("ema_decay: .nan\n", ["f.yaml: ema_decay: nan is not allowed; give a number strictly between 0 and 1"]),
+        ("bin_range: [-.inf, .inf]\n", ["f.yaml: bin_range: [-inf, inf] is not allowed; give [low, high], two finite numbers"]),
+        ("bin_range: [a, 1]\n", ["f.yaml: bin_range: ['a', 1] is not allowed"]),
+        ("estimators: [1, 2]\n", ["f.yaml: estimators: unknown estimator 1"]),
+        ("resources: {cpu: .inf}\n", ["f.yaml: resources.cpu: inf is not allowed"]),
+        ("seeds: 100000000\n", ["f.yaml: seeds: a count of 100,000,000 seeds; give at least 1 and at most 1,000,000"]),
+        ("seeds: '0-99999999999'\n", ["f.yaml: seeds: '0-99999999999' gives more than 1,000,000 seeds"]),
+        ("max_trials: 0\n", ["f.yaml: max_trials: 0 is not allowed; give a positive integer"]),
+        ("epochs: [0, 5]\nprefit_epochs: [0, 2]\n", ["f.yaml: epochs: train for at least one epoch"]),
+        ("dataset: [synthetic12, mnist]\n", ["f.yaml: architecture: 'syn' does not fit dataset 'mnist'"]),
     ],
 )
 def test_errors_name_file_key_value_and_what_is_allowed(text, expected):
@@ -152,3 +183,73 @@ def test_sweep_refuses_a_bad_file_before_starting_ray(tmp_path, capsys):
     assert main(["sweep", str(path), "--results", str(tmp_path / "r")]) == 2
     assert "bits: 1 is not allowed" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_sweep_file_that_is_not_utf8_names_the_byte_and_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: x\n# caf\u00e9\nbits: 4\n".encode("latin-1"))
+    with pytest.raises(SweepError) as caught:
+        load_sweep(path)
+    assert str(caught.value) == f"{path}: not UTF-8 text (byte 0xe9 on line 2); save the sweep file as UTF-8"
+    path.write_bytes("\ufeffname: bom\nbits: 4\n".encode("utf-8"))  # what some editors write
+    assert load_sweep(path).constants == {"bits": 4}
+
+
+def test_a_folder_is_not_a_sweep_file(tmp_path):
+    with pytest.raises(SweepError, match="not a file; give a sweep file"):
+        load_sweep(tmp_path)
+
+
+def test_the_default_name_comes_from_the_file_and_must_be_usable(tmp_path):
+    path = write(tmp_path, "bits: 4\n", name="my sweep.yaml")
+    with pytest.raises(SweepError, match=r"name: 'my sweep' \(the file's stem, as no name: is given\) is not a usable"):
+        load_sweep(path)
+
+
+AXES_OF_A_MILLION = (
+    "activation: [tanh, relu, sigmoid, elu, leaky_relu, linear]\n"
+    "bits: [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 32]\n"
+    f"learning_rate: {[round(0.01 * i, 2) for i in range(1, 11)]}\n"
+    f"batch_size: {list(range(1, 21))}\n"
+    "seeds: 1000\nseeds_per_trial: 10\nepochs: 10\n"
+)
+
+
+def test_an_absurd_grid_is_refused_with_its_size_and_the_way_out():
+    message = errors_of(AXES_OF_A_MILLION)
+    assert message.splitlines() == [
+        "f.yaml: max_trials: the grid has 1,920,000 trials (6 activation x 16 bits x 10 learning_rate x "
+        "20 batch_size x 100 seed block(s)) and 192,000,000 seed-epochs, more than max_trials 100,000 "
+        "(the default); split the file into smaller sweeps, or set max_trials: 1920000 if you mean to run all of it"
+    ]
+    message = errors_of("seeds: 50\nepochs: 30000000\n")
+    assert message == (
+        "f.yaml: max_seed_epochs: the grid has 1 trial (1 seed block(s)) and 1,500,000,000 seed-epochs, more than "
+        "max_seed_epochs 1,000,000,000 (the default); split the file into smaller sweeps, or set "
+        "max_seed_epochs: 1500000000 if you mean to run all of it"
+    )
+
+
+def test_a_big_grid_validates_per_axis_value_when_its_limit_is_raised(capsys, tmp_path):
+    spec = parse_sweep(f"max_trials: 2000000\n{AXES_OF_A_MILLION}", "f.yaml")
+    assert spec.trial_count == 1_920_000 and spec.seeds == 1000
+    assert spec.seed_epochs == 1_920_000 * 10 * 10
+    assert spec.first_trial() == TrialConfig(
+        activation="tanh", bits=2, learning_rate=0.01, batch_size=1, seeds=tuple(range(10)), epochs=10
+    )
+    path = write(tmp_path, f"name: big\nmax_trials: 2000000\n{AXES_OF_A_MILLION}")
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "seeds: 1000 (0-999) in 100 block(s) of 10 per grid point" in out
+    assert "trials: 1,920,000; seed-epochs: 192,000,000" in out
+
+
+def test_seed_epochs_count_every_epochs_and_prefit_pair():
+    spec = parse_sweep("epochs: [3, 5, 7]\nprefit_epochs: [0, 2]\nbits: [4, 8]\nseeds: 7\nseeds_per_trial: 3\n")
+    assert spec.trial_count == len(spec.trials) == 3 * 2 * 2 * 3
+    assert spec.seed_epochs == sum(len(t.seeds) * (t.epochs + t.prefit_epochs) for t in spec.trials) == 504
+
+
+def test_a_duplicate_among_many_seeds_is_named():
+    seeds = ", ".join(map(str, [*range(20_000), 19_999]))
+    assert "f.yaml: seeds: [19999] appear more than once" in errors_of(f"seeds: [{seeds}]\n")
