@@ -1,21 +1,23 @@
 """The study's networks, batched over seeds: one module holds S independent networks.
 
 Every weight has a leading seed axis (dense layers: (S, in, out), used with batched matrix
-products; conv layers: S groups of a grouped convolution), and every quantizer keeps one range
-per seed, so S repetitions train in one pass while staying independent: a seed's numbers do
-not depend on which other seeds share the batch. Each seed slot is initialised from its own
+products; conv layers: 3x3 patches times per-seed kernels, also batched matrix products), and
+every quantizer keeps one range per seed, so S repetitions train in one pass while staying
+independent: a seed's numbers do not depend on which other seeds share the batch. Each seed slot is initialised from its own
 random stream and can be re-initialised alone (a restarted seed).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ibray.device import LANES, pad_to_lanes
 from ibray.quantization import Quantizer, straight_through
 
 # Hidden-layer widths (softmax output added on top); conv is described by CONV_LAYERS.
@@ -161,6 +163,28 @@ class BatchedNetwork(nn.Module):
         if self.quantizers is not None:
             for quantizer in self.quantizers:
                 quantizer.reset(torch.tensor([slot], device=quantizer.low.device))
+
+    def eval_chunk(self, features: int, limit: int = 8192) -> int:
+        """Samples per forward chunk of a pass over a whole data set: at most `limit`, a
+        multiple of LANES, and small enough that a chunk's first layer stays near 2^24 floats
+        over all seeds (the conv network's 3x3 patches are nine times its pixels)."""
+        per_sample = features * (9 if self.architecture == "conv" else 1) * self.seeds
+        return max(LANES, min(limit, (2**24 // per_sample) // LANES * LANES))
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor, slots: list[int]) -> None:
+        """Set the quantizer ranges of seed `slots` to their layers' min/max over `x` (the
+        training set: epoch 0's ranges, before any training); other seeds' ranges stay."""
+        if self.quantizers is None:
+            return
+        self.train()
+        with ExitStack() as stack:
+            for quantizer in self.quantizers:
+                stack.enter_context(quantizer.measuring_range(slots))
+            chunk = self.eval_chunk(x.shape[1])
+            for start in range(0, len(x), chunk):
+                rows, size = pad_to_lanes(x[start : start + chunk])
+                self(rows, valid=size)
 
     def reset_ranges(self) -> None:
         if self.quantizers is not None:

@@ -10,6 +10,8 @@ the integer codes the next layer actually receives.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -44,6 +46,23 @@ class Quantizer(nn.Module):
         else:
             self.low[slots] = float("inf")
             self.high[slots] = float("-inf")
+
+    @contextmanager
+    def measuring_range(self, slots: list[int]):
+        """Within the block, the range starts afresh and grows over everything the layer sees
+        in training mode (min/max, whatever the tracking); after it, only seed `slots` keep
+        the measured range and the other seeds get their earlier range back."""
+        low, high, tracking = self.low.clone(), self.high.clone(), self.tracking
+        self.reset()
+        self.tracking = "epoch"
+        try:
+            yield
+        finally:
+            keep = torch.ones(self.low.shape, dtype=torch.bool, device=self.low.device)
+            keep[slots] = False
+            self.low.copy_(torch.where(keep, low, self.low))
+            self.high.copy_(torch.where(keep, high, self.high))
+            self.tracking = tracking
 
     def _track(self, values: torch.Tensor) -> None:
         flat = values.flatten(1)

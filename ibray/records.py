@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import re
 import uuid
@@ -160,6 +161,54 @@ def read_text(path: str | Path) -> str | None:
         return None
     with filesystem.open_input_stream(inner) as source:
         return source.read().decode()
+
+
+# -- trial.json -------------------------------------------------------------------------------
+TRIAL_FILE = "trial.json"
+
+
+class TrialStateError(RuntimeError):
+    """A results folder or checkpoint that cannot be continued; the message says why."""
+
+
+def write_trial_info(
+    out: str | Path,
+    *,
+    sweep: str,
+    trial: str,
+    status: str,
+    epochs_run: int,
+    parts: int,
+    restarts: dict[int, int],
+    config: dict,
+) -> None:
+    """Replace a trial folder's trial.json: what the folder holds and how far it got.
+
+    status: 'running' or 'complete'; epochs_run: epochs of the slowest seed; parts: the
+    writes so far (part files are numbered by them); restarts: each seed's kept attempt;
+    config: the TrialConfig as a dict. `ibray verify` checks the rows against it, and
+    analysis reads it (by its keys, never by importing ibray).
+    """
+    info = {
+        "sweep": sweep,
+        "trial": trial,
+        "status": status,
+        "epochs_run": epochs_run,
+        "parts": parts,
+        "restarts": {str(seed): count for seed, count in restarts.items()},
+        "config": config,
+    }
+    write_text_atomic(json.dumps(info, indent=2), join(out, TRIAL_FILE))
+
+
+def read_trial_info(out: str | Path) -> dict | None:
+    """The trial.json of a trial folder (path or URI); None when there is none."""
+    where = join(out, TRIAL_FILE)
+    try:
+        text = read_text(where)
+        return None if text is None else json.loads(text)
+    except (OSError, ValueError) as error:
+        raise TrialStateError(f"{where} is unreadable ({error}); move the folder aside or pick another --out") from error
 
 
 def list_parts(folder: str | Path) -> list[str | Path]:

@@ -1,0 +1,38 @@
+"""Where a trial computes, and the padding that keeps a seed's arithmetic independent of its slot.
+
+Vectorised kernels (tanh, exp, matrix products) treat the elements of one SIMD register
+together and the tail of a row apart; a seed whose block of activations started on another
+lane could get other bits. Padding every batch of samples to a multiple of the SIMD width makes
+each seed's block start on the same lane whichever slot it occupies.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ibray.config import ConfigError
+
+LANES = 16  # floats per AVX-512 register: batches and chunks are padded to a multiple
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' (CUDA when torch sees a device, else the CPU), 'cpu' or 'cuda'."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' asked for, but torch sees no CUDA device; use --device auto or cpu")
+    return torch.device(name)
+
+
+def pad_to_lanes(rows: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, int]:
+    """Pad `rows` along `dim` to a multiple of LANES by repeating its first row.
+
+    Returns the padded rows and how many are real; callers ignore the padding (loss,
+    quantizer ranges, results).
+    """
+    size = rows.shape[dim]
+    missing = -size % LANES
+    if not missing:
+        return rows, size
+    repeats = rows.narrow(dim, 0, 1).expand(*[missing if d == dim else -1 for d in range(rows.dim())])
+    return torch.cat([rows, repeats], dim=dim), size

@@ -1,0 +1,240 @@
+"""One measurement: the whole data set through the network, turned into metrics and MI rows.
+
+A measurement runs every sample (train and test: MI is over the whole set) through the
+network with the quantizer ranges held fixed, reads off each layer's integer codes (or float
+values) and hands them to `mutual_information`, which knows nothing of networks. The rows are
+columnar, ready for the ResultsWriter.
+
+From OVERLAP_SEEDS seeds on, a measurement runs on a worker thread, on a copy of the network
+taken when it was asked for, while the next epoch trains: torch and numpy release the GIL, so
+one core trains while the other measures. At most two measurements are in flight.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from ibray.config import TrialConfig, binning_bins
+from ibray.device import pad_to_lanes
+from ibray.models import BatchedNetwork, Pass
+from ibray.mutual_information import bin_codes, float_codes, layer_information
+
+OVERLAP_SEEDS = 8  # from this many seeds on, measurements run beside the training
+
+
+class Measurement:
+    """The rows of one measurement, columnar; reading `.mi` or `.metrics` waits for them."""
+
+    def __init__(self, pending: Future | None = None, mi: dict | None = None, metrics: dict | None = None) -> None:
+        self._pending = pending
+        self._mi: dict[str, list] = mi if mi is not None else {}
+        self._metrics: dict[str, list] = metrics if metrics is not None else {}
+
+    def wait(self) -> None:
+        """Block until the worker thread has produced the rows."""
+        if self._pending is not None:
+            self._mi, self._metrics = self._pending.result()
+            self._pending = None
+
+    @property
+    def running(self) -> bool:
+        return self._pending is not None and not self._pending.done()
+
+    @property
+    def empty(self) -> bool:
+        """True for the measurement of an epoch where no seed was due."""
+        return self._pending is None and not self._mi and not self._metrics
+
+    @property
+    def mi(self) -> dict[str, list]:
+        self.wait()
+        return self._mi
+
+    @property
+    def metrics(self) -> dict[str, list]:
+        self.wait()
+        return self._metrics
+
+    def extend(self, other: "Measurement") -> None:
+        for mine, theirs in ((self.mi, other.mi), (self.metrics, other.metrics)):
+            for key, values in theirs.items():
+                mine.setdefault(key, []).extend(values)
+
+    def without(self, attempts: list[tuple[int, int]]) -> "Measurement":
+        """These rows less those of the given (seed, restarts) attempts."""
+        tables = []
+        for table in (self.mi, self.metrics):
+            keep = [pair not in attempts for pair in zip(table.get("seed", []), table.get("restarts", []))]
+            tables.append({k: [v for v, ok in zip(column, keep) if ok] for k, column in table.items()})
+        return Measurement(mi=tables[0], metrics=tables[1])
+
+
+def mi_columns(
+    estimators: tuple[str, ...],
+    layers: list,
+    codes: list[np.ndarray] | None,
+    values: list[np.ndarray] | None,
+    bounds: list | None,
+    extremes: list[tuple[list[float], list[float]]],
+    labels: np.ndarray,
+    axes: dict[str, list],
+) -> dict[str, list]:
+    """The MI table of one measurement as columns: a row per estimator, layer and seed, from
+    the layers' codes (or float values), binning bounds, extremes and the labels."""
+    seeds = len(axes["seed"])
+    columns: dict[str, list] = {}
+    for estimator in estimators:
+        for number, spec in enumerate(layers, start=1):
+            if estimator == "exact":
+                layer_codes = codes[number - 1] if codes is not None else float_codes(values[number - 1])
+            else:
+                layer_codes = bin_codes(values[number - 1], binning_bins(estimator), *bounds[number - 1])
+            info = layer_information(layer_codes, labels)
+            rows = {
+                **axes,
+                "estimator": [estimator] * seeds,
+                "layer": [number] * seeds,
+                "layer_name": [spec.name] * seeds,
+                "width": [spec.width] * seeds,
+                "mi_xt": info.mi_xt.tolist(),
+                "mi_ty": info.mi_ty.tolist(),
+                "h_t": info.h_t.tolist(),
+                "n_states": info.n_states.tolist(),
+                "t_min": extremes[number - 1][0],
+                "t_max": extremes[number - 1][1],
+            }
+            for key, column in rows.items():
+                columns.setdefault(key, []).extend(column)
+    return columns
+
+
+class Measurer:
+    """Measures seeds of a network on the whole data set (tensors already on the device).
+
+    With `measure_mi` False only metrics are computed, and with global binning bounds asked
+    for but not known yet, each run's extremes are gathered in `seen_ranges` (the range pass).
+    """
+
+    def __init__(
+        self,
+        config: TrialConfig,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        train_idx: torch.Tensor,
+        test_idx: torch.Tensor,
+        global_ranges: dict[tuple[int, int], tuple[float, float]] | None = None,
+        measure_mi: bool = True,
+    ) -> None:
+        self.config = config
+        self.x, self.labels, self.train_idx, self.test_idx = x, labels, train_idx, test_idx
+        self.labels_host = labels.cpu().numpy()
+        self.global_ranges = global_ranges
+        self.measure_mi = measure_mi
+        self.seen_ranges: dict[tuple[int, int], tuple[float, float]] = {}
+        self._worker: ThreadPoolExecutor | None = None
+        self._eval_model: BatchedNetwork | None = None  # the worker's copy of the network
+        self._inflight: list[Measurement] = []
+
+    def measure(self, model: BatchedNetwork, slots: list[int], keys: list[tuple[int, int]], axes: dict) -> Measurement:
+        """Metrics and per-layer MI rows of seed `slots` (their (seed, restarts) `keys`, their
+        row axes) at the network's current state."""
+        bounds = None
+        if self.measure_mi and self.global_ranges is not None:
+            bounds = [self.global_ranges[key] for key in keys]
+        if model.seeds < OVERLAP_SEEDS:  # small models: the thread hand-off costs more than it saves
+            return Measurement(None, *self._rows(model, slots, keys, axes, bounds))
+        snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ibray-measure")
+            self._eval_model = copy.deepcopy(model)
+        job = functools.partial(self._rows_of_snapshot, snapshot, slots, keys, axes, bounds)
+        self._inflight = [m for m in self._inflight if m.running]
+        while len(self._inflight) >= 2:  # bound the backlog (and its memory)
+            self._inflight.pop(0).wait()
+        measurement = Measurement(self._worker.submit(job))
+        self._inflight.append(measurement)
+        return measurement
+
+    def _rows_of_snapshot(self, snapshot, slots, keys, axes, bounds) -> tuple[dict, dict]:
+        self._eval_model.load_state_dict(snapshot)
+        return self._rows(self._eval_model, slots, keys, axes, bounds)
+
+    def _rows(self, model: BatchedNetwork, slots, keys, axes, global_bounds) -> tuple[dict, dict]:
+        log_probs, values, codes = self.forward_all(model)
+        every = slots == list(range(model.seeds))
+        index = torch.as_tensor(slots, device=log_probs.device)
+
+        def pick(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor if every else tensor[index]
+
+        metrics = {**axes, **{k: v.tolist() for k, v in self._metrics(pick(log_probs)).items()}}
+        values = [pick(v) for v in values]
+        extremes = [(v.flatten(1).amin(1).double().tolist(), v.flatten(1).amax(1).double().tolist()) for v in values]
+        config = self.config
+        if self.global_ranges is None and config.bin_bounds == "global":
+            for row, key in enumerate(keys):  # the range pass: remember each run's extremes
+                low = min(layer[0][row] for layer in extremes)
+                high = max(layer[1][row] for layer in extremes)
+                old_low, old_high = self.seen_ranges.get(key, (math.inf, -math.inf))
+                self.seen_ranges[key] = (min(low, old_low), max(high, old_high))
+        if not self.measure_mi:
+            return {}, metrics
+        binning = any(binning_bins(e) for e in config.estimators)
+        layer_values = [v.cpu().numpy() for v in values] if binning or codes is None else None
+        layer_codes = [pick(c).to(torch.int32).cpu().numpy() for c in codes] if codes is not None else None
+        bounds = [self._bin_bounds(extreme, global_bounds) for extreme in extremes] if binning else None
+        mi = mi_columns(config.estimators, model.layers, layer_codes, layer_values, bounds, extremes, self.labels_host, axes)
+        return mi, metrics
+
+    @torch.no_grad()
+    def forward_all(self, model: BatchedNetwork):
+        """The whole data set through the network, ranges held fixed, in chunks:
+        (log-probabilities, per-layer values, per-layer codes or None for a float network)."""
+        model.eval()
+        parts = []
+        chunk = model.eval_chunk(self.x.shape[1])
+        for start in range(0, len(self.x), chunk):
+            rows, size = pad_to_lanes(self.x[start : start + chunk])
+            parts.append(model(rows))
+            if len(rows) > size:
+                result = parts[-1]
+                parts[-1] = Pass(
+                    result.log_probs[:, :size],
+                    [v[:, :size] for v in result.values],
+                    [c[:, :size] if c is not None else None for c in result.codes],
+                )
+
+        def joined(pieces: list[torch.Tensor]) -> torch.Tensor:
+            return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+        layers = range(len(model.layers))
+        log_probs = joined([p.log_probs for p in parts])
+        values = [joined([p.values[i] for p in parts]) for i in layers]
+        codes = [joined([p.codes[i] for p in parts]) for i in layers] if model.quantized else None
+        return log_probs, values, codes
+
+    def _metrics(self, log_probs: torch.Tensor) -> dict[str, np.ndarray]:
+        out = {}
+        for split, idx in (("train", self.train_idx), ("test", self.test_idx)):
+            lp = log_probs[:, idx]
+            labels = self.labels[idx]
+            nll = -lp.gather(2, labels.expand(lp.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+            out[f"{split}_loss"] = nll.mean(dim=1).double().cpu().numpy()
+            out[f"{split}_acc"] = (lp.argmax(dim=2) == labels).double().mean(dim=1).cpu().numpy()
+        return out
+
+    def _bin_bounds(self, extremes: tuple[list[float], list[float]], global_bounds: list | None):
+        """(low, high) of the bins of one layer, broadcastable over (seeds, samples, neurons)."""
+        if self.config.bin_bounds == "fixed":
+            return self.config.bin_range
+        if self.config.bin_bounds == "global" and global_bounds is not None:
+            low, high = np.array([b[0] for b in global_bounds]), np.array([b[1] for b in global_bounds])
+        else:  # per layer and epoch (the range pass of global bounds bins nothing)
+            low, high = np.array(extremes[0]), np.array(extremes[1])
+        return low[:, None, None], high[:, None, None]

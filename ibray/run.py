@@ -1,0 +1,251 @@
+"""One trial end to end: train, write Parquet as it goes, checkpoint, resume.
+
+`run_trial` drives a Trainer, writes its rows every `write_every` epochs (a part file per
+write, numbered by the write) and hands a checkpoint to a callback after each write, so a
+caller (the `ibray trial` command, the Ray trainable) can resume from it. `run_resumable`
+keeps the checkpoint in the trial's own folder, for runs without Ray. Knows nothing of Ray.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ibray.config import TrialConfig, binning_bins
+from ibray.data import Dataset, load_dataset
+from ibray.measure import Measurement
+from ibray.records import (
+    TRIAL_FILE,
+    ResultsWriter,
+    TrialStateError,
+    is_uri,
+    join,
+    list_parts,
+    read_trial_info,
+    remove_temporaries,
+    replace_atomically,
+    write_trial_info,
+)
+from ibray.trainer import Trainer
+
+PROGRESS_EVERY_S = 5.0  # seconds between light progress reports (no checkpoint)
+CHECKPOINT_FILE = "checkpoint.pt"
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "TrialStateError",
+    "TrialSummary",
+    "find_global_ranges",
+    "load_checkpoint",
+    "read_trial_info",
+    "run_resumable",
+    "run_trial",
+    "save_checkpoint",
+]
+
+
+@dataclass
+class TrialSummary:
+    out: Path | str  # a local path, or the URI it was given
+    trial: str
+    seeds: int
+    epochs: int
+    restarts: dict[int, int]
+    seconds: float
+    final: dict[str, float]  # mean final train/test accuracy
+
+
+def needs_global_ranges(config: TrialConfig) -> bool:
+    return config.bin_bounds == "global" and any(binning_bins(e) for e in config.estimators)
+
+
+def find_global_ranges(config: TrialConfig, dataset: Dataset) -> dict[tuple[int, int], tuple[float, float]]:
+    """The binning range of each run: min and max over all its layers and epochs.
+
+    Found by training once without measuring MI; training is deterministic, so the measuring
+    run that follows goes through the very same states.
+    """
+    trainer = Trainer(config, dataset, measure_mi=False)
+    measurements = [trainer.start()]
+    while not trainer.done:
+        measurements.append(trainer.step()[0])
+    for measurement in measurements:
+        measurement.wait()  # the ranges are gathered by the measurements
+    return trainer.seen_ranges
+
+
+def _write_info(out: str | Path, trainer: Trainer, sweep: str, parts: int) -> None:
+    write_trial_info(
+        out,
+        sweep=sweep,
+        trial=trainer.trial,
+        status="complete" if trainer.done else "running",
+        epochs_run=trainer.slowest_epoch,
+        parts=parts,
+        restarts=dict(zip(trainer.seeds, trainer.restarts)),
+        config=trainer.config.to_dict(),
+    )
+
+
+def run_trial(
+    config: TrialConfig,
+    out: str | Path,
+    sweep: str = "",
+    data_dir: str | Path | None = None,
+    dataset: Dataset | None = None,
+    state: dict | None = None,
+    on_write: Callable[[dict, dict], None] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+    progress_every: float = PROGRESS_EVERY_S,
+) -> TrialSummary:
+    """Train config's seeds, writing Parquet every `write_every` epochs under `out`.
+
+    `out` is a local path or a filesystem URI (s3://..., gs://..., file://...).
+    on_write(checkpoint, scalars) runs right after each write: `checkpoint` continues the run
+    via run_trial(state=checkpoint); `scalars` are a few numbers for a progress report.
+    on_progress(progress) runs every `progress_every` seconds, whatever the write cadence, with
+    the slowest seed's `epoch` and the trial's `seed_epochs_done` and `seed_epochs_left` (the
+    latter counts the whole remaining run of restarted seeds).
+    """
+    started = time.perf_counter()
+    out = out if is_uri(out) else Path(out)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir, config.train_fraction, config.split_seed)
+    if state is not None:
+        ranges = state.get("global_ranges")
+        ranges = {(int(s), int(r)): (lo, hi) for s, r, lo, hi in ranges} if ranges else None
+    else:
+        ranges = find_global_ranges(config, dataset) if needs_global_ranges(config) else None
+    trainer = Trainer(config, dataset, sweep, global_ranges=ranges)
+    remove_temporaries(out)
+    writer = ResultsWriter(out)
+    parts = 0  # writes so far: names the next part, so no two writes share a name
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+        if "parts" in state:
+            parts = int(state["parts"])
+            writer.remove_parts_after(parts)
+        else:  # a checkpoint of the older naming: its parts stay, new ones cannot collide
+            parts = len(list_parts(join(out, "mi")))
+    else:
+        writer.remove_parts_after(0)
+        writer.add(trainer.start())
+    # (a run resumed from its final checkpoint has nothing left to do but say so)
+    _write_info(out, trainer, sweep, parts)
+
+    def checkpoint() -> dict:
+        packed = [[s, r, lo, hi] for (s, r), (lo, hi) in ranges.items()] if ranges else None
+        # "written": the slowest epoch at the last write, for progress reports of a resumed run
+        return {"trainer": trainer.state_dict(), "parts": parts, "written": trainer.slowest_epoch, "global_ranges": packed}
+
+    last: Measurement | None = None
+    last_progress = time.monotonic()
+    while not trainer.done:
+        measurement, discarded = trainer.step()
+        for seed, restarts in discarded:
+            writer.drop_seed(seed, restarts)
+        writer.add(measurement)
+        if not measurement.empty:
+            last = measurement
+        step = trainer.slowest_epoch
+        if step % config.write_every == 0 or trainer.done:
+            parts += 1
+            writer.flush(parts, step)
+            _write_info(out, trainer, sweep, parts)
+            if on_write is not None:
+                on_write(checkpoint(), _scalars(last, step, config.estimators[0]))
+        elif on_progress is not None and time.monotonic() - last_progress >= progress_every:
+            last_progress = time.monotonic()
+            on_progress(trainer.progress())
+    return TrialSummary(
+        out=out,
+        trial=trainer.trial,
+        seeds=len(trainer.seeds),
+        epochs=trainer.slowest_epoch,
+        restarts={seed: r for seed, r in zip(trainer.seeds, trainer.restarts) if r},
+        seconds=time.perf_counter() - started,
+        final=_scalars(last, trainer.slowest_epoch, config.estimators[0]),
+    )
+
+
+def _scalars(last: Measurement | None, epoch: int, estimator: str) -> dict[str, float]:
+    """A few numbers for progress reports: mean accuracies and losses over the seeds of the
+    latest measurement, and the output layer's I(X;T), I(T;Y) by `estimator`."""
+    scalars: dict[str, float] = {"epoch": epoch}
+    if last is None:
+        return scalars
+    for key in ("train_acc", "test_acc", "train_loss", "test_loss"):
+        if last.metrics.get(key):
+            scalars[key] = float(np.mean(last.metrics[key]))
+    mi = last.mi
+    if mi:
+        output = max(mi["layer"])
+        rows = [i for i, (layer, e) in enumerate(zip(mi["layer"], mi["estimator"])) if layer == output and e == estimator]
+        for key in ("mi_xt", "mi_ty"):
+            scalars[key] = float(np.mean([mi[key][i] for i in rows]))
+    return scalars
+
+
+# -- resumable trials on disk ----------------------------------------------------------------
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Atomically replace `path` with the checkpoint."""
+    replace_atomically(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint without executing pickled code (weights_only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged file
+        raise TrialStateError(
+            f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {str(error)[:200]}); "
+            f"delete it to restart the trial from scratch"
+        ) from error
+
+
+def run_resumable(
+    config: TrialConfig,
+    out: str | Path,
+    sweep: str = "",
+    data_dir: str | Path | None = None,
+    overwrite: bool = False,
+    on_write: Callable[[dict, dict], None] | None = None,
+) -> TrialSummary | None:
+    """Run a trial in `out`, continuing from `out/checkpoint.pt` if an earlier run stopped.
+
+    Returns None when `out` already holds this trial, complete (nothing is redone).
+    """
+    out = Path(out)
+    dataset = load_dataset(config.dataset, data_dir, config.train_fraction, config.split_seed)
+    info = read_trial_info(out)
+    state = None
+    if info is not None and not overwrite:
+        if info.get("trial") != config.trial_id():
+            raise TrialStateError(
+                f"{out} holds results of trial {info.get('trial')!r}, not {config.trial_id()!r}; "
+                f"pick another --out (or pass --overwrite to replace them)"
+            )
+        if info.get("status") == "complete":
+            return None
+        if (out / CHECKPOINT_FILE).exists():
+            state = load_checkpoint(out / CHECKPOINT_FILE)
+    elif info is not None and overwrite:
+        for name in ("mi", "metrics", CHECKPOINT_FILE, TRIAL_FILE):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+    def write(checkpoint: dict, scalars: dict) -> None:
+        save_checkpoint(checkpoint, out / CHECKPOINT_FILE)
+        if on_write is not None:
+            on_write(checkpoint, scalars)
+
+    return run_trial(config, out, sweep=sweep, dataset=dataset, state=state, on_write=write)
