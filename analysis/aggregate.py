@@ -1,11 +1,13 @@
 """Aggregation over repetitions: mean curves, their spread, the median-deviating repetition.
 
-This module owns the words "group" and "repetition":
-    a group is (dataset, architecture, activation, bits, estimator, phase) for MI rows and
-    (dataset, architecture, activation, bits, phase) for metrics; a repetition is
-    (sweep, trial, seed) (see load.py for why).
-Curves are per (group, epoch, layer). Everything here takes and returns lazy frames and
-builds them from small expression helpers; nothing iterates over rows in Python.
+This module owns the words for what is averaged over, each a list of columns:
+    NETWORK       dataset, architecture, activation, bits: one trained configuration;
+    PLANE         NETWORK + estimator: what one information plane shows (both phases);
+    PLANE_PHASE   PLANE + phase: the MI curves are per (PLANE_PHASE, epoch, layer);
+    NETWORK_PHASE NETWORK + phase: the metrics curves are per (NETWORK_PHASE, epoch);
+and a repetition is (sweep, trial, seed) (see load.py for why). Everything here takes and
+returns lazy frames and builds them from small expression helpers; nothing iterates over rows
+in Python.
 
 Statistics use the sample variance (ddof = 1): with a single repetition, var and std are null.
 """
@@ -16,11 +18,10 @@ import polars as pl
 
 from analysis.load import PHASES, REPETITION
 
-GROUP = ["dataset", "architecture", "activation", "bits", "estimator", "phase"]
-METRICS_GROUP = ["dataset", "architecture", "activation", "bits", "phase"]
-# A group across both phases: what one information plane or one report section shows.
-RUN_GROUP = ["dataset", "architecture", "activation", "bits", "estimator"]
-METRICS_RUN_GROUP = ["dataset", "architecture", "activation", "bits"]
+NETWORK = ["dataset", "architecture", "activation", "bits"]
+PLANE = [*NETWORK, "estimator"]
+PLANE_PHASE = [*PLANE, "phase"]
+NETWORK_PHASE = [*NETWORK, "phase"]
 MI_VALUES = ["mi_xt", "mi_ty"]
 METRIC_VALUES = ["train_acc", "test_acc", "train_loss", "test_loss"]
 
@@ -40,6 +41,11 @@ def phase_order() -> pl.Expr:
     return pl.col("phase").replace_strict(list(PHASES), list(range(len(PHASES))), default=len(PHASES))
 
 
+def run_order() -> pl.Expr:
+    """A sort key for (phase, epoch) in the order they ran: prefit epochs, then train epochs."""
+    return phase_order() * (1 << 32) + pl.col("epoch")
+
+
 def global_epoch(group: list[str]) -> pl.Expr:
     """Epochs since the start of the run: a train epoch is shifted by the group's prefit epochs.
 
@@ -57,13 +63,13 @@ def global_epoch(group: list[str]) -> pl.Expr:
 def mi_stats(mi: pl.LazyFrame) -> pl.LazyFrame:
     """Per group, epoch and layer over repetitions: mean, var, std of I(X;T) and I(T;Y), and n.
 
-    Adds `repetitions` (of the whole RUN_GROUP), `complete` (n == repetitions: no repetition
+    Adds `repetitions` (of the whole PLANE), `complete` (n == repetitions: no repetition
     is missing at this point, so the mean is over all of them) and `global_epoch` (see
     `global_epoch`); sorted by group, layer and global epoch.
     """
-    repetitions = mi.group_by(RUN_GROUP).agg(pl.struct(REPETITION).n_unique().alias("repetitions"))
+    repetitions = mi.group_by(PLANE).agg(pl.struct(REPETITION).n_unique().alias("repetitions"))
     return (
-        mi.group_by([*GROUP, "epoch", "layer"])
+        mi.group_by([*PLANE_PHASE, "epoch", "layer"])
         .agg(
             pl.col("layer_name").first(),
             pl.col("width").first(),
@@ -71,25 +77,25 @@ def mi_stats(mi: pl.LazyFrame) -> pl.LazyFrame:
             *spread("mi_ty"),
             pl.len().alias("n"),
         )
-        .join(repetitions, on=RUN_GROUP, how="left", nulls_equal=True)
-        .with_columns((pl.col("n") == pl.col("repetitions")).alias("complete"), global_epoch(RUN_GROUP))
-        .sort([*GROUP, "layer", "global_epoch"])
+        .join(repetitions, on=PLANE, how="left", nulls_equal=True)
+        .with_columns((pl.col("n") == pl.col("repetitions")).alias("complete"), global_epoch(PLANE))
+        .sort([*PLANE_PHASE, "layer", "global_epoch"])
     )
 
 
 def completeness(stats: pl.LazyFrame) -> pl.LazyFrame:
-    """Per RUN_GROUP: repetitions, measured epochs, and the epochs where some are missing.
+    """Per PLANE: repetitions, measured epochs, and the epochs where some are missing.
 
     From `mi_stats`. An epoch is incomplete when any layer there lacks a repetition. Columns:
     repetitions, epochs, incomplete_epochs, fewest (repetitions present at the worst epoch),
     first_incomplete / last_incomplete (global epochs; null when complete).
     """
-    points = stats.group_by([*RUN_GROUP, "global_epoch"]).agg(
+    points = stats.group_by([*PLANE, "global_epoch"]).agg(
         pl.col("complete").all(), pl.col("repetitions").first(), pl.col("n").min()
     )
     gaps = pl.col("global_epoch").filter(~pl.col("complete"))
     return (
-        points.group_by(RUN_GROUP)
+        points.group_by(PLANE)
         .agg(
             pl.col("repetitions").first(),
             pl.len().alias("epochs"),
@@ -98,17 +104,17 @@ def completeness(stats: pl.LazyFrame) -> pl.LazyFrame:
             gaps.min().alias("first_incomplete"),
             gaps.max().alias("last_incomplete"),
         )
-        .sort(RUN_GROUP)
+        .sort(PLANE)
     )
 
 
 def metrics_stats(metrics: pl.LazyFrame) -> pl.LazyFrame:
     """Per group and epoch over repetitions: mean, var, std of accuracies and losses, and n."""
     return (
-        metrics.group_by([*METRICS_GROUP, "epoch"])
+        metrics.group_by([*NETWORK_PHASE, "epoch"])
         .agg(*[e for column in METRIC_VALUES for e in spread(column)], pl.len().alias("n"))
-        .with_columns(global_epoch(METRICS_RUN_GROUP))
-        .sort([*METRICS_GROUP, "global_epoch"])
+        .with_columns(global_epoch(NETWORK))
+        .sort([*NETWORK_PHASE, "global_epoch"])
     )
 
 
@@ -117,14 +123,14 @@ def deviation(mi: pl.LazyFrame, stats: pl.LazyFrame | None = None) -> pl.LazyFra
 
     The distance is sqrt(sum over (phase, epoch, layer) of (I(X;T) - mean)^2 + (I(T;Y) - mean)^2),
     over the points that repetition has (a repetition cut short is compared where it ran).
-    One row per (RUN_GROUP, sweep, trial, seed) with `distance` and `points`.
+    One row per (PLANE, sweep, trial, seed) with `distance` and `points`.
     """
     stats = mi_stats(mi) if stats is None else stats
-    means = stats.select(*GROUP, "epoch", "layer", "mi_xt_mean", "mi_ty_mean")
+    means = stats.select(*PLANE_PHASE, "epoch", "layer", "mi_xt_mean", "mi_ty_mean")
     return (
-        mi.select(*GROUP, *REPETITION, "epoch", "layer", *MI_VALUES)
-        .join(means, on=[*GROUP, "epoch", "layer"], how="inner", nulls_equal=True)
-        .group_by([*RUN_GROUP, *REPETITION])
+        mi.select(*PLANE_PHASE, *REPETITION, "epoch", "layer", *MI_VALUES)
+        .join(means, on=[*PLANE_PHASE, "epoch", "layer"], how="inner", nulls_equal=True)
+        .group_by([*PLANE, *REPETITION])
         .agg(
             ((pl.col("mi_xt") - pl.col("mi_xt_mean")) ** 2 + (pl.col("mi_ty") - pl.col("mi_ty_mean")) ** 2)
             .sum()
@@ -136,51 +142,51 @@ def deviation(mi: pl.LazyFrame, stats: pl.LazyFrame | None = None) -> pl.LazyFra
 
 
 def median_deviating(mi: pl.LazyFrame, stats: pl.LazyFrame | None = None) -> pl.LazyFrame:
-    """The median-deviating repetition of each group (PROTOCOL.md, appendix B).
+    """The median-deviating repetition of each group (the paper's appendix B).
 
     Repetitions are ranked by `deviation` (ties broken by sweep, trial, seed); the one ranked
-    (n + 1) // 2 of n is chosen, i.e. the lower median when n is even. One row per RUN_GROUP
+    (n + 1) // 2 of n is chosen, i.e. the lower median when n is even. One row per PLANE
     with sweep, trial, seed, distance and `repetitions` (n).
     """
-    ranked = deviation(mi, stats).sort([*RUN_GROUP, "distance", *REPETITION])
+    ranked = deviation(mi, stats).sort([*PLANE, "distance", *REPETITION])
     return (
         ranked.with_columns(
-            pl.int_range(1, pl.len() + 1).over(RUN_GROUP).alias("rank"),
-            pl.len().over(RUN_GROUP).alias("repetitions"),
+            pl.int_range(1, pl.len() + 1).over(PLANE).alias("rank"),
+            pl.len().over(PLANE).alias("repetitions"),
         )
         .filter(pl.col("rank") == (pl.col("repetitions") + 1) // 2)
         .drop("rank")
-        .sort(RUN_GROUP)
+        .sort(PLANE)
     )
 
 
 def repetition_rows(mi: pl.LazyFrame, chosen: pl.LazyFrame) -> pl.LazyFrame:
-    """The MI rows of the chosen repetitions (one per RUN_GROUP), with `global_epoch`."""
+    """The MI rows of the chosen repetitions (one per PLANE), with `global_epoch`."""
     return (
-        mi.join(chosen.select(*RUN_GROUP, *REPETITION), on=[*RUN_GROUP, *REPETITION], how="semi", nulls_equal=True)
-        .with_columns(global_epoch([*RUN_GROUP, *REPETITION]))
-        .sort([*RUN_GROUP, "layer", "global_epoch"])
+        mi.join(chosen.select(*PLANE, *REPETITION), on=[*PLANE, *REPETITION], how="semi", nulls_equal=True)
+        .with_columns(global_epoch([*PLANE, *REPETITION]))
+        .sort([*PLANE, "layer", "global_epoch"])
     )
 
 
 def final_metrics(metrics: pl.LazyFrame) -> pl.LazyFrame:
     """Accuracies and losses at each repetition's last epoch (last phase), averaged per group.
 
-    One row per METRICS_RUN_GROUP: <value>_mean/_var/_std, `repetitions`, and the last phase
+    One row per NETWORK: <value>_mean/_var/_std, `repetitions`, and the last phase
     and epoch reached (the smallest over repetitions, so a run cut short shows).
     """
-    order = phase_order() * (1 << 32) + pl.col("epoch")
-    last = metrics.group_by([*METRICS_RUN_GROUP, *REPETITION]).agg(
+    order = run_order()
+    last = metrics.group_by([*NETWORK, *REPETITION]).agg(
         pl.col("phase", "epoch", *METRIC_VALUES).sort_by(order).last()
     )
     return (
-        last.group_by(METRICS_RUN_GROUP)
+        last.group_by(NETWORK)
         .agg(
             *[e for column in METRIC_VALUES for e in spread(column)],
             pl.len().alias("repetitions"),
-            pl.col("phase", "epoch").sort_by(phase_order() * (1 << 32) + pl.col("epoch")).first().name.prefix("last_"),
+            pl.col("phase", "epoch").sort_by(run_order()).first().name.prefix("last_"),
         )
-        .sort(METRICS_RUN_GROUP)
+        .sort(NETWORK)
     )
 
 
@@ -190,7 +196,7 @@ def progress(mi: pl.LazyFrame, trials: pl.DataFrame) -> pl.LazyFrame:
     Trials that have rows but no trial.json appear with status 'unknown'; trials with a
     trial.json but no rows yet appear with no seeds written.
     """
-    order = phase_order() * (1 << 32) + pl.col("epoch")
+    order = run_order()
     seen = mi.with_columns(pl.col("sweep", "trial").cast(pl.String)).group_by(["sweep", "trial"]).agg(
         pl.col("seed").n_unique().alias("seeds_written"),
         pl.col("phase").sort_by(order).last().alias("last_phase"),

@@ -14,12 +14,18 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 
-from analysis.aggregate import RUN_GROUP
+from analysis.aggregate import PLANE
 
 MAX_EPOCHS = 200  # epochs drawn per curve
 COLOR_SCHEME = "viridis"
 WIDTH, HEIGHT = 320, 260
 ESTIMATOR_ORDER = ["exact", "bin30", "bin100", "bin256"]
+
+
+def estimator_order(estimators) -> list[str]:
+    """The estimators given, exact first, then the study's bin counts, then any others sorted."""
+    present = set(estimators)
+    return [e for e in ESTIMATOR_ORDER if e in present] + sorted(present - set(ESTIMATOR_ORDER))
 
 
 def thinned(group: list[str], max_epochs: int = MAX_EPOCHS, epoch: str = "global_epoch") -> pl.Expr:
@@ -178,12 +184,12 @@ def comparison(
     `stats` holds the mean curves of the groups to compare (from mi_stats, with column `by`);
     panels follow `order` (default: exact, bin30, bin100, bin256 for estimators, else sorted).
     """
-    group = [g for g in RUN_GROUP if g in stats.columns]
+    group = [g for g in PLANE if g in stats.columns]
     drawn, note = thin(stats, [*group, "layer"], max_epochs)
     drawn = drawn.select(by, "layer", "phase", "epoch", "global_epoch", "mi_xt_mean", "mi_ty_mean")
     values = drawn.get_column(by).unique().to_list()
     if order is None and by == "estimator":
-        order = [e for e in ESTIMATOR_ORDER if e in values] + sorted(v for v in values if v not in ESTIMATOR_ORDER)
+        order = estimator_order(values)
     elif order is None:
         order = sorted(values)
     kind = "O" if by == "bits" else "N"

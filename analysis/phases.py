@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from analysis.aggregate import GROUP
+from analysis.aggregate import PLANE_PHASE
 from analysis.load import REPETITION
 
 DEFAULT_THRESHOLD = 0.05  # bits
@@ -63,9 +63,9 @@ def compression(curve: str = "mi_xt_mean", threshold: float = DEFAULT_THRESHOLD)
 def phases(stats: pl.LazyFrame, threshold: float = DEFAULT_THRESHOLD) -> pl.LazyFrame:
     """Fitting and compression per (group, layer) from the mean curves of `mi_stats`."""
     return (
-        stats.group_by([*GROUP, "layer"])
+        stats.group_by([*PLANE_PHASE, "layer"])
         .agg(*fitting(threshold=threshold), *compression(threshold=threshold), pl.col("epoch").max().alias("last_epoch"))
-        .sort([*GROUP, "layer"])
+        .sort([*PLANE_PHASE, "layer"])
     )
 
 
@@ -75,7 +75,7 @@ def dpi_violations(mi: pl.LazyFrame, tolerance: float = DEFAULT_TOLERANCE) -> pl
     Columns dpi_xt, dpi_ty (violations of each inequality), dpi (either) and checked (points
     compared). Layer 1 has nothing before it and is not listed.
     """
-    point = [*GROUP, *REPETITION, "epoch"]
+    point = [*PLANE_PHASE, *REPETITION, "epoch"]
     values = mi.select(*point, "layer", "mi_xt", "mi_ty")
     previous = values.select(
         *point, (pl.col("layer") + 1).alias("layer"), pl.col("mi_xt").alias("prev_xt"), pl.col("mi_ty").alias("prev_ty")
@@ -84,12 +84,12 @@ def dpi_violations(mi: pl.LazyFrame, tolerance: float = DEFAULT_TOLERANCE) -> pl
     ty = pl.col("mi_ty") > pl.col("prev_ty") + tolerance
     return (
         values.join(previous, on=[*point, "layer"], how="inner", nulls_equal=True)
-        .group_by([*GROUP, "layer"])
+        .group_by([*PLANE_PHASE, "layer"])
         .agg(
             xt.sum().alias("dpi_xt"),
             ty.sum().alias("dpi_ty"),
             (xt | ty).sum().alias("dpi"),
             pl.len().alias("checked"),
         )
-        .sort([*GROUP, "layer"])
+        .sort([*PLANE_PHASE, "layer"])
     )

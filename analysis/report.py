@@ -28,7 +28,7 @@ import altair as alt
 import polars as pl
 
 from analysis import aggregate, charts, phases
-from analysis.aggregate import METRICS_RUN_GROUP, RUN_GROUP
+from analysis.aggregate import NETWORK, PLANE
 from analysis.load import REPETITION, Results, ResultsError, load
 
 CSP = (
@@ -81,7 +81,7 @@ def compute(results: Results, threshold: float = phases.DEFAULT_THRESHOLD) -> Ta
     Categorical): Polars does not share the deduplicating scan between queries, and every
     query on the in-memory rows is much faster than a rescan.
     """
-    mi_columns = [*aggregate.GROUP, *REPETITION, "epoch", "layer", "layer_name", "width", "mi_xt", "mi_ty"]
+    mi_columns = [*aggregate.PLANE_PHASE, *REPETITION, "epoch", "layer", "layer_name", "width", "mi_xt", "mi_ty"]
     slim = pl.col(pl.String).cast(pl.Categorical)
     mi, metrics = pl.collect_all(
         [results.mi.select(mi_columns).with_columns(slim), results.metrics.with_columns(slim)]
@@ -95,7 +95,7 @@ def compute(results: Results, threshold: float = phases.DEFAULT_THRESHOLD) -> Ta
             aggregate.metrics_stats(metrics),
             median,
             aggregate.repetition_rows(mi, median).select(
-                *RUN_GROUP, *REPETITION, "phase", "epoch", "global_epoch", "layer", "mi_xt", "mi_ty"
+                *PLANE, *REPETITION, "phase", "epoch", "global_epoch", "layer", "mi_xt", "mi_ty"
             ),
             # Means over whoever is left would invent phases where repetitions are missing.
             phases.phases(stats.filter(pl.col("complete")), threshold),
@@ -186,7 +186,7 @@ def summary_sections(tables: Tables, results: Results) -> list[Section]:
     sections.append(completeness_section(tables))
 
     final = tables.final.select(
-        *METRICS_RUN_GROUP,
+        *NETWORK,
         pm("train_acc_mean", "train_acc_std").alias("train accuracy"),
         pm("test_acc_mean", "test_acc_std").alias("test accuracy"),
         pm("test_loss_mean", "test_loss_std").alias("test loss"),
@@ -197,7 +197,7 @@ def summary_sections(tables: Tables, results: Results) -> list[Section]:
         Section("accuracy", "Final accuracies", 2, ["<p>At each repetition's last epoch; mean ± standard deviation.</p>", html_table(final)])
     )
 
-    per_layer = tables.phases.join(tables.dpi, on=[*aggregate.GROUP, "layer"], how="left").with_columns(
+    per_layer = tables.phases.join(tables.dpi, on=[*aggregate.PLANE_PHASE, "layer"], how="left").with_columns(
         pl.format("{} / {}", pl.col("dpi").fill_null(0), pl.col("checked").fill_null(0)).alias("DPI violations")
     )
     sections.append(
@@ -252,14 +252,14 @@ def completeness_section(tables: Tables) -> Section:
     ]
     if gaps:
         body.insert(0, f'<p class="warn">{gaps} group(s) lack repetitions at some epochs.</p>')
-    headers = {c: c for c in RUN_GROUP} | {"repetitions": "repetitions", "epochs": "epochs", "completeness": "completeness"}
+    headers = {c: c for c in PLANE} | {"repetitions": "repetitions", "epochs": "epochs", "completeness": "completeness"}
     body.append(html_table(frame, headers, row_class="gaps"))
     return Section("completeness", "Completeness", 2, body)
 
 
 def group_sections(tables: Tables) -> list[Section]:
     sections = []
-    networks = tables.mi_stats.select(METRICS_RUN_GROUP).unique().sort(METRICS_RUN_GROUP).to_dicts()
+    networks = tables.mi_stats.select(NETWORK).unique().sort(NETWORK).to_dicts()
     for network in networks:
         label = network_label(network)
         anchor = slugify("net", *network.values())
@@ -270,8 +270,7 @@ def group_sections(tables: Tables) -> list[Section]:
             section.body.append(Figure(f"{anchor}-accuracy", charts.accuracy(metrics, f"Accuracy: {label}")))
         sections.append(section)
         estimators = tables.mi_stats.filter(*in_network).get_column("estimator").unique().to_list()
-        ordered = [e for e in charts.ESTIMATOR_ORDER if e in estimators] + sorted(set(estimators) - set(charts.ESTIMATOR_ORDER))
-        for estimator in ordered:
+        for estimator in charts.estimator_order(estimators):
             where = [*in_network, pl.col("estimator") == estimator]
             stats = tables.mi_stats.filter(*where)
             title = f"{label} · {estimator}"
@@ -422,7 +421,7 @@ def build_report(paths: list[str | Path], out: str | Path = "report.html", png_d
         raise ResultsError(f"{', '.join(map(str, paths))}: the MI tables hold no rows; nothing to report")
     sections = summary_sections(tables, results) + comparison_sections(tables) + group_sections(tables)
     unique_slugs(sections)
-    groups = tables.mi_stats.select(RUN_GROUP).unique().height
+    groups = tables.mi_stats.select(PLANE).unique().height
     repetitions = tables.progress.get_column("seeds_written").sum()
     intro = (
         f"<p>{groups} group(s), {repetitions} repetition(s) from {tables.progress.height} trial(s), "

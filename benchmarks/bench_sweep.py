@@ -4,7 +4,8 @@ Runs the sweep file (default: the quick start) on an embedded local Ray using ev
 prints:
   - sweep: seed-epochs per second over the whole run, Ray's start included;
   - single process: the same work (the sweep's first trial, shortened to --reference-epochs)
-    trained by `run_trial` in this process, no Ray, all cores (what `ibray trial` does);
+    trained by `run_trial` in this process, no Ray (what `ibray trial` does: one training
+    thread and, from 8 seeds on, one measuring thread);
   - core benchmark: `ibray bench`'s training figure at the trial's seed count (MI every epoch);
   - Ray's overhead: 1 - (seconds the trials spent training) / (trial slots x wall seconds),
     where training excludes each trial's checkpoints and reports (report_seconds) and a slot

@@ -22,7 +22,7 @@ import torch
 
 from ibray.config import TrialConfig, binning_bins
 from ibray.device import pad_to_lanes
-from ibray.models import BatchedNetwork, Pass
+from ibray.models import BatchedNetwork, ForwardPass
 from ibray.mutual_information import bin_codes, float_codes, layer_information
 
 OVERLAP_SEEDS = 8  # from this many seeds on, measurements run beside the training
@@ -204,7 +204,7 @@ class Measurer:
             parts.append(model(rows))
             if len(rows) > size:
                 result = parts[-1]
-                parts[-1] = Pass(
+                parts[-1] = ForwardPass(
                     result.log_probs[:, :size],
                     [v[:, :size] for v in result.values],
                     [c[:, :size] if c is not None else None for c in result.codes],

@@ -56,7 +56,7 @@ class LayerSpec:
 
 
 @dataclass
-class Pass:
+class ForwardPass:
     """What one forward pass produced: the log-probabilities used by the loss and, per layer,
     the values the next layer receives and their integer codes (None for float networks)."""
 
@@ -211,7 +211,7 @@ class BatchedNetwork(nn.Module):
         out = out.reshape(seeds, weight.shape[1], batch, positions).transpose(1, 2)
         return out.reshape(seeds, batch, weight.shape[1], side_h - 2, side_w - 2)
 
-    def forward(self, x: torch.Tensor, valid: int | None = None) -> Pass:
+    def forward(self, x: torch.Tensor, valid: int | None = None) -> ForwardPass:
         """x: (S, B, inputs), or (B, inputs) shared by all seeds (the MI pass).
 
         valid: only the first `valid` samples of the batch count for the quantizer ranges
@@ -250,7 +250,7 @@ class BatchedNetwork(nn.Module):
                     log_probs = straight_through(log_probs, quantized_log)
                 values.append(probs)
                 codes.append(code)
-                return Pass(log_probs, values, codes)
+                return ForwardPass(log_probs, values, codes)
             hidden, code = self._quantize(index, self.activation(pre), valid)
             values.append(hidden)
             codes.append(code)

@@ -253,10 +253,6 @@ class ResultsWriter:
                     self._batches[name].append(pa.Table.from_pydict(columns, schema=TABLES[name]))
         self._pending.clear()
 
-    def pending(self) -> int:
-        self._settle()
-        return sum(t.num_rows for batches in self._batches.values() for t in batches)
-
     def flush(self, write: int, epoch: int) -> list[Path]:
         """Write the buffered rows as `<table>/part-w<write>-e<epoch>.parquet`; returns the files.
 

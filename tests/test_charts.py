@@ -47,7 +47,7 @@ def test_information_plane_spec(stats):
     values = spec["data"]["values"]
     assert {v["layer"] for v in values} == {1, 2, 3}
     assert len(values) <= 3 * 200
-    assert "of 651 recorded epochs drawn"  # prefit 0..50, train 1..600 in spec["title"]["subtitle"][1]
+    assert "of 651 recorded epochs drawn" in spec["title"]["subtitle"][1]  # prefit 0..50, train 1..600
 
 
 def test_mi_over_epochs_has_a_std_band(stats):
