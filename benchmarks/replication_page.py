@@ -1,0 +1,380 @@
+"""docs/replication.md from the results of `benchmarks/replicate.py run`.
+
+Every number and figure on the page comes from the results: `ibray verify` first (incomplete
+results are refused), then the report's own aggregation (analysis/) for the tables and its
+chart functions for the figures (PNG, scale 1). The verdicts are rules over those numbers,
+written next to the paper's statement they test, so the page says the same thing for the same
+results, whoever rebuilds it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from analysis import aggregate, charts, phases, report  # noqa: E402
+from analysis.load import load  # noqa: E402
+
+THRESHOLD = phases.DEFAULT_THRESHOLD  # bits: smaller rises and falls are not a phase
+
+
+@dataclass
+class Experiment:
+    sweep: str  # the sweep's name (its folder under the results)
+    title: str
+    study: str  # the study's size, for the "fewer seeds" note
+
+
+EXPERIMENTS = [
+    Experiment("syn-8bit", "Section 4.1: synthetic data, 8-bit, tanh and ReLU", "50 seeds x 8000 epochs"),
+    Experiment("appendix-c-precision", "Appendix C: 4-bit and 32-bit precision", "50 seeds x 8000 epochs"),
+    Experiment("appendix-a-binning", "Appendix A: binning the float networks (30, 100, 256 bins)", "50 seeds x 8000 epochs"),
+    Experiment("appendix-d-prefit", "Appendix D: 1000 epochs on shuffled labels, then 8000", "20 seeds x 1000 + 8000 epochs"),
+]
+MNIST = ["mnist-bottleneck2", "appendix-e-mnist", "appendix-e-mnist-wide"]
+
+
+# --- numbers --------------------------------------------------------------------------------
+def curve_points(stats: pl.DataFrame) -> pl.DataFrame:
+    """Per (network, estimator, phase, layer): I(X;T) and I(T;Y) at the first epoch, at their
+    peak (and its epoch) and at the last epoch, as mean and std over repetitions."""
+    order = ["global_epoch"]
+    rows = []
+    for key, curve in stats.sort(order).group_by([*aggregate.PLANE_PHASE, "layer"], maintain_order=True):
+        row = dict(zip([*aggregate.PLANE_PHASE, "layer"], key))
+        for value in ("mi_xt", "mi_ty"):
+            mean, std = curve[f"{value}_mean"], curve[f"{value}_std"]
+            peak = int(mean.arg_max())
+            row |= {
+                f"{value}_start": (mean[0], std[0]),
+                f"{value}_peak": (mean[peak], std[peak]),
+                f"{value}_peak_epoch": int(curve["epoch"][peak]),
+                f"{value}_end": (mean[-1], std[-1]),
+            }
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def pm(pair) -> str:
+    mean, std = pair
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class Numbers:
+    tables: report.Tables
+    points: pl.DataFrame
+    layers: dict  # (activation, bits, estimator) -> number of layers
+
+    def phase_rows(self, **where) -> pl.DataFrame:
+        frame = self.tables.phases
+        for key, value in where.items():
+            frame = frame.filter(pl.col(key) == value)
+        return frame.sort("layer")
+
+    def compressed(self, **where) -> list[int]:
+        """Layers whose mean I(X;T) falls by more than THRESHOLD after its peak."""
+        return self.phase_rows(**where).filter(pl.col("compress_bits") > THRESHOLD)["layer"].to_list()
+
+    def fitting(self, **where) -> list[int]:
+        return self.phase_rows(**where).filter(pl.col("fit_bits") > THRESHOLD)["layer"].to_list()
+
+    def dpi(self, **where) -> tuple[int, int]:
+        frame = self.tables.dpi
+        for key, value in where.items():
+            frame = frame.filter(pl.col(key) == value)
+        return int(frame["dpi"].sum()), int(frame["checked"].sum())
+
+
+def numbers(folder: Path) -> Numbers:
+    tables = report.compute(load([folder]))
+    layers = {
+        (a, b, e): n
+        for a, b, e, n in tables.mi_stats.group_by("activation", "bits", "estimator").agg(pl.col("layer").max()).rows()
+    }
+    return Numbers(tables, curve_points(tables.mi_stats.filter(pl.col("complete"))), layers)
+
+
+# --- page sections --------------------------------------------------------------------------
+def layer_table(n: Numbers, estimator: str | None = None) -> str:
+    points = n.points if estimator is None else n.points.filter(pl.col("estimator") == estimator)
+    joined = points.join(
+        n.tables.phases.select(*aggregate.PLANE_PHASE, "layer", "compress_bits", "fit_bits"),
+        on=[*aggregate.PLANE_PHASE, "layer"],
+        how="left",
+    ).sort(*aggregate.PLANE_PHASE, "layer")
+    rows = [
+        [
+            r["activation"], report.bits_label(r["bits"]), r["estimator"], r["phase"], r["layer"],
+            pm(r["mi_xt_start"]), f"{pm(r['mi_xt_peak'])} @{r['mi_xt_peak_epoch']}", pm(r["mi_xt_end"]),
+            pm(r["mi_ty_start"]), f"{pm(r['mi_ty_peak'])} @{r['mi_ty_peak_epoch']}", pm(r["mi_ty_end"]),
+            f"{r['fit_bits']:.3f}", f"{r['compress_bits']:.3f}",
+        ]
+        for r in joined.iter_rows(named=True)
+    ]
+    headers = [
+        "activation", "bits", "estimator", "phase", "layer",
+        "I(X;T) start", "I(X;T) peak @epoch", "I(X;T) end", "I(T;Y) start", "I(T;Y) peak @epoch", "I(T;Y) end",
+        "fitting (bits)", "compression (bits)",
+    ]
+    return markdown_table(headers, rows)
+
+
+def accuracy_table(n: Numbers) -> str:
+    rows = [
+        [r["activation"], report.bits_label(r["bits"]), r["repetitions"], pm((r["train_acc_mean"], r["train_acc_std"])),
+         pm((r["test_acc_mean"], r["test_acc_std"])), f"{r['last_phase']} {r['last_epoch']}"]
+        for r in n.tables.final.sort("activation", "bits").iter_rows(named=True)
+    ]
+    return markdown_table(["activation", "bits", "repetitions", "train accuracy", "test accuracy", "at"], rows)
+
+
+def dpi_table(n: Numbers) -> str:
+    frame = n.tables.dpi.group_by("activation", "bits", "estimator").agg(pl.col("dpi").sum(), pl.col("checked").sum())
+    rows = [
+        [r["activation"], report.bits_label(r["bits"]), r["estimator"], f"{r['dpi']:,} of {r['checked']:,}"]
+        for r in frame.sort("activation", "bits", "estimator").iter_rows(named=True)
+    ]
+    return markdown_table(["activation", "bits", "estimator", "DPI violations (repetition-epochs)"], rows)
+
+
+def verdict(holds: bool, partly: bool = False) -> str:
+    return "**reproduced**" if holds else ("**partly**" if partly else "**not reproduced**")
+
+
+def layers_text(layers: list[int]) -> str:
+    return ", ".join(map(str, layers)) if layers else "none"
+
+
+def claims_syn(n: Numbers, bits: int = 8) -> list[list[str]]:
+    out = {a: n.layers[(a, bits, "exact")] for a in ("tanh", "relu")}
+    rows = []
+    both = [n.compressed(activation=a, bits=bits, estimator="exact", phase="train") for a in ("tanh", "relu")]
+    fits = [n.fitting(activation=a, bits=bits, estimator="exact", phase="train") for a in ("tanh", "relu")]
+    output_ok = [out[a] in c and out[a] in f for a, c, f in zip(("tanh", "relu"), both, fits)]
+    rows.append([
+        "Section 1, 4.1: \"Both fitting and compression phases occur in the output SoftMax layer.\"",
+        f"output layer fits and compresses: tanh {'yes' if output_ok[0] else 'no'}, ReLU {'yes' if output_ok[1] else 'no'}",
+        verdict(all(output_ok), any(output_ok)),
+    ])
+    hidden_fit = [[l for l in f if l < out[a]] for a, f in zip(("tanh", "relu"), fits)]
+    rows.append([
+        "Section 1: \"For the hidden layers, the fitting phase occurs for both Tanh and ReLU activations.\"",
+        f"hidden layers with I(T;Y) rising > {THRESHOLD} bits: tanh {layers_text(hidden_fit[0])}; ReLU {layers_text(hidden_fit[1])}",
+        verdict(all(hidden_fit), any(hidden_fit)),
+    ])
+    tanh_hidden = [l for l in both[0] if l < out["tanh"]]
+    rows.append([
+        "Section 1, 4.1: \"When using Tanh in the hidden layers, compression is only observed in the last hidden layer.\"",
+        f"tanh hidden layers compressing > {THRESHOLD} bits: {layers_text(tanh_hidden)} (last hidden: {out['tanh'] - 1})",
+        verdict(tanh_hidden == [out["tanh"] - 1], out["tanh"] - 1 in tanh_hidden),
+    ])
+    relu_hidden = [l for l in both[1] if l < out["relu"]]
+    rows.append([
+        "Section 1, 4.1: \"When using ReLU, we did not observe compression in the hidden layers.\"",
+        f"ReLU hidden layers compressing > {THRESHOLD} bits: {layers_text(relu_hidden)}",
+        verdict(not relu_hidden, len(relu_hidden) <= 1),
+    ])
+    violations, checked = n.dpi(bits=bits, estimator="exact")
+    rows.append([
+        "Section 2 (eq. 2): exact MI obeys the data-processing inequality.",
+        f"{violations} violations in {checked:,} repetition-epoch-layer pairs",
+        verdict(violations == 0),
+    ])
+    return rows
+
+
+def mean_end(n: Numbers, column: str, **where) -> float:
+    frame = n.points
+    for key, value in where.items():
+        frame = frame.filter(pl.col(key) == value)
+    return float(sum(v[0] for v in frame[column].to_list()) / max(frame.height, 1))
+
+
+def claims_precision(n: Numbers, baseline: Numbers | None) -> list[list[str]]:
+    rows = []
+    if baseline is not None:
+        for activation in ("tanh", "relu"):
+            low = mean_end(n, "mi_xt_end", activation=activation, bits=4, phase="train")
+            mid = mean_end(baseline, "mi_xt_end", activation=activation, bits=8, phase="train")
+            high = mean_end(n, "mi_xt_end", activation=activation, bits=32, phase="train")
+            rows.append([
+                "Appendix C: 4-bit gives \"lower overall MI measurements\"; 32-bit \"an overall increase in MI\".",
+                f"{activation}: final I(X;T), mean over layers: 4-bit {low:.2f}, 8-bit {mid:.2f}, 32-bit {high:.2f} bits",
+                verdict(low < mid < high, low < high),
+            ])
+    final = {(r["activation"], r["bits"]): r["train_acc_mean"] for r in n.tables.final.iter_rows(named=True)}
+    for activation in ("tanh", "relu"):
+        if (activation, 4) in final and (activation, 32) in final:
+            rows.append([
+                "Appendix C: \"the network accuracy has now degraded\" at 4 bits.",
+                f"{activation}: final training accuracy 4-bit {final[(activation, 4)]:.3f}, 32-bit {final[(activation, 32)]:.3f}",
+                verdict(final[(activation, 4)] < final[(activation, 32)]),
+            ])
+    for activation in ("tanh", "relu"):
+        key = (activation, 32, "exact")
+        if key in n.layers:
+            ends = n.points.filter(pl.col("activation") == activation, pl.col("bits") == 32, pl.col("phase") == "train").sort("layer")
+            drop = ends["mi_xt_end"].to_list()
+            first, last_hidden = drop[0][0], drop[-2][0]
+            rows.append([
+                "Appendix C: at 32 bits \"the information drops only very slowly through the network\".",
+                f"{activation}: final I(X;T) layer 1 {first:.2f} bits, last hidden layer {last_hidden:.2f} bits (log2 N = 12)",
+                verdict(first - last_hidden < 1.0, first - last_hidden < 3.0),
+            ])
+    return rows
+
+
+def claims_binning(n: Numbers) -> list[list[str]]:
+    rows = []
+    tanh30 = n.compressed(activation="tanh", estimator="bin30", phase="train")
+    tanh_layers = n.layers.get(("tanh", 32, "bin30"), 0)
+    rows.append([
+        "Appendix A: tanh, 30 bins: \"two phases are clearly visible in each layer\".",
+        f"tanh layers compressing > {THRESHOLD} bits with 30 bins: {layers_text(tanh30)} of {tanh_layers}",
+        verdict(len(tanh30) == tanh_layers, len(tanh30) > 1),
+    ])
+    relu100 = [l for l in n.compressed(activation="relu", estimator="bin100", phase="train") if l < n.layers.get(("relu", 32, "bin100"), 0)]
+    rows.append([
+        "Appendix A: ReLU, 100 bins: \"the compression phase was not observed\" (Saxe et al.).",
+        f"ReLU hidden layers compressing > {THRESHOLD} bits with 100 bins: {layers_text(relu100)}",
+        verdict(not relu100, len(relu100) <= 1),
+    ])
+    violations, checked = n.dpi(activation="relu", estimator="bin30")
+    rows.append([
+        "Appendix A: ReLU, 30 bins: \"the DPI (2) is violated\".",
+        f"{violations:,} violations in {checked:,} repetition-epoch-layer pairs",
+        verdict(violations > 0),
+    ])
+    for activation in ("tanh", "relu"):
+        ends = [mean_end(n, "mi_xt_end", activation=activation, estimator=f"bin{b}", phase="train") for b in (30, 100, 256)]
+        rows.append([
+            "Appendix A: \"for every layer with binned T, I(X;T) and I(T;Y) increase with the number of bins\".",
+            f"{activation}: final I(X;T), mean over layers: 30 bins {ends[0]:.2f}, 100 bins {ends[1]:.2f}, 256 bins {ends[2]:.2f}",
+            verdict(ends[0] < ends[1] < ends[2]),
+        ])
+    return rows
+
+
+def claims_prefit(n: Numbers) -> list[list[str]]:
+    rows = []
+    for activation in ("tanh", "relu"):
+        prefit = n.points.filter(pl.col("activation") == activation, pl.col("phase") == "prefit").sort("layer")
+        rising = [r["layer"] for r in prefit.iter_rows(named=True) if r["mi_xt_end"][0] > r["mi_xt_start"][0] + THRESHOLD]
+        flat = [r["layer"] for r in prefit.iter_rows(named=True) if r["mi_xt_end"][0] < 12 - THRESHOLD]
+        rows.append([
+            "Appendix D: \"for all discernible layers, I(X;T) appears to increase when fitted to random labels\".",
+            f"{activation}: layers whose I(X;T) rises > {THRESHOLD} bits over the prefit: {layers_text(rising)} "
+            f"(discernible, below log2 N: {layers_text(flat)})",
+            verdict(set(flat) <= set(rising), bool(rising)),
+        ])
+    final = n.tables.metrics_stats.filter(pl.col("phase") == "prefit")
+    for activation in ("tanh", "relu"):
+        acc = final.filter(pl.col("activation") == activation).sort("epoch")["train_acc_mean"]
+        if acc.len():
+            rows.append([
+                "Appendix D: \"the network accuracy does not increase when training on random labels\".",
+                f"{activation}: true-label training accuracy over the prefit: {acc[0]:.3f} -> {acc[-1]:.3f}",
+                verdict(acc[-1] - acc[0] < 0.05),
+            ])
+    return rows
+
+
+def figures(n: Numbers, folder: Path, docs: Path) -> list[str]:
+    """Information planes and MI curves (exact or the experiment's estimators), scale-1 PNGs."""
+    import vl_convert
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    stats = n.tables.mi_stats
+    for key in stats.select(aggregate.PLANE).unique().sort(aggregate.PLANE).to_dicts():
+        group = stats.filter(*[pl.col(k) == v for k, v in key.items()])
+        label = f"{report.network_label(key)} · {key['estimator']}"
+        slug = report.slugify(key["activation"], key["bits"], key["estimator"])
+        for kind, chart in (("plane", charts.information_plane(group, f"Information plane: {label}")),
+                            ("mi", charts.mi_over_epochs(group, f"MI per layer: {label}"))):
+            path = folder / f"{slug}-{kind}.png"
+            path.write_bytes(vl_convert.vegalite_to_png(chart.to_dict(), scale=1))
+            lines.append(f"![{kind}: {label}]({path.relative_to(docs).as_posix()})")
+    return lines
+
+
+def verify(folder: Path) -> tuple[bool, str]:
+    result = subprocess.run([sys.executable, "-m", "ibray.cli", "verify", str(folder)], capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines()
+    return result.returncode == 0, lines[-1] if lines else result.stderr.strip()
+
+
+def write_page(results: Path, docs: Path) -> int:
+    sections, missing = [], []
+    baseline = None
+    for experiment in EXPERIMENTS:
+        folder = results / experiment.sweep
+        if not folder.exists():
+            missing.append(experiment)
+            continue
+        ok, line = verify(folder)
+        if not ok:
+            print(f"replication: {folder}: incomplete results ({line}); finish them with `replicate.py run`", file=sys.stderr)
+            return 1
+        n = numbers(folder)
+        if experiment.sweep == "syn-8bit":
+            baseline = n
+        spec = (folder / "sweep.yaml").read_text()
+        seeds = n.tables.final["repetitions"].max()
+        body = [
+            f"## {experiment.title}",
+            "",
+            f"The study: {experiment.study}. Here: {seeds} repetitions per network (sweep file below); "
+            f"`ibray verify`: {line}.",
+            "",
+            "```yaml\n" + spec.strip() + "\n```",
+            "",
+        ]
+        if experiment.sweep == "syn-8bit":
+            claims = claims_syn(n)
+        elif experiment.sweep == "appendix-c-precision":
+            claims = claims_precision(n, baseline) + claims_syn(n, bits=4)
+        elif experiment.sweep == "appendix-a-binning":
+            claims = claims_binning(n)
+        else:
+            claims = claims_prefit(n) + claims_syn(n)
+        body += ["### The paper's statements", "", markdown_table(["statement", "here", "verdict"], claims), ""]
+        body += ["### Per layer", "", "Mean ± standard deviation over repetitions; epochs within the phase; "
+                 f"fitting and compression in bits on the mean curves (threshold {THRESHOLD} bits).", "",
+                 layer_table(n), ""]
+        body += ["### Data-processing inequality", "", dpi_table(n), "", "### Final accuracies", "", accuracy_table(n), ""]
+        body += ["### Figures", ""] + figures(n, docs / "replication" / experiment.sweep, docs) + [""]
+        sections.append("\n".join(body))
+    head = [
+        "# Replication of Lorenzen, Igel & Nielsen (ICLR 2022)",
+        "",
+        f"Built by `python benchmarks/replicate.py page` on {datetime.date.today().isoformat()} from the results of "
+        "`python benchmarks/replicate.py run` (the command, the sweep files and the scale are described at the top of "
+        "`benchmarks/replicate.py`). Every table and verdict below is computed from those results; the verdict rules "
+        "are in `benchmarks/replication_page.py`. A phase counts when the mean curve rises (fitting, I(T;Y)) or falls "
+        f"after its peak (compression, I(X;T)) by more than {THRESHOLD} bits.",
+        "",
+        "Not run here: the MNIST experiments (" + ", ".join(MNIST) + "), whose data this machine cannot fetch; their "
+        "sweep files are ready and `replicate.py run` runs them once `ibray data download mnist` has worked.",
+        "",
+    ]
+    if missing:
+        head += ["Not yet run: " + ", ".join(e.title for e in missing) + ".", ""]
+    (docs / "replication.md").write_text("\n".join(head + sections))
+    print(f"wrote {docs / 'replication.md'}")
+    return 0
