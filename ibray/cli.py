@@ -19,8 +19,20 @@ def _trial_parser(sub) -> None:
     from ibray.config import default_for
 
     p = sub.add_parser("trial", help="train one configuration for several seeds (no Ray) and write Parquet")
-    p.add_argument("--dataset", default=default_for("dataset"), help="synthetic12 (offline), szt, mnist")
-    p.add_argument("--architecture", default=default_for("architecture"), help="syn, bottleneck2, bottleneck4, hourglass, 4x10, conv")
+    p.add_argument(
+        "--dataset",
+        default=default_for("dataset"),
+        help="synthetic12 (offline), szt, mnist, or a data file: .npz (arrays x, y), .parquet or .csv "
+        "(feature columns and a label column); an optional 'split' array/column fixes the train/test split",
+    )
+    p.add_argument(
+        "--architecture",
+        default=default_for("architecture"),
+        help="syn, bottleneck2, bottleneck4, hourglass, 4x10, conv, or hidden widths such as 10-7-5-4-3 (softmax added)",
+    )
+    p.add_argument("--label-column", default=default_for("label_column"), help="the label column of a .csv/.parquet --dataset")
+    p.add_argument("--train-fraction", type=float, default=default_for("train_fraction"), help="stratified train share (synthetic sets, files without a split)")
+    p.add_argument("--split-seed", type=int, default=default_for("split_seed"), help="seed of the stratified train/test split")
     p.add_argument("--activation", default=default_for("activation"), help="tanh, relu, sigmoid, elu, leaky_relu, linear")
     p.add_argument("--bits", type=int, default=default_for("bits"), help="2..16, or 32 for the float32 network")
     p.add_argument("--seeds", default="0", help="e.g. 0-9 or 0,3,5-7 (trained together as one batched model)")

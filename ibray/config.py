@@ -11,12 +11,19 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 
 DATASETS = ("synthetic12", "szt", "mnist")
-# architecture -> the data-set family it fits ("synthetic": 12 binary inputs, "mnist": images)
+# A data set may also be a file the user names (see data_file); these are the types read.
+DATA_FILE_TYPES = (".npz", ".parquet", ".csv")
+TABLE_TYPES = (".parquet", ".csv")  # these take a label column; a .npz has arrays x and y
+DEFAULT_LABEL_COLUMN = "label"
+# architecture -> the data-set family it fits ("synthetic": 12 binary inputs, "mnist": images).
+# Dense networks of any shape are named by their hidden widths ('10-7-5-4-3') and fit every
+# data set; conv needs images and so fits mnist only.
 ARCHITECTURES = {
     "syn": "synthetic",
     "bottleneck2": "mnist",
@@ -39,6 +46,100 @@ MAX_SEEDS = 1_000_000
 # once per value and only these across its grid.
 TIED_FIELDS = ("dataset", "architecture", "epochs", "prefit_epochs")
 _BINNING = re.compile(r"^bin(\d+)$")
+
+# Bounds on a custom dense network. The exact MI holds for any width (mutual_information packs
+# codes into 63-bit words and replaces a full word by its rank), so these are not about
+# exactness but about what a measurement holds: every layer's codes of every sample for every
+# seed at once (1024 neurons x 70,000 samples x 50 seeds is already 3.6e9 codes), and each
+# seed's weights with Adam's two moments. The study's networks are at most 16 wide.
+MAX_WIDTH = 1024  # neurons per hidden layer
+MAX_HIDDEN_LAYERS = 32
+MAX_HIDDEN_WEIGHTS = 2**20  # weights between consecutive hidden layers, summed (per seed)
+_WIDTHS = re.compile(r"^\d+(-\d+)*$")
+_SHA256 = re.compile(r"^(?P<rest>.*)@(?P<sha256>[0-9a-fA-F]{64})$")
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A data set given as a file: the parts of its `dataset` value (see TrialConfig)."""
+
+    path: str  # as given (made absolute when the config is made)
+    label_column: str | None  # the label column named in the value (tables), None if not named
+    sha256: str | None  # SHA-256 of the file's bytes when pinned, else None
+
+    def identity(self, label_column: str) -> str:
+        """The pinned value: absolute path, a table's non-default label column, the content hash."""
+        return f"{self.path}{self.column_suffix(label_column)}@{self.sha256}"
+
+    def label(self, label_column: str) -> str:
+        """A short name for reports: file name, a table's non-default label column, 8 hex digits."""
+        digest = f"@{self.sha256[:8]}" if self.sha256 else ""
+        return f"{os.path.basename(self.path)}{self.column_suffix(label_column)}{digest}"
+
+    def column_suffix(self, label_column: str) -> str:
+        """'#<column>' for a table whose labels are not in 'label'; '' otherwise."""
+        return f"#{label_column}" if self.suffix in TABLE_TYPES and label_column != DEFAULT_LABEL_COLUMN else ""
+
+    @property
+    def suffix(self) -> str:
+        return os.path.splitext(self.path)[1].lower()
+
+
+def data_file(value) -> DataFile | None:
+    """The file a `dataset` value names, or None for a built-in name (or something that is
+    neither). A value names a file when it holds a path separator or a file extension; it may
+    end in '#<label column>' (tables) and '@<SHA-256>' (pinned), as pinned values do."""
+    if not isinstance(value, str) or value in DATASETS:
+        return None
+    sha256 = None
+    pinned = _SHA256.match(value)
+    if pinned:
+        value, sha256 = pinned.group("rest"), pinned.group("sha256").lower()
+    column = None
+    # '#' only separates a label column after a known file type: 'data#1.csv' is a file name
+    match = re.match(r"^(?P<path>.*\.(?:parquet|csv))#(?P<column>[^#@]+)$", value, re.IGNORECASE)
+    if match:
+        value, column = match.group("path"), match.group("column")
+    if "/" not in value and os.sep not in value and not os.path.splitext(value)[1]:
+        return None
+    return DataFile(value, column, sha256)
+
+
+def dataset_label(dataset: str, label_column: str = DEFAULT_LABEL_COLUMN) -> str:
+    """How reports name a data set: a built-in's name, or 'file.npz@1a2b3c4d' for a file."""
+    file = data_file(dataset)
+    return dataset if file is None else file.label(file.label_column or label_column)
+
+
+def dense_widths(architecture: str) -> tuple[int, ...]:
+    """The hidden widths of a custom dense architecture such as '10-7-5-4-3', checked against
+    the bounds above; raises ConfigError naming the problem."""
+    if not isinstance(architecture, str) or not _WIDTHS.match(architecture):
+        named = ", ".join(ARCHITECTURES)
+        raise ConfigError(
+            f"architecture: unknown value {architecture!r}; allowed: {named}, or hidden widths joined by '-' "
+            f"such as 10-7-5-4-3 (the softmax output is added)"
+        )
+    widths = tuple(int(part) for part in architecture.split("-"))
+    canonical = "-".join(map(str, widths))
+    if canonical != architecture:
+        raise ConfigError(f"architecture: {architecture!r} has widths with leading zeros; write it as {canonical}")
+    if min(widths) < 1:
+        raise ConfigError(f"architecture: {architecture!r} has a layer of width 0; every width must be at least 1 (e.g. 8-4-2)")
+    if max(widths) > MAX_WIDTH:
+        raise ConfigError(
+            f"architecture: {architecture!r} has a layer of {max(widths):,} neurons; at most {MAX_WIDTH:,} per layer "
+            f"(each measurement holds every sample's codes of every seed at once)"
+        )
+    if len(widths) > MAX_HIDDEN_LAYERS:
+        raise ConfigError(f"architecture: {architecture!r} has {len(widths)} hidden layers; at most {MAX_HIDDEN_LAYERS}")
+    weights = sum(a * b for a, b in zip(widths, widths[1:]))
+    if weights > MAX_HIDDEN_WEIGHTS:
+        raise ConfigError(
+            f"architecture: {architecture!r} has {weights:,} weights between hidden layers; at most "
+            f"{MAX_HIDDEN_WEIGHTS:,} (every seed keeps its weights and Adam's two moments in memory); use narrower layers"
+        )
+    return widths
 
 
 class ConfigError(ValueError):
@@ -88,8 +189,14 @@ def parse_seeds(text: str | int | list | tuple) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class TrialConfig:
-    dataset: str = "synthetic12"  # data set name, one of DATASETS
-    architecture: str = "syn"  # network name, one of ARCHITECTURES
+    """One trial. A data file given as `dataset` is pinned when the config is made: the value
+    becomes the file's absolute path (relative paths are taken from the working directory),
+    its label column when not 'label', and the SHA-256 of its bytes, e.g.
+    '/home/me/my.csv#target@<64 hex digits>'. The file is read and checked then (DataError
+    when it is not usable); a pinned value is taken as it is, and loading it checks the hash."""
+
+    dataset: str = "synthetic12"  # one of DATASETS, or a .npz/.parquet/.csv file (see above)
+    architecture: str = "syn"  # one of ARCHITECTURES, or hidden widths such as '10-7-5-4-3'
     activation: str = "tanh"  # hidden-layer activation, one of ACTIVATIONS
     bits: int = 8  # quantization bits per neuron, 2..16, or 32 for the float32 network
     seeds: tuple[int, ...] = (0,)  # repetitions trained together as one batched model
@@ -107,8 +214,9 @@ class TrialConfig:
     min_train_acc: float = 0.55  # a seed below this training accuracy at restart_epoch reruns
     restart_epoch: int = 1000  # training epoch at which dead seeds are detected
     max_restarts: int = 10  # give up on a seed after this many restarts
-    train_fraction: float = 0.8  # synthetic sets: stratified train share (MNIST: 60k/10k)
-    split_seed: int = 0  # seed of the synthetic train/test split (fixed for a study)
+    train_fraction: float = 0.8  # synthetic sets and files: stratified train share (MNIST: 60k/10k)
+    split_seed: int = 0  # seed of the stratified train/test split (fixed for a study)
+    label_column: str = DEFAULT_LABEL_COLUMN  # .csv/.parquet files: the labels' column (others ignore it)
     write_every: int = 50  # epochs between Parquet writes (and checkpoints, in sweeps)
     device: str = "auto"  # 'auto' (CUDA when present), 'cpu' or 'cuda'
 
@@ -119,15 +227,50 @@ class TrialConfig:
         if all(_is_number(v) for v in bin_range):
             bin_range = tuple(float(v) for v in bin_range)
         object.__setattr__(self, "bin_range", bin_range)
+        file = data_file(self.dataset)
+        if file is not None:
+            object.__setattr__(self, "dataset", self._normalised(file))
         self.validate()
+        file = data_file(self.dataset)
+        if file is not None and file.sha256 is None:
+            from ibray.data import load_dataset  # reads the file: only configs that name one pay
+
+            pinned = load_dataset(self.dataset, None, self.train_fraction, self.split_seed, self.label_column)
+            object.__setattr__(self, "dataset", pinned.name)
+
+    def _normalised(self, file: DataFile) -> str:
+        """The value with an absolute path and the label column folded in (before checks)."""
+        path = os.path.abspath(os.path.expanduser(file.path))
+        if file.label_column is not None and file.label_column != self.label_column:
+            raise ConfigError(
+                f"dataset: {self.dataset!r} names label column {file.label_column!r} but label_column is "
+                f"{self.label_column!r}; give the path alone and set label_column: {file.label_column}"
+            )
+        column = DataFile(path, None, None).column_suffix(self.label_column)
+        return f"{path}{column}@{file.sha256}" if file.sha256 else f"{path}{column}"
 
     def validate(self) -> None:
         def one_of(key: str, value, allowed) -> None:
             if value not in allowed:
                 raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
 
-        one_of("dataset", self.dataset, DATASETS)
-        one_of("architecture", self.architecture, tuple(ARCHITECTURES))
+        file = data_file(self.dataset)
+        if file is None and self.dataset not in DATASETS:
+            raise ConfigError(
+                f"dataset: unknown value {self.dataset!r}; allowed: {', '.join(DATASETS)}, or a data file "
+                f"({', '.join(DATA_FILE_TYPES)})"
+            )
+        if file is not None and file.suffix not in DATA_FILE_TYPES:
+            kind = f"of unknown type {file.suffix!r}" if file.suffix else "without a file type"
+            raise ConfigError(
+                f"dataset: {file.path!r} is a file {kind}; give a .npz file (arrays x and y), or a .parquet "
+                f"or .csv file (feature columns and a label column)"
+            )
+        # Other data sets ignore label_column, so one sweep may pair a .csv's with a .npz.
+        if not isinstance(self.label_column, str) or not self.label_column or set(self.label_column) & set("#@"):
+            raise ConfigError(f"label_column: {self.label_column!r} is not allowed; give a column name without '#' or '@' (default 'label')")
+        if self.architecture not in ARCHITECTURES:
+            dense_widths(self.architecture)
         one_of("activation", self.activation, ACTIVATIONS)
         one_of("init", self.init, INITS)
         one_of("range_tracking", self.range_tracking, RANGE_TRACKING)
@@ -136,12 +279,18 @@ class TrialConfig:
             MIN_BITS <= self.bits <= MAX_BITS or self.bits == FLOAT_BITS
         ):
             raise ConfigError(f"bits: {self.bits!r} is not allowed; use {MIN_BITS}..{MAX_BITS}, or 32 for float32")
-        family = ARCHITECTURES[self.architecture]
-        if DATASET_FAMILY[self.dataset] != family:
+        family = ARCHITECTURES.get(self.architecture)  # None: a custom dense network, fits all
+        if file is not None and family == "mnist" and self.architecture == "conv":
+            dense = [a for a in ARCHITECTURES if a != "conv"]
+            raise ConfigError(
+                f"architecture: 'conv' needs images and fits dataset mnist only; for the data file "
+                f"{dataset_label(self.dataset)} use a dense network: {', '.join(dense)}, or hidden widths such as 16-8-4"
+            )
+        if file is None and family is not None and DATASET_FAMILY[self.dataset] != family:
             fits = [a for a, f in ARCHITECTURES.items() if f == DATASET_FAMILY[self.dataset]]
             raise ConfigError(
                 f"architecture: {self.architecture!r} does not fit dataset {self.dataset!r}; "
-                f"for {self.dataset} use {', '.join(fits)}"
+                f"for {self.dataset} use {', '.join(fits)}, or hidden widths such as 16-8-4"
             )
         if not self.estimators:
             raise ConfigError("estimators: give at least one, e.g. exact or bin30")
@@ -187,12 +336,23 @@ class TrialConfig:
         return values
 
     def trial_id(self) -> str:
-        """A short, stable name for this configuration (all fields but device and write_every)."""
+        """A short, stable name for this configuration (all fields but device and write_every).
+
+        label_column stays out of the digest: a pinned file's value already holds it, and a
+        built-in set has none, so the ids of configs made before it existed stay as they were.
+        """
         values = self.to_dict()
-        for key in ("device", "write_every"):
+        for key in ("device", "write_every", "label_column"):
             values.pop(key)
         digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
-        return f"{self.dataset}-{self.architecture}-{self.activation}-{self.bits}b-{digest}"
+        # a file's path may hold anything; its label keeps only what any filesystem takes
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.dataset_label)[-48:].strip("-.")
+        return f"{name}-{self.architecture}-{self.activation}-{self.bits}b-{digest}"
+
+    @property
+    def dataset_label(self) -> str:
+        """The data set as reports name it: 'synthetic12', or 'my.npz@1a2b3c4d' for a file."""
+        return dataset_label(self.dataset, self.label_column)
 
     @property
     def quantized(self) -> bool:
@@ -217,4 +377,4 @@ def default_for(key: str):
     return next(f for f in dataclasses.fields(TrialConfig) if f.name == key).default
 
 
-__all__ = ["TrialConfig", "ConfigError", "parse_seeds", "binning_bins"]
+__all__ = ["TrialConfig", "ConfigError", "DataFile", "parse_seeds", "binning_bins", "data_file", "dataset_label", "dense_widths"]

@@ -11,21 +11,41 @@ TrialConfig checks against one another across their combinations, and the grid's
 
 Knows nothing of Ray: `SweepSpec.param_space()` is a plain dict whose axes are marked by
 `grid_search`, the one name Tune's param_space needs; the launcher turns them into Tune's.
+
+A data file named by `dataset` (a path, relative ones taken from the working directory) is
+read, checked and pinned once, when the file is validated: every trial of the sweep gets the
+same value, the file's absolute path and SHA-256 (see TrialConfig), so all of them train on
+the same bytes and a trial that finds the file changed is refused. `check_data_unchanged`
+refuses to go on with a sweep's folder whose trials were pinned to other bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import itertools
+import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import yaml
 
-from ibray.config import MAX_SEEDS, TIED_FIELDS, ConfigError, TrialConfig, default_for, parse_seeds
+from ibray.config import (
+    MAX_SEEDS,
+    TIED_FIELDS,
+    ConfigError,
+    TrialConfig,
+    data_file,
+    dataset_label,
+    default_for,
+    parse_seeds,
+)
+from ibray.data import DataError
+from ibray.records import join, read_text, resolve
 
 # Sweep-level keys (not TrialConfig fields): what each means and its default.
 SWEEP_KEYS = {
@@ -39,6 +59,9 @@ SWEEP_KEYS = {
 TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(TrialConfig))
 # Fields whose value is itself a list; a list of them is one value, not an axis.
 LIST_FIELDS = ("seeds", "estimators", "bin_range")
+# Fields a data file is read with when it is pinned, so checked before `dataset`. label_column
+# is part of a pinned file's value, so it cannot vary beside it: it is never an axis.
+DATA_READ_FIELDS = ("label_column", "train_fraction", "split_seed")
 RESOURCE_KEYS = ("cpu", "gpu")
 DEFAULT_RESOURCES = {"cpu": 1.0, "gpu": 0.0}
 DEFAULT_MAX_FAILURES = 3
@@ -116,7 +139,12 @@ class SweepSpec:
         """The grid in a few lines: axes, trials, seeds, seed-epochs, resources."""
         lines = [f"sweep {self.name!r} ({self.path})"]
         for key, values in self.axes.items():
-            lines.append(f"  axis {key}: {', '.join(map(str, values))}")
+            shown = [dataset_label(v) for v in values] if key == "dataset" else values
+            lines.append(f"  axis {key}: {', '.join(map(str, shown))}")
+        for value in self._values("dataset"):
+            file = data_file(value)
+            if file is not None:
+                lines.append(f"  data file {dataset_label(value)}: {file.path}, SHA-256 {file.sha256}")
         sizes = sorted({len(b) for b in self.seed_blocks})
         lines.append(
             f"  seeds: {self.seeds} ({_seed_text(self.seed_blocks)}) in {len(self.seed_blocks)} block(s) of "
@@ -253,22 +281,27 @@ class _Validator:
         max_failures = self._count("max_failures", DEFAULT_MAX_FAILURES, -1, "retries per trial >= 0 (-1: retry forever)")
         max_trials = self._count("max_trials", DEFAULT_MAX_TRIALS, 1, "a positive integer")
         max_seed_epochs = self._count("max_seed_epochs", DEFAULT_MAX_SEED_EPOCHS, 1, "a positive integer")
-        constants, axes = {}, {}
-        for key in TRIAL_KEYS:
+        self.constants, self.axes = {}, {}
+        # dataset last: pinning a data file reads it with the fields it depends on
+        for key in sorted(TRIAL_KEYS, key=lambda k: k == "dataset"):
             if key == "seeds" or key not in self.values:
                 continue
             value = self.values[key]
             is_axis = _is_list_of_lists(value) if key in LIST_FIELDS else isinstance(value, list)
-            if is_axis:
+            if is_axis and key == "label_column":
+                self.error(key, f"{value!r}: a list is not allowed here; give one value (one sweep per value to compare them)")
+            elif is_axis:
                 axis = self._axis(key, value)
                 if axis is not None:
-                    axes[key] = axis
+                    self.axes[key] = axis
             else:
                 checked = self._value(key, value)
                 if checked is not _BAD:
-                    constants[key] = checked
+                    self.constants[key] = checked
         if self.errors:
             raise SweepError("\n".join(self.errors))
+        constants = {k: self.constants[k] for k in TRIAL_KEYS if k in self.constants}
+        axes = {k: self.axes[k] for k in TRIAL_KEYS if k in self.axes}
         spec = SweepSpec(
             path=self.source,
             text=text,
@@ -352,15 +385,22 @@ class _Validator:
         seen = set()
         for value in checked:
             if value in seen:
-                self.error(key, f"{value!r} is listed twice; each value of an axis must be distinct")
+                shown = f"{dataset_label(value)} (the same file, pinned)" if data_file(value) else repr(value)
+                self.error(key, f"{shown} is listed twice; each value of an axis must be distinct")
                 return None
             seen.add(value)
         return checked
 
     def _value(self, key: str, value):
-        """One value of a TrialConfig field: type-checked, then checked by TrialConfig itself."""
+        """One value of a TrialConfig field: type-checked, then checked by TrialConfig itself.
+        A data file given as dataset comes back pinned (absolute path and SHA-256)."""
         default = default_for(key)
         expected = type(default)
+        if key == "architecture" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # 'architecture: 16' is one hidden layer of 16; YAML reads it as a number
+        if key == "architecture" and isinstance(value, datetime.date):
+            self.error(key, f"YAML reads {value} as a date; quote the widths, e.g. architecture: '{value.year}-{value.month}-{value.day}'")
+            return _BAD
         if expected is float and isinstance(value, str):
             try:  # YAML 1.1 reads 1e-4 (no dot) as a string
                 value = float(value)
@@ -378,8 +418,17 @@ class _Validator:
             kind = {int: "an integer", float: "a number", str: "a string"}.get(expected, expected.__name__)
             self.error(key, f"{value!r} is not allowed; give {kind} (default {default!r})")
             return _BAD
+        probe = _probe(key, value)
+        if key == "dataset" and data_file(value) is not None:
+            if any(k in self.values and k not in self.constants and k not in self.axes for k in DATA_READ_FIELDS):
+                return _BAD  # a bad label_column or split is reported already; the file waits for it
+            # an axis of train_fraction or split_seed: its first value here, the others when a trial loads
+            probe.update({k: self.constants[k] if k in self.constants else self.axes[k][0] for k in DATA_READ_FIELDS if k in self.values})
         try:
-            TrialConfig.from_dict(_probe(key, value))
+            config = TrialConfig.from_dict(probe)
+        except DataError as error:
+            self.error(key, str(error))
+            return _BAD
         except ConfigError as error:
             message = str(error)
             if message.startswith(f"{key}:"):
@@ -389,7 +438,7 @@ class _Validator:
             else:
                 self.error(key, message)
             return value if key in ("architecture", "dataset") else _BAD
-        return value
+        return config.dataset if key == "dataset" else value
 
     def _check_size(self, spec: SweepSpec, max_trials: int, max_seed_epochs: int) -> None:
         sizes = " x ".join(f"{len(values)} {key}" for key, values in spec.axes.items())
@@ -425,6 +474,36 @@ class _Validator:
 _BAD = object()
 
 
+def check_data_unchanged(spec: SweepSpec, folder: str) -> None:
+    """Refuse to continue a sweep in `folder` (a path or URI) whose trials were pinned to data
+    files other than the spec's: a file that changed (or moved) since the sweep started would
+    give new trials beside the old ones, two versions of the data in one sweep.
+
+    Reads every `<folder>/trials/*/trial.json`; raises SweepError naming the file, both hashes
+    and the fix. Built-in data sets are left alone (their downloads are checksummed)."""
+    ours = {v for v in spec._values("dataset") if data_file(v) is not None}
+    filesystem, inner = resolve(join(folder, "trials"))
+    entries = filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    for entry in sorted(entries, key=lambda e: e.base_name):
+        if entry.type != pafs.FileType.Directory:
+            continue
+        try:
+            text = read_text(join(folder, "trials", entry.base_name, "trial.json"))
+            dataset = (json.loads(text).get("config") or {}).get("dataset") if text else None
+        except (OSError, ValueError, AttributeError):
+            continue  # a damaged record: the trial runs again and rewrites it
+        old = data_file(dataset)
+        if old is None or old.sha256 is None or dataset in ours:
+            continue
+        now = next((data_file(v) for v in sorted(ours) if data_file(v).path == old.path), None)
+        found = f"it now has SHA-256 {now.sha256[:12]}..." if now else f"this run reads {', '.join(sorted(dataset_label(v) for v in ours)) or 'no data file'} instead"
+        raise SweepError(
+            f"{folder}: sweep {spec.name!r} started on the data file {old.path} with SHA-256 {old.sha256[:12]}... "
+            f"(trial {entry.base_name}), but {found}: the file changed or moved since; put that version back at "
+            f"that path, or pass --overwrite to start the sweep over on the file as it is now"
+        )
+
+
 def _is_list_of_lists(value) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, list) for v in value)
 
@@ -441,6 +520,7 @@ def _probe(key: str, value) -> dict:
         family = DATASET_FAMILY[value]
         architecture = next(a for a, f in ARCHITECTURES.items() if f == family)
         return {"architecture": architecture, "dataset": value}
+    # a data file takes the default architecture (dense 'syn'): every dense network fits a file
     if key == "epochs":
         return {"epochs": value, "prefit_epochs": 1}
     return {key: value}

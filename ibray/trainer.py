@@ -158,7 +158,7 @@ class Trainer:
         return {
             "sweep": [self.sweep] * n,
             "trial": [self.trial] * n,
-            "dataset": [config.dataset] * n,
+            "dataset": [config.dataset_label] * n,
             "architecture": [config.architecture] * n,
             "activation": [config.activation] * n,
             "bits": [config.bits] * n,

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from analysis_fixtures import curves, write_trial
 
@@ -94,6 +95,35 @@ TRIAL_CASES = [
         "ibray data download mnist",
     ),
     trial("corrupt-szt", ["--dataset", "szt", "--data-dir", "{w}/corrupt"], "{w}/corrupt/var_u.mat is not a readable MATLAB file"),
+    # the user's own networks and data files (made by the workspace fixture under {w}/data)
+    trial("width-zero", ["--architecture", "8-0-2"], "architecture: '8-0-2' has a layer of width 0; every width must be at least 1"),
+    trial("width-huge", ["--architecture", "4096-2"], "architecture: '4096-2' has a layer of 4,096 neurons; at most 1,024 per layer"),
+    trial("widths-text", ["--architecture", "8-four-2"], "architecture: unknown value '8-four-2'; allowed: syn,", "or hidden widths joined by '-'"),
+    trial("conv-on-a-file", ["--dataset", "{w}/data/good.npz", "--architecture", "conv"], "architecture: 'conv' needs images", "use a dense network"),
+    trial("file-missing", ["--dataset", "{w}/data/absent.npz"], "{w}/data/absent.npz: no such file; check the path"),
+    trial("file-unknown-type", ["--dataset", "{w}/data/table.txt"], "dataset: '{w}/data/table.txt' is a file of unknown type '.txt'; give a .npz file"),
+    trial("file-a-folder", ["--dataset", "{w}/data/folder.npz"], "{w}/data/folder.npz: cannot read the data file (Is a directory)"),
+    trial("npz-corrupt", ["--dataset", "{w}/data/corrupt.npz"], "{w}/data/corrupt.npz: not a readable .npz file", "numpy.savez(path, x=features, y=labels)"),
+    trial("npz-no-y", ["--dataset", "{w}/data/no_y.npz"], "{w}/data/no_y.npz: no array 'y' (arrays found: x, labels)"),
+    trial("npz-pickled", ["--dataset", "{w}/data/pickled.npz"], "{w}/data/pickled.npz: holds Python objects (pickled arrays)"),
+    trial("npz-nan", ["--dataset", "{w}/data/nan.npz"], "{w}/data/nan.npz: x holds 2 value(s) that are NaN, infinite", "first at row 3, feature 1", "replace or drop"),
+    trial("npz-lengths", ["--dataset", "{w}/data/lengths.npz"], "{w}/data/lengths.npz: x has 40 samples but y has 39 labels; give one label per sample"),
+    trial("npz-fractional-labels", ["--dataset", "{w}/data/fractional.npz"], "{w}/data/fractional.npz: y holds 0.5 at row 7, not an integer class label"),
+    trial("npz-negative-labels", ["--dataset", "{w}/data/negative.npz"], "{w}/data/negative.npz: y holds the negative label -1", "map the labels to 0..K-1"),
+    trial("npz-label-gap", ["--dataset", "{w}/data/gap.npz"], "{w}/data/gap.npz: y runs from 0 to 2 but never holds 1; every class 0..K-1 must occur"),
+    trial("npz-too-many-classes", ["--dataset", "{w}/data/classes.npz"], "{w}/data/classes.npz: y holds the label 5000; at most 1000 classes"),
+    trial("npz-few-per-class", ["--dataset", "{w}/data/few.npz"], "{w}/data/few.npz: too few samples of class 1 (1) to split it with train_fraction 0.8; give every class at least 3 samples"),
+    trial("npz-bad-split", ["--dataset", "{w}/data/bad_split.npz"], "{w}/data/bad_split.npz: the 'split' array holds 2 at row 5; mark each sample 1, true or 'train'"),
+    trial("npz-empty-test", ["--dataset", "{w}/data/all_train.npz"], "{w}/data/all_train.npz: the 'split' array leaves the test set empty"),
+    trial("csv-no-label", ["--dataset", "{w}/data/no_label.csv"], "{w}/data/no_label.csv: no label column 'label' (columns: a, b, target); set label_column (--label-column) to the column"),
+    trial("csv-other-label", ["--dataset", "{w}/data/no_label.csv", "--label-column", "y"], "{w}/data/no_label.csv: no label column 'y' (columns: a, b, target)"),
+    trial("csv-text-labels", ["--dataset", "{w}/data/text_labels.csv"], "{w}/data/text_labels.csv: label column 'label' holds text values (e.g. 'dog')"),
+    trial("csv-text-feature", ["--dataset", "{w}/data/text_feature.csv"], "{w}/data/text_feature.csv: feature column 'colour' holds string values, not numbers"),
+    trial("csv-empty-cell", ["--dataset", "{w}/data/empty_cell.csv"], "{w}/data/empty_cell.csv: feature column 'b' has 1 empty value(s), the first at row 2"),
+    trial("csv-inf", ["--dataset", "{w}/data/inf.csv"], "{w}/data/inf.csv: x holds 1 value(s) that are NaN, infinite or beyond float32's range, the first at row 1, feature 0"),
+    trial("csv-bad-split", ["--dataset", "{w}/data/bad_split.csv"], "{w}/data/bad_split.csv: the 'split' column holds 'validation' at row 1; mark each sample"),
+    trial("csv-corrupt", ["--dataset", "{w}/data/corrupt.csv"], "{w}/data/corrupt.csv: not a readable CSV file ("),
+    trial("parquet-corrupt", ["--dataset", "{w}/data/corrupt.parquet"], "{w}/data/corrupt.parquet: not a readable Parquet file ("),
 ]
 
 # Each is checked by `ibray validate` and by `ibray sweep`: the sweep must refuse it before Ray.
@@ -129,6 +159,15 @@ SWEEP_FILE_CASES = [
     ("resources", "name: x\nresources: {cpu: .inf}\n", "{w}/s.yaml: resources.cpu: inf is not allowed"),
     ("pairing", "name: x\ndataset: mnist\n", "{w}/s.yaml: architecture: 'syn' does not fit dataset 'mnist'"),
     ("not-a-mapping", "- name\n- bits\n", "{w}/s.yaml: a sweep file is a mapping of keys to values, not a list"),
+    # relative data paths are taken from the working directory, the test's folder
+    ("data-nan", "name: x\ndataset: data/nan.npz\n", "{w}/s.yaml: dataset: {w}/data/nan.npz: x holds 2 value(s) that are NaN"),
+    ("data-missing-in-axis", "name: x\ndataset: [data/good.npz, data/absent.csv]\n", "{w}/s.yaml: dataset: {w}/data/absent.csv: no such file"),
+    ("data-no-label", "name: x\ndataset: data/no_label.csv\n", "{w}/s.yaml: dataset: {w}/data/no_label.csv: no label column 'label'"),
+    ("data-same-file-twice", "name: x\ndataset: [data/good.npz, ./data/good.npz]\n", "{w}/s.yaml: dataset: good.npz@", "(the same file, pinned) is listed twice"),
+    ("label-column-axis", "name: x\ndataset: data/no_label.csv\nlabel_column: [a, target]\n", "{w}/s.yaml: label_column: ['a', 'target']: a list is not allowed here"),
+    ("widths-axis", "name: x\narchitecture: [8-4-2, 8-0-2]\n", "{w}/s.yaml: architecture: '8-0-2' has a layer of width 0"),
+    ("widths-a-date", "name: x\narchitecture: 2000-10-10\n", "{w}/s.yaml: architecture: YAML reads 2000-10-10 as a date; quote the widths"),
+    ("widths-too-many-weights", "name: x\narchitecture: 1024-1024-2\n", "{w}/s.yaml: architecture: '1024-1024-2' has 1,050,624 weights between hidden layers; at most 1,048,576"),
 ]
 SWEEP_CASES = [
     Case(f"{command}-{id}", (command, "{w}/s.yaml"), tuple(expected), text)
@@ -163,13 +202,59 @@ REPORT_CASES = [
 ]
 
 CASES = TRIAL_CASES + SWEEP_CASES + REPORT_CASES
-END_TO_END = ("trial-out-is-a-file", "trial-learning-rate-inf", "validate-not-utf8", "sweep-learning-rate-inf", "report-png-is-a-file")
+END_TO_END = (
+    "trial-out-is-a-file",
+    "trial-learning-rate-inf",
+    "trial-npz-nan",
+    "validate-not-utf8",
+    "sweep-learning-rate-inf",
+    "sweep-data-nan",
+    "report-png-is-a-file",
+)
+
+
+def write_bad_data(folder: Path) -> None:
+    """One small data file per thing that can be wrong with one (and a good one to pair with)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 3))
+    y = np.arange(40) % 2
+    np.savez(folder / "good.npz", x=x, y=y)
+    (folder / "folder.npz").mkdir()
+    (folder / "corrupt.npz").write_bytes(b"PK\x03\x04 then not a zip archive at all" * 4)
+    np.savez(folder / "no_y.npz", x=x, labels=y)
+    np.savez(folder / "pickled.npz", x=x, y=np.array([{"label": 0}] * 40, dtype=object))
+    nan = x.copy()
+    nan[3, 1] = np.nan
+    nan[9, 0] = np.inf
+    np.savez(folder / "nan.npz", x=nan, y=y)
+    np.savez(folder / "lengths.npz", x=x, y=y[:-1])
+    fractional = y.astype(float)
+    fractional[7] = 0.5
+    np.savez(folder / "fractional.npz", x=x, y=fractional)
+    np.savez(folder / "negative.npz", x=x, y=y - 1)
+    np.savez(folder / "gap.npz", x=x, y=y * 2)
+    np.savez(folder / "classes.npz", x=x, y=np.where(np.arange(40) == 0, 5000, y))
+    np.savez(folder / "few.npz", x=x, y=np.where(np.arange(40) == 1, 1, 0))
+    np.savez(folder / "bad_split.npz", x=x, y=y, split=np.where(np.arange(40) == 5, 2, 1))
+    np.savez(folder / "all_train.npz", x=x, y=y, split=np.ones(40, dtype=int))
+    (folder / "table.txt").write_text("a,label\n1,0\n")
+    (folder / "no_label.csv").write_text("a,b,target\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)))
+    (folder / "text_labels.csv").write_text("a,label\n" + "".join(f"{i},{'cat' if i % 2 else 'dog'}\n" for i in range(20)))
+    (folder / "text_feature.csv").write_text("a,colour,label\n" + "".join(f"{i},red,{i % 2}\n" for i in range(20)))
+    (folder / "empty_cell.csv").write_text("a,b,label\n" + "".join(f"{i},{'' if i == 2 else i},{i % 2}\n" for i in range(20)))
+    (folder / "inf.csv").write_text("a,label\n" + "".join(f"{'inf' if i == 1 else i},{i % 2}\n" for i in range(20)))
+    split = "".join(f"{i},{i % 2},{'validation' if i == 1 else 'train' if i < 15 else 'test'}\n" for i in range(20))
+    (folder / "bad_split.csv").write_text("a,label,split\n" + split)
+    (folder / "corrupt.csv").write_text('a,label\n1,0\n"2,1\n3,0,7,7\n')
+    (folder / "corrupt.parquet").write_bytes(b"PAR1" + bytes(range(200)) + b"PAR1")
 
 
 @pytest.fixture
 def workspace(tmp_path, monkeypatch) -> Path:
     """A working directory holding what the cases point at: a file, a folder of other files,
-    an empty data folder, a corrupt var_u.mat and a real (small) results folder."""
+    an empty data folder, a corrupt var_u.mat, a real (small) results folder and data files
+    of every kind of fault."""
     (tmp_path / "afile").write_text("not a folder\n")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("someone else's\n")
@@ -177,6 +262,7 @@ def workspace(tmp_path, monkeypatch) -> Path:
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "var_u.mat").write_bytes(b"MATLAB 5.0 MAT-file, but then nothing useful" * 3)
     write_trial(tmp_path / "results" / "t0", *curves([0], epochs=3, layers=2))
+    write_bad_data(tmp_path / "data")
     monkeypatch.chdir(tmp_path)  # default outputs (report.html, results/) would land here
     return tmp_path
 

@@ -161,6 +161,6 @@ def test_bench_prints_its_figures_as_json(capsys):
     # the printed table and the JSON carry the same measurements
     printed = [float(line.split()[-2]) for line in lines[1:-1]]
     keys = ("seed_epochs_per_s_1", "seed_epochs_per_s_50", "mi_ms_4096x10", "mi_ms_70000x16")
-    assert printed == pytest.approx([figures[k] for k in keys], abs=0.01)
+    assert printed == pytest.approx([figures[k] for k in keys], abs=0.051)  # printed to 1 or 2 decimals
     # 17x more rows and 1.6x more columns cost more time to count
     assert figures["mi_ms_70000x16"] > figures["mi_ms_4096x10"] > 0

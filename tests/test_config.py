@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
+import numpy as np
 import pytest
 
-from ibray.config import MAX_SEEDS, NUMBER_RULES, ConfigError, TrialConfig, parse_seeds
+from ibray.config import (
+    MAX_HIDDEN_LAYERS,
+    MAX_HIDDEN_WEIGHTS,
+    MAX_SEEDS,
+    MAX_WIDTH,
+    NUMBER_RULES,
+    ConfigError,
+    DataFile,
+    TrialConfig,
+    data_file,
+    dataset_label,
+    dense_widths,
+    parse_seeds,
+)
 
 
 def test_defaults_follow_the_protocol():
@@ -107,3 +122,105 @@ def test_seed_ranges_are_bounded_before_they_are_expanded():
 def test_duplicates_are_found_among_many_seeds():
     with pytest.raises(ConfigError, match=r"seeds: \[7, 123456\] appear more than once"):
         parse_seeds([*range(200_000), 123456, 7])
+
+
+# -- your own networks and data files ------------------------------------------------------------
+def test_the_built_in_trial_ids_are_as_before():
+    # label_column is not in the digest: results folders made before it existed still match
+    assert TrialConfig().trial_id() == "synthetic12-syn-tanh-8b-ce18e8c613"
+    assert TrialConfig(dataset="mnist", architecture="conv", bits=4, seeds="0-9").trial_id() == "mnist-conv-tanh-4b-741cb9914b"
+
+
+@pytest.mark.parametrize("dataset", ["synthetic12", "mnist"])
+def test_dense_widths_name_a_network_that_fits_every_data_set(dataset):
+    config = TrialConfig(dataset=dataset, architecture="10-7-5-4-3")
+    assert config.trial_id().startswith(f"{dataset}-10-7-5-4-3-tanh-8b-")
+    assert dense_widths("10-7-5-4-3") == (10, 7, 5, 4, 3) and dense_widths("1") == (1,)
+    assert TrialConfig(dataset=dataset, architecture="16").architecture == "16"
+
+
+@pytest.mark.parametrize(
+    "architecture, message",
+    [
+        ("8-0-2", "architecture: '8-0-2' has a layer of width 0; every width must be at least 1"),
+        ("8-04-2", "architecture: '8-04-2' has widths with leading zeros; write it as 8-4-2"),
+        ("8--2", "architecture: unknown value '8--2'; allowed: syn, bottleneck2, bottleneck4, hourglass, 4x10, conv, or hidden widths"),
+        ("8-4-", "architecture: unknown value '8-4-'"),
+        ("-8", "architecture: unknown value '-8'"),
+        (f"{MAX_WIDTH + 1}-2", f"architecture: '{MAX_WIDTH + 1}-2' has a layer of 1,025 neurons; at most 1,024 per layer"),
+        ("-".join(["2"] * (MAX_HIDDEN_LAYERS + 1)), f"has {MAX_HIDDEN_LAYERS + 1} hidden layers; at most {MAX_HIDDEN_LAYERS}"),
+        ("1024-1024-1", "architecture: '1024-1024-1' has 1,049,600 weights between hidden layers; at most 1,048,576"),
+    ],
+)
+def test_dense_widths_outside_the_bounds_are_refused_with_the_reason(architecture, message):
+    with pytest.raises(ConfigError) as error:
+        TrialConfig(architecture=architecture)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_largest_allowed_networks_are_accepted():
+    assert dense_widths(f"{MAX_WIDTH}-1-{MAX_WIDTH}") == (MAX_WIDTH, 1, MAX_WIDTH)
+    # exactly MAX_HIDDEN_WEIGHTS between the two layers
+    assert TrialConfig(architecture=f"{MAX_WIDTH}-{MAX_HIDDEN_WEIGHTS // MAX_WIDTH}").architecture == "1024-1024"
+    assert len(dense_widths("-".join(["3"] * MAX_HIDDEN_LAYERS))) == MAX_HIDDEN_LAYERS
+
+
+def write_table(path, rows: int = 30) -> None:
+    path.write_text("a,b,target\n" + "".join(f"{i},{i % 5},{i % 2}\n" for i in range(rows)))
+
+
+def test_a_data_file_is_pinned_to_its_absolute_path_and_sha256(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "my.npz", x=np.arange(40.0).reshape(20, 2), y=np.arange(20) % 2)
+    sha = hashlib.sha256((tmp_path / "my.npz").read_bytes()).hexdigest()
+    config = TrialConfig(dataset="my.npz", architecture="4-2")
+    assert config.dataset == f"{tmp_path}/my.npz@{sha}"
+    assert config.dataset_label == f"my.npz@{sha[:8]}"
+    assert config.trial_id().startswith(f"my.npz-{sha[:8]}-4-2-tanh-8b-")
+    assert TrialConfig(dataset="./my.npz", architecture="4-2") == config  # the same file, however named
+    # a pinned value is taken as it is: a worker or `ibray verify` need not have the file
+    (tmp_path / "my.npz").unlink()
+    again = TrialConfig.from_dict(config.to_dict())
+    assert again == config and again.trial_id() == config.trial_id()
+
+
+def test_a_tables_label_column_is_part_of_its_pinned_value(tmp_path):
+    write_table(tmp_path / "t.csv")
+    sha = hashlib.sha256((tmp_path / "t.csv").read_bytes()).hexdigest()
+    config = TrialConfig(dataset=str(tmp_path / "t.csv"), label_column="target")
+    assert config.dataset == f"{tmp_path}/t.csv#target@{sha}"
+    assert config.dataset_label == f"t.csv#target@{sha[:8]}"
+    assert TrialConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match=r"names label column 'target' but label_column is 'label'; give the path alone"):
+        TrialConfig(dataset=config.dataset)
+    # a .npz has arrays x and y: a sweep's label_column (for its tables) leaves it alone
+    np.savez(tmp_path / "n.npz", x=np.arange(40.0).reshape(20, 2), y=np.arange(20) % 2)
+    assert "#" not in TrialConfig(dataset=str(tmp_path / "n.npz"), label_column="target").dataset
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(dataset="cifar"), "dataset: unknown value 'cifar'; allowed: synthetic12, szt, mnist, or a data file (.npz, .parquet, .csv)"),
+        (dict(dataset="data/table.xlsx"), "is a file of unknown type '.xlsx'; give a .npz file (arrays x and y), or a .parquet or .csv file"),
+        (dict(dataset="data/"), "is a file without a file type"),
+        (dict(label_column="a#b"), "label_column: 'a#b' is not allowed; give a column name without '#' or '@'"),
+        (dict(label_column=""), "label_column: '' is not allowed"),
+        (dict(dataset="/d/x.npz@" + "0" * 64, architecture="conv"), "architecture: 'conv' needs images and fits dataset mnist only"),
+        (dict(dataset="mnist", architecture="syn"), "for mnist use bottleneck2, bottleneck4, hourglass, 4x10, conv, or hidden widths such as 16-8-4"),
+    ],
+)
+def test_bad_data_values_name_the_key_and_the_fix(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        TrialConfig(**overrides)
+    assert message in str(error.value)
+
+
+def test_data_file_reads_names_paths_and_pinned_values():
+    assert data_file("mnist") is None and data_file("cifar") is None and data_file(3) is None
+    assert data_file("my.npz") == DataFile("my.npz", None, None)
+    assert data_file("d#1.csv") == DataFile("d#1.csv", None, None)  # '#' in a file name stays
+    sha = "ab" * 32
+    assert data_file(f"/d/t.CSV#y@{sha}") == DataFile("/d/t.CSV", "y", sha)
+    assert data_file(f"/d/x.npz@{sha}").suffix == ".npz"
+    assert dataset_label(f"/d/t.csv#y@{sha}") == "t.csv#y@abababab" and dataset_label("szt") == "szt"

@@ -420,3 +420,73 @@ def test_download_urls_point_at_public_sources():
     assert data.SZT_URL.startswith("https://raw.githubusercontent.com/ravidziv/IDNNs/")
     assert data.MNIST_URL.startswith("https://")
     assert set(data.CHECKSUMS) == {"var_u.mat"} | {f"{stem}.gz" for stem in data.MNIST_FILES.values()}
+
+
+# ---------------------------------------------------------------- the user's own files
+
+
+def three_files(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The same samples as .npz, .csv and .parquet (labels in column 'label')."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(-5, 6, size=(50, 3)).astype(np.float64) / 4
+    y = np.r_[np.zeros(20), np.ones(18), np.full(12, 2)].astype(np.int64)
+    np.savez(folder / "d.npz", x=x, y=y)
+    (folder / "d.csv").write_text("f0,f1,f2,label\n" + "".join(f"{a},{b},{c},{k}\n" for (a, b, c), k in zip(x, y)))
+    pq.write_table(pa.table({"f0": x[:, 0], "f1": x[:, 1], "f2": x[:, 2], "label": y}), folder / "d.parquet")
+    return x, y
+
+
+def test_npz_csv_and_parquet_give_the_same_data_set(tmp_path):
+    x, y = three_files(tmp_path)
+    loaded = [data.load_dataset(str(tmp_path / f"d.{kind}"), train_fraction=0.7, split_seed=3) for kind in ("npz", "csv", "parquet")]
+    train, test = data.stratified_split(y, 0.7, 3)
+    for dataset, kind in zip(loaded, ("npz", "csv", "parquet")):
+        assert dataset.x.dtype == np.float32 and np.array_equal(dataset.x, x.astype(np.float32))
+        assert dataset.y.dtype == np.int64 and np.array_equal(dataset.y, y)
+        assert np.array_equal(dataset.train_idx, train) and np.array_equal(dataset.test_idx, test)
+        assert (dataset.n_classes, dataset.image_shape) == (3, None)
+        assert dataset.name == f"{tmp_path}/d.{kind}@{sha256_of(tmp_path / f'd.{kind}')}"
+    # the stratified split keeps each class's share: 14 of 20, 13 of 18 (round half even), 8 of 12
+    assert np.bincount(y[train]).tolist() == [14, 13, 8]
+
+
+@pytest.mark.parametrize("marks", [[1, 0], [True, False], ["train", "test"], [" Train", "TEST "]])
+def test_a_split_array_or_column_fixes_the_split(tmp_path, marks):
+    x = np.arange(24.0).reshape(12, 2)
+    y = np.arange(12) % 2
+    split = np.array([marks[1] if i in (2, 7, 11) else marks[0] for i in range(12)])
+    np.savez(tmp_path / "s.npz", x=x, y=y, split=split)
+    written = "".join(f"{a},{b},{k},{s}\n" for (a, b), k, s in zip(x, y, split.tolist()))
+    (tmp_path / "s.csv").write_text("a,b,label,split\n" + written)
+    for name in ("s.npz", "s.csv"):
+        dataset = data.load_dataset(str(tmp_path / name), train_fraction=0.5)  # the marks win
+        assert dataset.test_idx.tolist() == [2, 7, 11], name
+        assert dataset.train_idx.tolist() == [0, 1, 3, 4, 5, 6, 8, 9, 10], name
+        assert dataset.x.shape == (12, 2)  # the marks are no feature
+
+
+def test_whole_float_labels_and_a_column_shaped_y_are_labels(tmp_path):
+    np.savez(tmp_path / "f.npz", x=np.ones((10, 1)), y=(np.arange(10) % 2).astype(float).reshape(10, 1))
+    dataset = data.load_dataset(str(tmp_path / "f.npz"))
+    assert dataset.y.dtype == np.int64 and dataset.y.tolist() == [0, 1] * 5
+
+
+def test_a_table_names_its_label_column(tmp_path):
+    (tmp_path / "t.csv").write_text("a,kind\n" + "".join(f"{i},{i % 2}\n" for i in range(10)))
+    dataset = data.load_dataset(str(tmp_path / "t.csv"), label_column="kind")
+    assert dataset.x[:, 0].tolist() == list(range(10)) and dataset.name.startswith(f"{tmp_path}/t.csv#kind@")
+    # the pinned value carries the column: it loads alone, as a trial loads it
+    assert np.array_equal(data.load_dataset(dataset.name).y, dataset.y)
+    with pytest.raises(DataError, match=r"t.csv: no label column 'label' \(columns: a, kind\)"):
+        data.load_dataset(str(tmp_path / "t.csv"))
+
+
+def test_a_data_file_is_not_a_download(tmp_path):
+    with pytest.raises(DataError) as refused:
+        data.download("my.npz", tmp_path)
+    assert str(refused.value) == "unknown data set 'my.npz'; allowed: synthetic12, szt, mnist"
+    with pytest.raises(DataError, match=r"unknown data set 'cifar'; allowed: synthetic12, szt, mnist, or a data file \(.npz, .parquet, .csv\)"):
+        data.load_dataset("cifar")

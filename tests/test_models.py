@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ibray.models import DENSE_WIDTHS, BatchedNetwork
+from ibray.models import DENSE_WIDTHS, BatchedNetwork, dense_widths, layer_count
 
 MNIST = dict(inputs=784, classes=10, image_shape=(28, 28))
 
@@ -85,3 +85,32 @@ def test_shared_input_mi_pass_matches_per_seed_input():
     stacked = net(x.unsqueeze(0).expand(2, -1, -1))
     for a, b in zip(shared.codes, stacked.codes):
         assert torch.equal(a, b)
+
+
+def test_a_custom_dense_network_has_the_widths_it_is_named_by():
+    net = BatchedNetwork("9-5-3-2", "relu", inputs=7, classes=3, bits=4, seeds=2)
+    for slot in range(2):
+        net.init_slot(slot, torch.Generator().manual_seed(slot))
+    result = net.train()(torch.rand(2, 40, 7))
+    assert [spec.width for spec in net.layers] == [9, 5, 3, 2, 3]
+    assert [tuple(w.shape[1:]) for w in net.weights] == [(7, 9), (9, 5), (5, 3), (3, 2), (2, 3)]
+    assert result.log_probs.shape == (2, 40, 3) and all(c.max() <= 15 for c in result.codes)
+    assert layer_count("9-5-3-2") == 5 and layer_count("1") == 2
+    # the study's networks keep their names and widths
+    assert [layer_count(a) for a in ("syn", "bottleneck2", "hourglass", "conv")] == [6, 5, 7, 4]
+    assert dense_widths("syn") == DENSE_WIDTHS["syn"] == (10, 7, 5, 4, 3)
+
+
+def test_custom_slots_are_independent_networks():
+    torch.manual_seed(1)
+    x = torch.rand(3, 50, 6)
+    together = BatchedNetwork("12-3", "tanh", 6, 4, bits=8, seeds=3)
+    for slot in range(3):
+        together.init_slot(slot, torch.Generator().manual_seed(slot))
+    shared = together.train()(x)
+    for slot in range(3):
+        alone = BatchedNetwork("12-3", "tanh", 6, 4, bits=8, seeds=1)
+        alone.init_slot(0, torch.Generator().manual_seed(slot))
+        result = alone.train()(x[slot : slot + 1])
+        assert torch.equal(result.log_probs[0], shared.log_probs[slot])
+        assert all(torch.equal(a[0], b[slot]) for a, b in zip(result.codes, shared.codes))

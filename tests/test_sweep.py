@@ -3,13 +3,16 @@ the file, the key, the value and what is allowed, and `ibray validate` exits 2 o
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ibray.cli import main
 from ibray.config import TrialConfig
-from ibray.sweep import SweepError, load_sweep, parse_sweep
+from ibray.data import DataError, load_dataset
+from ibray.sweep import SweepError, check_data_unchanged, load_sweep, parse_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -149,6 +152,13 @@ def test_seeds_forms_and_list_valued_keys():
         ("max_trials: 0\n", ["f.yaml: max_trials: 0 is not allowed; give a positive integer"]),
         ("epochs: [0, 5]\nprefit_epochs: [0, 2]\n", ["f.yaml: epochs: train for at least one epoch"]),
         ("dataset: [synthetic12, mnist]\n", ["f.yaml: architecture: 'syn' does not fit dataset 'mnist'"]),
+        ("architecture: [8-4-2, 8-4-2]\n", ["f.yaml: architecture: '8-4-2' is listed twice"]),
+        ("architecture: [8-4-2, 0]\n", ["f.yaml: architecture: '0' has a layer of width 0"]),
+        ("architecture: 2020-01-02\n", ["f.yaml: architecture: YAML reads 2020-01-02 as a date; quote the widths, e.g. architecture: '2020-1-2'"]),
+        ("dataset: [mnist, synthetic12]\narchitecture: [16-8, conv]\n", ["f.yaml: architecture: 'conv' does not fit dataset 'synthetic12'"]),
+        ("dataset: data.tsv\n", ["f.yaml: dataset: '", "data.tsv' is a file of unknown type '.tsv'"]),
+        ("label_column: [a, b]\n", ["f.yaml: label_column: ['a', 'b']: a list is not allowed here"]),
+        ("label_column: 'x@y'\n", ["f.yaml: label_column: 'x@y' is not allowed"]),
     ],
 )
 def test_errors_name_file_key_value_and_what_is_allowed(text, expected):
@@ -253,3 +263,37 @@ def test_seed_epochs_count_every_epochs_and_prefit_pair():
 def test_a_duplicate_among_many_seeds_is_named():
     seeds = ", ".join(map(str, [*range(20_000), 19_999]))
     assert "f.yaml: seeds: [19999] appear more than once" in errors_of(f"seeds: [{seeds}]\n")
+
+
+# -- your own networks and data files ------------------------------------------------------------
+def test_data_files_are_pinned_once_and_every_trial_gets_the_same_value(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # relative data paths are taken from the working directory
+    np.savez(tmp_path / "a.npz", x=np.arange(60.0).reshape(30, 2), y=np.arange(30) % 3)
+    (tmp_path / "b.csv").write_text("u,v,target\n" + "".join(f"{i},{i * i % 7},{i % 2}\n" for i in range(30)))
+    text = "name: mine\ndataset: [a.npz, b.csv]\nlabel_column: target\narchitecture: [8-4-2, 16]\nseeds: 4\nseeds_per_trial: 2\n"
+    path = write(tmp_path, text)
+    spec = load_sweep(path)
+    sha = {n: hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("a.npz", "b.csv")}
+    pinned = [f"{tmp_path}/a.npz@{sha['a.npz']}", f"{tmp_path}/b.csv#target@{sha['b.csv']}"]
+    assert spec.axes == {"dataset": pinned, "architecture": ["8-4-2", "16"]}  # 'architecture: 16' is a width
+    assert [t.dataset for t in spec.trials] == [d for d in pinned for _ in range(4)]
+    assert spec.param_space()["dataset"] == {"grid_search": pinned}
+    assert len({t.trial_id() for t in spec.trials}) == 8
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"axis dataset: a.npz@{sha['a.npz'][:8]}, b.csv#target@{sha['b.csv'][:8]}" in out
+    assert f"data file b.csv#target@{sha['b.csv'][:8]}: {tmp_path}/b.csv, SHA-256 {sha['b.csv']}" in out
+
+
+def test_a_data_file_pinned_by_hand_is_checked_when_it_loads(tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.arange(60.0).reshape(30, 2), y=np.arange(30) % 3)
+    sha = hashlib.sha256((tmp_path / "a.npz").read_bytes()).hexdigest()
+    spec = parse_sweep(f"dataset: {tmp_path}/a.npz@{'0' * 64}\n")
+    assert spec.trials[0].dataset == f"{tmp_path}/a.npz@{'0' * 64}"  # taken as written: no file read
+    with pytest.raises(DataError, match=rf"the file changed: its SHA-256 is {sha[:12]}\.\.\., but this trial was set up with 000000000000"):
+        load_dataset(spec.trials[0].dataset)
+
+
+def test_a_sweep_folder_without_trials_has_nothing_to_compare(tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.arange(60.0).reshape(30, 2), y=np.arange(30) % 3)
+    check_data_unchanged(parse_sweep(f"dataset: {tmp_path}/a.npz\n"), str(tmp_path / "absent"))
