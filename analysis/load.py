@@ -60,6 +60,7 @@ METRICS_SCHEMA = AXES | {
     "test_acc": pl.Float64,
 }
 SCHEMAS = {"mi": MI_SCHEMA, "metrics": METRICS_SCHEMA}
+FLOAT_BITS = 32  # `bits` of the plain float32 network (not quantized)
 REPETITION = ["sweep", "trial", "seed"]
 MI_KEY = [*REPETITION, "phase", "epoch", "estimator", "layer"]
 METRICS_KEY = [*REPETITION, "phase", "epoch"]

@@ -29,7 +29,7 @@ import polars as pl
 
 from analysis import aggregate, charts, phases
 from analysis.aggregate import NETWORK, PLANE
-from analysis.load import REPETITION, Results, ResultsError, load
+from analysis.load import FLOAT_BITS, REPETITION, Results, ResultsError, load
 
 CSP = (
     "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
@@ -120,12 +120,12 @@ def slugify(*parts: object) -> str:
 
 
 def bits_label(bits: int) -> str:
-    return "float32" if bits == 32 else f"{bits}-bit"
+    return "float32" if bits == FLOAT_BITS else f"{bits}-bit"
 
 
 def bits_text() -> pl.Expr:
     """bits_label as an expression."""
-    return pl.when(pl.col("bits") == 32).then(pl.lit("float32")).otherwise(pl.format("{}-bit", "bits"))
+    return pl.when(pl.col("bits") == FLOAT_BITS).then(pl.lit("float32")).otherwise(pl.format("{}-bit", "bits"))
 
 
 def network_label(key: dict) -> str:

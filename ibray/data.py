@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ibray.config import DATA_FILE_TYPES, DEFAULT_LABEL_COLUMN, DataFile, data_file
+from ibray.config import DATA_FILE_TYPES, DATASETS, DEFAULT_LABEL_COLUMN, DataFile, data_file
 from ibray.records import replace_atomically
 
-DATASETS = ("synthetic12", "szt", "mnist")
 DATA_DIR_ENV = "IBRAY_DATA_DIR"
 SYNTHETIC_BITS = 12
 SYNTHETIC_SAMPLES = 2**SYNTHETIC_BITS
@@ -51,7 +50,8 @@ MNIST_FILES = {
 MNIST_COUNTS = (60_000, 10_000)
 MNIST_IMAGE_SHAPE = (28, 28)
 
-# SHA-256 of each downloadable file. var_u.mat: the copy in shared/data (PROTOCOL.md, Data).
+# SHA-256 of each downloadable file. var_u.mat: the file as published in Shwartz-Ziv & Tishby's
+# IDNNs repository (SZT_URL), 4096 x 12 inputs and labels.
 # MNIST .gz files: the digests published alongside the same files by many public projects
 # (torchvision's mirror list, guild.ai's mnist package, Haskell/Scala/Ruby MNIST loaders).
 CHECKSUMS = {

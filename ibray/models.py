@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ibray.config import FLOAT_BITS
 from ibray.config import dense_widths as custom_widths
 from ibray.device import LANES, pad_to_lanes
 from ibray.quantization import Quantizer, straight_through
@@ -45,14 +46,10 @@ def layer_count(architecture: str) -> int:
     return hidden + 1
 
 
-ACTIVATIONS = {
-    "tanh": torch.tanh,
-    "relu": F.relu,
-    "sigmoid": torch.sigmoid,
-    "elu": F.elu,
-    "leaky_relu": F.leaky_relu,
-    "linear": lambda v: v,
-}
+def activation_function(name: str):
+    """The function of a hidden activation named in config.ACTIVATIONS: torch's of that name."""
+    return (lambda v: v) if name == "linear" else getattr(F, name)
+
 _LOG_EPSILON = 1e-7  # as Keras: the cross-entropy of a quantized probability of 0 stays finite
 
 
@@ -89,11 +86,11 @@ class BatchedNetwork(nn.Module):
     ) -> None:
         super().__init__()
         self.architecture = architecture
-        self.activation = ACTIVATIONS[activation]
+        self.activation = activation_function(activation)
         self.seeds = seeds
         self.classes = classes
         self.init = init
-        self.quantized = bits != 32
+        self.quantized = bits != FLOAT_BITS
         self.image_shape = image_shape
         self._shapes: list[tuple[int, ...]] = []  # per layer: weight shape, then bias shape
         self.layers: list[LayerSpec] = []
