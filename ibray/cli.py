@@ -16,39 +16,23 @@ EXIT_USAGE = 2
 
 
 def _trial_parser(sub) -> None:
-    from ibray.config import default_for
+    import dataclasses
+
+    from ibray.config import TrialConfig, field_help
 
     p = sub.add_parser("trial", help="train one configuration for several seeds (no Ray) and write Parquet")
-    p.add_argument(
-        "--dataset",
-        default=default_for("dataset"),
-        help="synthetic12 (offline), szt, mnist, or a data file: .npz (arrays x, y), .parquet or .csv "
-        "(feature columns and a label column); an optional 'split' array/column fixes the train/test split",
-    )
-    p.add_argument(
-        "--architecture",
-        default=default_for("architecture"),
-        help="syn, bottleneck2, bottleneck4, hourglass, 4x10, conv, or hidden widths such as 10-7-5-4-3 (softmax added)",
-    )
-    p.add_argument("--label-column", default=default_for("label_column"), help="the label column of a .csv/.parquet --dataset")
-    p.add_argument("--train-fraction", type=float, default=default_for("train_fraction"), help="stratified train share (synthetic sets, files without a split)")
-    p.add_argument("--split-seed", type=int, default=default_for("split_seed"), help="seed of the stratified train/test split")
-    p.add_argument("--activation", default=default_for("activation"), help="tanh, relu, sigmoid, elu, leaky_relu, linear")
-    p.add_argument("--bits", type=int, default=default_for("bits"), help="2..16, or 32 for the float32 network")
-    p.add_argument("--seeds", default="0", help="e.g. 0-9 or 0,3,5-7 (trained together as one batched model)")
-    p.add_argument("--estimators", default="exact", help="comma-separated: exact, bin30, bin100, bin256, bin<n>")
-    p.add_argument("--epochs", type=int, default=default_for("epochs"))
-    p.add_argument("--prefit-epochs", type=int, default=default_for("prefit_epochs"), help="epochs on shuffled labels first")
-    p.add_argument("--learning-rate", type=float, default=default_for("learning_rate"))
-    p.add_argument("--batch-size", type=int, default=default_for("batch_size"))
-    p.add_argument("--mi-every", type=int, default=default_for("mi_every"), help="epochs between MI measurements")
-    p.add_argument("--init", default=default_for("init"), help="truncated_normal (the paper) or glorot")
-    p.add_argument("--range-tracking", default=default_for("range_tracking"), help="epoch (the paper), moving_average, batch")
-    p.add_argument("--bin-bounds", default=default_for("bin_bounds"), help="global, layer or fixed (binning estimators)")
-    p.add_argument("--min-train-acc", type=float, default=default_for("min_train_acc"))
-    p.add_argument("--restart-epoch", type=int, default=default_for("restart_epoch"))
-    p.add_argument("--write-every", type=int, default=default_for("write_every"), help="epochs between Parquet writes")
-    p.add_argument("--device", default=default_for("device"), help="auto, cpu or cuda")
+    helps = field_help()
+    # One flag per TrialConfig field, named like it, with its comment as help: they cannot drift.
+    for field in dataclasses.fields(TrialConfig):
+        flag, default, help = "--" + field.name.replace("_", "-"), field.default, helps[field.name]
+        if field.name == "seeds":  # parsed by TrialConfig, which names a bad seed
+            p.add_argument(flag, default="0", help=f"{help} (default: 0)")
+        elif field.name == "estimators":
+            p.add_argument(flag, default=",".join(default), help=f"{help}, comma-separated (default: {','.join(default)})")
+        elif isinstance(default, tuple):
+            p.add_argument(flag, type=float, nargs=len(default), default=default, metavar=("LOW", "HIGH"), help=f"{help} (default: {' '.join(map(str, default))})")
+        else:
+            p.add_argument(flag, type=type(default), default=default, help=f"{help} (default: {default})")
     p.add_argument("--data-dir", default=None, help="data directory (default: $IBRAY_DATA_DIR or ~/.cache/ibray)")
     p.add_argument("--out", default="results/trial", help="results folder")
     p.add_argument("--overwrite", action="store_true", help="replace results of another trial in --out")
@@ -61,7 +45,7 @@ def _config_from_args(args):
 
     from ibray.config import TrialConfig
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrialConfig) if hasattr(args, f.name)}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrialConfig)}
     values["estimators"] = tuple(e.strip() for e in args.estimators.split(",") if e.strip())
     return TrialConfig(**values)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -195,11 +196,11 @@ class TrialConfig:
     '/home/me/my.csv#target@<64 hex digits>'. The file is read and checked then (DataError
     when it is not usable); a pinned value is taken as it is, and loading it checks the hash."""
 
-    dataset: str = "synthetic12"  # one of DATASETS, or a .npz/.parquet/.csv file (see above)
+    dataset: str = "synthetic12"  # synthetic12 (offline), szt, mnist, or a .npz (x, y) / .parquet / .csv file
     architecture: str = "syn"  # one of ARCHITECTURES, or hidden widths such as '10-7-5-4-3'
     activation: str = "tanh"  # hidden-layer activation, one of ACTIVATIONS
     bits: int = 8  # quantization bits per neuron, 2..16, or 32 for the float32 network
-    seeds: tuple[int, ...] = (0,)  # repetitions trained together as one batched model
+    seeds: tuple[int, ...] = (0,)  # repetitions trained together as one batched model, e.g. 0-9 or 0,3,5-7
     estimators: tuple[str, ...] = ("exact",)  # 'exact' and/or 'bin<n>' (e.g. bin30)
     epochs: int = 100  # training epochs on the true labels
     prefit_epochs: int = 0  # epochs on shuffled training labels before training (appendix D)
@@ -375,6 +376,18 @@ def _is_number(value) -> bool:
 
 def default_for(key: str):
     return next(f for f in dataclasses.fields(TrialConfig) if f.name == key).default
+
+
+def field_help() -> dict[str, str]:
+    """Each TrialConfig field's comment above (its meaning and unit): `ibray trial --help` shows
+    them, so the flags and their help cannot drift from the config."""
+    source = inspect.getsource(TrialConfig)
+    comments = {m.group(1): m.group(2).strip() for m in re.finditer(r"^    (\w+): [^\n=]+=.*?  # (.*)$", source, re.M)}
+    named = {"ARCHITECTURES": ARCHITECTURES, "ACTIVATIONS": ACTIVATIONS}
+    return {
+        name: re.sub(r"one of ([A-Z]+)\b", lambda m: "one of " + ", ".join(named[m.group(1)]), text)
+        for name, text in comments.items()
+    }
 
 
 __all__ = ["TrialConfig", "ConfigError", "DataFile", "parse_seeds", "binning_bins", "data_file", "dataset_label", "dense_widths"]

@@ -164,3 +164,24 @@ def test_bench_prints_its_figures_as_json(capsys):
     assert printed == pytest.approx([figures[k] for k in keys], abs=0.051)  # printed to 1 or 2 decimals
     # 17x more rows and 1.6x more columns cost more time to count
     assert figures["mi_ms_70000x16"] > figures["mi_ms_4096x10"] > 0
+
+
+def test_every_config_field_is_a_trial_flag_with_its_help(tmp_path, capsys):
+    import dataclasses
+
+    from ibray.config import TrialConfig, field_help
+
+    with pytest.raises(SystemExit):
+        main(["trial", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    helps = field_help()
+    for field in dataclasses.fields(TrialConfig):
+        assert f"--{field.name.replace('_', '-')}" in text, field.name
+        assert " ".join(helps[field.name].split()) in text, field.name
+    # flags that had none before reach the config
+    out = tmp_path / "t"
+    args = ["trial", "--epochs", "1", "--max-restarts", "3", "--bin-range", "-2", "2.5", "--ema-decay", "0.9",
+            "--split-seed", "7", "--out", str(out)]
+    assert main(args) == 0
+    config = json.loads((out / "trial.json").read_text())["config"]
+    assert (config["max_restarts"], config["bin_range"], config["ema_decay"], config["split_seed"]) == (3, [-2.0, 2.5], 0.9, 7)
