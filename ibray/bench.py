@@ -19,7 +19,7 @@ import torch
 from ibray.config import TrialConfig
 from ibray.data import load_dataset
 from ibray.mutual_information import layer_information
-from ibray.train import Trainer
+from ibray.trainer import Trainer
 
 _WARMUP_EPOCHS = 2
 

@@ -51,7 +51,7 @@ def _config_from_args(args):
 
 
 def _run_trial(args) -> int:
-    from ibray.train import run_resumable
+    from ibray.run import run_resumable
 
     config = _config_from_args(args)
     _check_trial_folder(args.out)
@@ -78,7 +78,7 @@ def _run_trial(args) -> int:
 def _check_trial_folder(out: str) -> None:
     """Refuse an --out that cannot take this trial's results, before any data is read or written:
     a file, a place where no folder can be made, or a folder of something else."""
-    from ibray.train import TrialStateError
+    from ibray.records import TrialStateError
 
     path = existing = Path(out)
     try:
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ibray.config import ConfigError
     from ibray.data import DataError
-    from ibray.train import TrialStateError
+    from ibray.records import TrialStateError
     from ibray.verify import VerifyError
 
     try:

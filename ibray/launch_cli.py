@@ -1,15 +1,19 @@
 """The sweep commands of `ibray`: `validate FILE` and `sweep FILE`.
 
 Registered by ibray/cli.py through `add_parsers(sub)`. A bad sweep file raises SweepError (a
-ConfigError), which the CLI prints as one `ibray: error: ...` and exit code 2, before Ray starts.
+ConfigError), which the CLI prints as one `ibray: error: ...` and exit code 2, before Ray starts;
+so does a sweep another driver is running, or a results root that cannot be written. Ctrl-C
+stops a sweep with one line that says how to resume it, and exit code 130.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 DEFAULT_RESULTS = "results"
 EXIT_FAILED_TRIALS = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 def add_parsers(sub) -> None:
@@ -25,7 +29,11 @@ def add_parsers(sub) -> None:
         default=os.environ.get("IBRAY_RESULTS", DEFAULT_RESULTS),
         help="results root: a path or a URI such as s3://bucket/ibray (default: $IBRAY_RESULTS or ./results)",
     )
-    s.add_argument("--resume", action="store_true", help="finish an interrupted run of this sweep")
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run of this sweep (with none, says so and starts it fresh)",
+    )
     s.add_argument("--overwrite", action="store_true", help="delete this sweep's earlier results and run it again")
     s.add_argument("--data-dir", default=None, help="data directory on every node (default: $IBRAY_DATA_DIR or ~/.cache/ibray)")
     s.add_argument("--view-every", type=float, default=10.0, help="seconds between progress lines")
@@ -52,14 +60,23 @@ def _run_sweep(args) -> int:
     )
 
     data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
-    outcome = run_sweep(
-        spec,
-        args.results,
-        address=args.address,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        data_dir=data_dir,
-        view_every=args.view_every,
-    )
+    interrupted = f"ibray: interrupted; run `ibray sweep {args.file} --resume` to finish the sweep"
+    try:
+        outcome = run_sweep(
+            spec,
+            args.results,
+            address=args.address,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            data_dir=data_dir,
+            view_every=args.view_every,
+        )
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over the signal
+        print(interrupted, file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    if outcome.interrupted:  # Tune stopped on the first Ctrl-C and saved its state
+        print(interrupted, file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     print(outcome.summary(args.file), flush=True)
-    return 0 if outcome.complete == outcome.trials else EXIT_FAILED_TRIALS
+    # A sweep succeeds when its results verify: every trial complete, every row exactly once.
+    return 0 if (outcome.verified or not outcome.ran) else EXIT_FAILED_TRIALS

@@ -1,67 +1,127 @@
 """The Ray Tune function trainable: one trial of a sweep, i.e. one grid point and one block of seeds.
 
 A plain function of a flat config (TrialConfig's keys). It restores from `tune.get_checkpoint()`
-first, trains with `ibray.train.run_trial`, writes Parquet under
+first, trains with `ibray.run.run_trial`, writes Parquet under
 `<trials_root>/<trial_id>/` and, at every write (every `write_every` epochs), hands Tune a
 checkpoint (`checkpoint.pt`, loadable with torch.load(weights_only=True)) and a few scalars:
-epoch, accuracies, the output layer's I(X;T), I(T;Y) (mean over seeds, first estimator) and
-the seconds spent so far on checkpoints and reports (report_seconds, for the benchmark).
-Per-layer rows never go through Tune.
+epoch, accuracies, the output layer's I(X;T), I(T;Y) (mean over seeds, first estimator),
+seed-epochs done and left (restarted seeds count again) and the seconds spent so far on
+checkpoints and reports (report_seconds, for the benchmark). Between writes, when the training
+loop offers progress callbacks, it reports the seed-epochs alone, without a checkpoint, so the
+sweep's live view moves even when writes are far apart. Per-layer rows never go through Tune.
+
+Each write also keeps a copy of the checkpoint beside the trial's rows
+(`<trials_root>/<trial_id>/checkpoint.pt`, the layout of `ibray trial`): when Tune's own state
+is lost or damaged, the launcher starts Tune afresh and the trial continues from that copy.
 
 A trial whose results folder already says "complete" returns at once without touching
 anything, so a resumed sweep never reruns or rewrites a finished trial, even when Tune's own
-record of it is older than the results.
+record of it is older than the results. A config that is not one of the sweep's grid points
+(which only a damaged Tune state can produce) is refused before anything is written.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 
-from ibray.config import TrialConfig
-from ibray.records import join
-from ibray.train import (
-    CHECKPOINT_FILE,
-    TrialStateError,
-    load_checkpoint,
-    read_trial_info,
-    run_trial,
-    save_checkpoint,
-)
+from ibray.config import ConfigError, TrialConfig
+from ibray.records import TrialStateError, is_uri, join, read_trial_info, replace_atomically, resolve
+from ibray.run import CHECKPOINT_FILE, load_checkpoint, run_trial, save_checkpoint
 
 
-def train_trial(config: dict, sweep: str, trials_root: str, data_dir: str | None = None) -> None:
-    """Train one trial of sweep `sweep`; results under `<trials_root>/<trial_id>/`."""
+class StrayTrialError(TrialStateError):
+    """Tune handed the trainable a config that is not one of its sweep's grid points."""
+
+
+def grid_key(trial: TrialConfig) -> str:
+    """The whole config as one string: two trials are the same grid point iff their keys are equal."""
+    return json.dumps(trial.to_dict(), sort_keys=True)
+
+
+def train_trial(
+    config: dict,
+    sweep: str,
+    trials_root: str,
+    data_dir: str | None = None,
+    grid: dict[str, str] | None = None,
+    progress_every: float | None = None,
+) -> None:
+    """Train one trial of sweep `sweep`; results under `<trials_root>/<trial_id>/`.
+
+    `grid` maps the sweep's trial ids to their grid_key; a config not in it is refused.
+    `progress_every`: seconds between progress reports (None: the training loop's default).
+    """
     # Ray logs every persisted checkpoint at INFO; the sweep's live view says enough.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    trial = TrialConfig.from_dict(config)
+    trial = grid_point(config, sweep, grid)
     out = join(trials_root, trial.trial_id())
     total = trial.prefit_epochs + trial.epochs
-    fixed = {"seeds": len(trial.seeds), "total_epochs": total, "node": ray.get_runtime_context().get_node_id()}
+    seeds = len(trial.seeds)
+    fixed = {"trial": trial.trial_id(), "seeds": seeds, "total_epochs": total, "node": ray.get_runtime_context().get_node_id()}
     if trial_complete(out, trial.trial_id()):
-        tune.report({**fixed, "epoch": total, "resumed_from": total})
+        done = {"epoch": total, "seed_epochs_done": seeds * total, "seed_epochs_left": 0}
+        tune.report({**fixed, **done, "resumed_from": total, "resumed_seed_epochs": seeds * total})
         return
     state = restore_state(tune.get_checkpoint(), trial.trial_id())
-    resumed_from = int(state["written"]) if state is not None else 0
+    if state is None:  # a fresh Tune run: the trial's own copy, if an earlier run left one
+        state = restore_copy(out, trial.trial_id())
+    slot_epochs = list(state["trainer"]["slot_epoch"]) if state is not None else [0] * seeds
+    fixed.update(resumed_from=min(slot_epochs), resumed_seed_epochs=sum(slot_epochs))
     reporting = [0.0]  # seconds spent in checkpoints and reports so far: Ray's share of the trial
 
     def report(checkpoint: dict, scalars: dict) -> None:
         started = time.perf_counter()
-        metrics = {**fixed, **scalars, "resumed_from": resumed_from}
+        metrics = {**fixed, **seed_epochs(checkpoint, total), **scalars}
         with tempfile.TemporaryDirectory(prefix="ibray-checkpoint-") as folder:
             save_checkpoint(checkpoint, Path(folder) / CHECKPOINT_FILE)
+            keep_copy(Path(folder) / CHECKPOINT_FILE, out)
             tune.report(
                 {**metrics, "report_seconds": reporting[0] + time.perf_counter() - started},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
         reporting[0] += time.perf_counter() - started
 
-    run_trial(trial, out, sweep=sweep, data_dir=data_dir, state=state, on_write=report)
+    def progress(scalars: dict) -> None:
+        started = time.perf_counter()
+        tune.report({**fixed, **scalars})
+        reporting[0] += time.perf_counter() - started
+
+    extra = {"progress_every": progress_every} if progress_every is not None else {}
+    run_trial(trial, out, sweep=sweep, data_dir=data_dir, state=state, on_write=report, on_progress=progress, **extra)
+
+
+def grid_point(config: dict, sweep: str, grid: dict[str, str] | None) -> TrialConfig:
+    """The TrialConfig of `config`; raises StrayTrialError unless it is one of `grid`'s points."""
+    try:
+        trial = TrialConfig.from_dict(config)
+    except (ConfigError, TypeError, ValueError) as error:
+        if grid is None:
+            raise
+        problem = f"not a trial config: {error}"
+    else:
+        if grid is None or grid.get(trial.trial_id()) == grid_key(trial):
+            return trial
+        problem = f"trial {trial.trial_id()} is not one of its {len(grid)} grid points"
+    raise StrayTrialError(
+        f"sweep {sweep!r}: Tune started a trial whose config is not in sweep.yaml's grid ({problem}; config "
+        f"{json.dumps(config, sort_keys=True, default=str)[:300]}); nothing was run: Tune's experiment state "
+        f"does not match the sweep, and the launcher rebuilds the run from sweep.yaml"
+    )
+
+
+def seed_epochs(checkpoint: dict, total: int) -> dict[str, int]:
+    """Seed-epochs done and left at a checkpoint; a restarted seed's left counts from its restart."""
+    epochs = [int(e) for e in checkpoint["trainer"]["slot_epoch"]]
+    return {"seed_epochs_done": sum(epochs), "seed_epochs_left": sum(max(total - e, 0) for e in epochs)}
 
 
 def trial_complete(out, trial_id: str) -> bool:
@@ -87,3 +147,36 @@ def restore_state(checkpoint: tune.Checkpoint | None, trial_id: str) -> dict | N
             return load_checkpoint(path)
         except TrialStateError as error:
             raise TrialStateError(f"trial {trial_id}: Tune checkpoint {checkpoint.path}: {error}") from error
+
+
+def keep_copy(checkpoint: Path, out: str | Path) -> None:
+    """Replace `<out>/checkpoint.pt` with the file `checkpoint`, atomically (one PUT on object stores)."""
+    filesystem, inner = resolve(join(out, CHECKPOINT_FILE))
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        replace_atomically(Path(inner), lambda tmp: shutil.copyfile(checkpoint, tmp))
+        return
+    filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(inner) as sink:
+        sink.write(checkpoint.read_bytes())
+
+
+def restore_copy(out: str | Path, trial_id: str) -> dict | None:
+    """The state in the trial's own `<out>/checkpoint.pt`, or None when there is none."""
+    where = join(out, CHECKPOINT_FILE)
+    filesystem, inner = resolve(where)
+    if filesystem.get_file_info(inner).type != pafs.FileType.File:
+        return None
+    try:
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            return load_checkpoint(Path(inner))
+        with tempfile.TemporaryDirectory(prefix="ibray-checkpoint-") as folder:
+            local = Path(folder) / CHECKPOINT_FILE
+            with filesystem.open_input_stream(inner) as source:
+                local.write_bytes(source.read())
+            return load_checkpoint(local)
+    except TrialStateError as error:
+        name = where if is_uri(where) else str(where)
+        raise TrialStateError(
+            f"trial {trial_id}: its own checkpoint {name} is corrupt or unreadable ({str(error.__cause__)[:200]}); "
+            f"delete it to restart the trial from scratch"
+        ) from error

@@ -27,8 +27,7 @@ import pyarrow.parquet as pq
 
 from ibray.config import TrialConfig
 from ibray.models import layer_count
-from ibray.records import TABLES, is_uri, join, list_parts, part_write, resolve
-from ibray.train import TrialStateError, read_trial_info
+from ibray.records import TABLES, TrialStateError, is_uri, join, list_parts, part_write, read_trial_info, resolve
 
 MI_COLUMNS = ["seed", "restarts", "phase", "epoch", "estimator", "layer"]
 METRICS_COLUMNS = ["seed", "restarts", "phase", "epoch"]

@@ -18,7 +18,7 @@ from http_server import serve_directory
 
 from ibray.cli import main
 from ibray.config import TrialConfig
-from ibray.train import run_trial
+from ibray.run import run_trial
 
 IBRAY = str(Path(sys.executable).parent / "ibray")
 

@@ -19,7 +19,7 @@ from ibray.cli import main
 from ibray.config import TrialConfig
 from ibray.data import DataError, load_dataset
 from ibray.sweep import SweepError, check_data_unchanged, load_sweep
-from ibray.train import run_trial
+from ibray.run import run_trial
 
 NETWORKS = {"8-4-2": 4, "6-3": 3}  # architecture -> measured layers (hidden + softmax)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,8 @@ from ibray.cli import main
 from ibray.config import TrialConfig
 from ibray.records import METRICS_KEY, MI_KEY
 from ibray.sweep import SweepError, load_sweep
-from ibray.train import CHECKPOINT_FILE, TrialStateError, run_trial, save_checkpoint
+from ibray.records import TrialStateError
+from ibray.run import CHECKPOINT_FILE, run_trial, save_checkpoint
 
 TINY = {"seeds": 2, "epochs": 10, "learning_rate": 0.003, "mi_every": 5, "write_every": 5}
 LAYERS = 6  # the synthetic network: five hidden layers and the softmax output
@@ -171,9 +173,11 @@ def test_sweep_end_to_end_on_a_uri_root(ray_cluster, tmp_path, capsys):
     path = sweep_file(tmp_path, "e2e", activation=["tanh", "relu"])
     assert main(["sweep", str(path), "--results", uri, "--view-every", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert "[e2e " in out and "trials: 2 done, 0 running, 0 pending" in out  # the live view
+    assert "[e2e " in out and "ended: 2 of 2 trials done | seed-epochs 40/40 written" in out  # the live view
     assert "sweep 'e2e': 2/2 trials complete" in out
     assert f"report: ibray report {uri}/e2e -o report-e2e.html" in out
+    # the sweep verifies its own trials (on the URI, as `ibray verify` would)
+    assert "verify: verified 2 trial(s): 2 complete with every row exactly once" in out
 
     folder = root / "e2e"
     assert (folder / "sweep.yaml").read_text() == path.read_text()
@@ -183,9 +187,11 @@ def test_sweep_end_to_end_on_a_uri_root(ray_cluster, tmp_path, capsys):
     assert not mi.select(MI_KEY).is_duplicated().any() and not metrics.select(METRICS_KEY).is_duplicated().any()
     assert set(mi["activation"]) == {"tanh", "relu"} and set(mi["sweep"]) == {"e2e"}
     assert set(mi["bits"]) == {8} and set(mi["seed"]) == {0, 1} and set(mi["epoch"]) == {0, 5, 10}
-    # Tune got a few scalars at each write (epochs 5 and 10), not the rows
+    # Tune got a few scalars at each write (epochs 5 and 10), not the rows (progress reports
+    # between writes carry no measurements)
     for result in folder.glob("tune/*/result.json"):
         reports = [json.loads(line) for line in result.read_text().splitlines()]
+        reports = [r for r in reports if "train_acc" in r]
         assert [r["epoch"] for r in reports] == [5, 10]
         assert all({"train_acc", "test_acc", "mi_xt", "mi_ty", "seeds", "node"} <= set(r) for r in reports)
         assert 0 < reports[-1]["mi_ty"] <= 1 and reports[-1]["mi_xt"] >= reports[-1]["mi_ty"]
@@ -218,12 +224,14 @@ def test_sweep_end_to_end_on_a_uri_root(ray_cluster, tmp_path, capsys):
 
 
 def test_gpu_request_on_a_cluster_without_gpus(ray_cluster, tmp_path, capsys):
+    import ray
+
     from ibray.launch import _check_resources
 
     spec = load_sweep(sweep_file(tmp_path, "gpu", resources={"cpu": 1, "gpu": 0.5}))
     with pytest.raises(SweepError, match=r"resources.gpu: 0.5 per trial, but the Ray cluster has 0 GPUs; set resources"):
-        _check_resources(spec, embedded=True)
-    _check_resources(spec, embedded=False)  # an autoscaling cluster may add GPU nodes: a warning
+        _check_resources(spec, ray.cluster_resources(), embedded=True)
+    _check_resources(spec, ray.cluster_resources(), embedded=False)  # an autoscaling cluster may add GPU nodes: a warning
     assert "warning:" in capsys.readouterr().out
 
 
@@ -279,6 +287,7 @@ def test_driver_killed_mid_sweep_then_resume_finishes_only_the_rest(ray_cluster,
             driver.send_signal(signal.SIGKILL)
             driver.wait(30)
     wait_for(lambda: not trial_workers(), 60, "the dead driver's trials to end")
+    assert json.loads((folder / "driver.lock").read_text())["pid"] == driver.pid  # left by the dead driver
     done = {t for t, i in infos(folder).items() if i["status"] == "complete"}
     assert 1 <= len(done) < 4
     before = {k: v for k, v in snapshot(folder / "trials").items() if any(t in k for t in done)}
@@ -287,7 +296,9 @@ def test_driver_killed_mid_sweep_then_resume_finishes_only_the_rest(ray_cluster,
     assert "pass --resume to finish it" in capsys.readouterr().err
     assert main(["sweep", str(path), "--results", str(root), "--resume", "--address", ray_cluster.address]) == 0
     out = capsys.readouterr().out
+    assert f"taking over the lock of a driver that is gone (host {socket.gethostname()}, pid {driver.pid}, " in out
     assert "resuming sweep 'driver'" in out and "4/4 trials complete" in out
+    assert not (folder / "driver.lock").exists()
     assert {t: i["status"] for t, i in infos(folder).items()} == {t.trial_id(): "complete" for t in load_sweep(path).trials}
     after = snapshot(folder / "trials")
     assert {k: v for k, v in after.items() if k in before} == before  # finished trials untouched

@@ -13,7 +13,7 @@ import pytest
 from ibray.cli import main
 from ibray.config import TrialConfig
 from ibray.records import write_atomic
-from ibray.train import run_trial
+from ibray.run import run_trial
 from ibray.verify import measured_epochs, verify_trial
 
 CONFIG = TrialConfig(seeds=(0, 1), epochs=6, mi_every=2, write_every=2, learning_rate=0.01)

@@ -9,7 +9,8 @@ import pytest
 
 from ibray.config import TrialConfig
 from ibray.data import Dataset
-from ibray.train import Trainer, find_global_ranges, run_trial
+from ibray.run import find_global_ranges, run_trial
+from ibray.trainer import Trainer
 
 FAST = dict(learning_rate=0.01, write_every=2)
 

@@ -1,0 +1,272 @@
+"""Launching sweeps robustly: a second driver refused while the first runs, Ctrl-C (before any
+trial reported, and mid-run), Tune's experiment state damaged then --resume, --resume with
+nothing to resume, results roots that cannot be written, resources an embedded Ray lacks, the
+driver lock's staleness rules, trials Tune should never have started, and the live line's time
+left. Real files, real processes, the session's real Ray; every sweep is tiny."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_launch import LAYERS, epochs_run, infos, sweep_file, table, wait_for
+
+from ibray.cli import main
+from ibray.records import MI_KEY
+from ibray.sweep import load_sweep
+
+CLI = [sys.executable, "-m", "ibray.cli", "sweep"]
+
+
+def own_lines(text: str) -> list[str]:
+    """The lines ibray itself wrote to stderr (Ray's log lines and workers' output aside)."""
+    return [line for line in text.splitlines() if line.startswith("ibray:")]
+
+
+def driver_tracebacks(text: str) -> list[str]:
+    """Tracebacks of the driver itself; Ray prefixes a worker's lines with its pid."""
+    return [line for line in text.splitlines() if "Traceback" in line and "pid=" not in line]
+
+
+# -- without Ray work ---------------------------------------------------------------------------
+def test_a_config_outside_the_grid_is_refused_before_anything_is_written(tmp_path):
+    from ibray.trainable import StrayTrialError, grid_key, train_trial
+
+    spec = load_sweep(sweep_file(tmp_path, "grid", activation=["tanh", "relu"]))
+    grid = {trial.trial_id(): grid_key(trial) for trial in spec.trials}
+    trials_root = tmp_path / "root" / "grid" / "trials"
+    empty = {}  # what Tune hands over when it restarts after failing to load its state
+    other_cadence = {**spec.trials[0].to_dict(), "write_every": 2}  # same trial id, another config
+    unknown_key = {**spec.trials[0].to_dict(), "colour": "red"}
+    for config, why in (
+        (empty, r"trial synthetic12-syn-tanh-8b-\w+ is not one of its 2 grid points"),
+        (other_cadence, rf"trial {spec.trials[0].trial_id()} is not one of its 2 grid points"),
+        (unknown_key, r"not a trial config: unknown key\(s\) \['colour'\]"),
+    ):
+        with pytest.raises(StrayTrialError, match=rf"sweep 'grid': Tune started a trial whose config is not in sweep.yaml's grid \({why}"):
+            train_trial(config, sweep="grid", trials_root=str(trials_root), grid=grid)
+    assert not trials_root.exists()
+
+
+def test_results_roots_that_cannot_be_written_exit_2_before_anything_is_written(tmp_path, capsys):
+    path = sweep_file(tmp_path, "nowhere")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    cases = [
+        (a_file, f"results root {a_file}: {a_file} is a file, not a folder"),
+        (a_file / "below", f"results root {a_file / 'below'}: {a_file} is a file, not a folder"),
+        (Path("/proc/ibray-results"), "results root /proc/ibray-results is under /proc, the kernel's, not a disk"),
+        (a_file.as_uri(), f"results root {a_file} is a file, not a folder"),
+    ]
+    if os.geteuid() != 0:  # root writes through any permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        cases.append((locked / "results", f"results root {locked / 'results'} is not writable ({locked}: Permission denied)"))
+    before = sorted(tmp_path.rglob("*"))
+    for root, message in cases:
+        assert main(["sweep", str(path), "--results", str(root)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"ibray: error: {message}; pass another --results\n"
+    assert sorted(tmp_path.rglob("*")) == before and a_file.read_text() == "not a folder"
+
+
+def test_resources_an_embedded_ray_lacks_are_refused_before_anything_is_written(tmp_path):
+    cpus, gpus = os.cpu_count(), torch.cuda.device_count()
+    many_cpus = sweep_file(tmp_path, "cpus", resources={"cpu": cpus + 1})
+    many_gpus = sweep_file(tmp_path, "gpus", resources={"gpu": gpus + 1})
+    root = tmp_path / "results"
+    # One process, no Ray in it yet: the embedded case. Both refusals come before Ray starts.
+    script = (
+        "import sys; from ibray.cli import main; "
+        f"print(main(['sweep', {str(many_cpus)!r}, '--results', {str(root)!r}]), "
+        f"main(['sweep', {str(many_gpus)!r}, '--results', {str(root)!r}]), 'ray' in sys.modules and "
+        "__import__('ray').is_initialized())"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert run.stdout.splitlines()[-1] == "2 2 False", run.stdout + run.stderr
+    assert own_lines(run.stderr) == [
+        f"ibray: error: {many_cpus}: resources.cpu: {cpus + 1} per trial, but this machine has {cpus} CPUs; "
+        f"lower resources.cpu, or join a larger cluster with --address",
+        f"ibray: error: {many_gpus}: resources.gpu: {gpus + 1} per trial, but this machine has {gpus} GPUs; "
+        f"set resources: {{gpu: 0}} to train on CPUs, or join a GPU cluster with --address",
+    ]
+    assert not root.exists()  # so the corrected file runs, instead of being called unfinished
+
+
+def test_a_driver_lock_is_stale_only_when_its_driver_is_gone(tmp_path, monkeypatch, capsys):
+    from ibray import launch
+    from ibray.launch import DriverLock, lock_is_stale, read_lock
+
+    here, now = socket.gethostname(), time.time()
+    me = {"host": here, "pid": os.getpid(), "pid_start": launch._process_start(os.getpid()), "heartbeat": now}
+    gone = subprocess.Popen(["true"])  # its pid is free once it is reaped
+    gone.wait()
+    assert not lock_is_stale(me)
+    assert lock_is_stale({**me, "pid": gone.pid})  # dead on this host: stale at once
+    assert lock_is_stale({**me, "pid_start": "1"})  # this pid, but another process's start: reused
+    assert lock_is_stale({**me, "heartbeat": now - launch.STALE_AFTER_S - 1})
+    elsewhere = {"host": "elsewhere", "pid": gone.pid, "heartbeat": now - 5}
+    assert not lock_is_stale(elsewhere)  # another host's pid says nothing here: the heartbeat tells
+    assert lock_is_stale({**elsewhere, "heartbeat": now - launch.STALE_AFTER_S - 1})
+    assert lock_is_stale({"host": here}) and read_lock(tmp_path / "none.lock") is None
+
+    # Works on a URI root too; refreshes its heartbeat; an error inside releases it.
+    monkeypatch.setattr(launch, "HEARTBEAT_S", 0.1)
+    spec = load_sweep(sweep_file(tmp_path, "locked"))
+    folder = (tmp_path / "root" / "locked").as_uri()
+    lock_path = tmp_path / "root" / "locked" / "driver.lock"
+    lock_path.parent.mkdir(parents=True)
+    lock_path.write_text(json.dumps(elsewhere | {"heartbeat": now - 3600, "started": now - 7200}))
+    with pytest.raises(RuntimeError, match="boom"), DriverLock(spec, folder):
+        first = json.loads(lock_path.read_text())
+        assert (first["host"], first["pid"], first["sweep"]) == (here, os.getpid(), "locked")
+        wait_for(lambda: json.loads(lock_path.read_text())["heartbeat"] > first["heartbeat"], 10, "a heartbeat")
+        with pytest.raises(launch.SweepError, match=rf"sweep 'locked' is being run by another driver \(host {here}, pid {os.getpid()}, since "):
+            DriverLock(spec, folder).refuse_if_held()
+        raise RuntimeError("boom")
+    assert not lock_path.exists()
+    assert f"taking over the lock of a driver that is gone (host elsewhere, pid {gone.pid}, since " in capsys.readouterr().out
+
+
+def test_a_sweep_locked_by_a_driver_on_another_host_is_refused(tmp_path, capsys):
+    path = sweep_file(tmp_path, "busy")
+    folder = tmp_path / "root" / "busy"
+    folder.mkdir(parents=True)
+    started = time.time() - 60
+    lock = {"sweep": "busy", "host": "node-7", "pid": 4242, "started": started, "heartbeat": time.time()}
+    (folder / "driver.lock").write_text(json.dumps(lock))
+    since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started))
+    for flags in ([], ["--resume"], ["--overwrite"]):
+        assert main(["sweep", str(path), "--results", str(tmp_path / "root"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"ibray: error: sweep 'busy' is being run by another driver (host node-7, pid 4242, since {since}, heartbeat ")
+        assert err.endswith(f"wait for it to end, or stop it (Ctrl-C) and run `ibray sweep {path} --resume`\n")
+        assert err.count("\n") == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["driver.lock"]
+
+
+def test_the_live_line_counts_restarted_seed_epochs_in_the_time_left():
+    from ibray.launch import progress_line
+
+    config = {"seeds": [0, 1], "epochs": 100}
+    # 2 seeds of 100 epochs: the slowest at epoch 40, but one seed restarted, so 150 are left
+    restarted = {"epoch": 40, "seed_epochs_done": 50, "seed_epochs_left": 150}
+    line = progress_line("s", elapsed=10, work=50, trials=[("RUNNING", config, restarted), ("PENDING", config, {})])
+    assert line == "[s 0:10] trials: 0 done, 1 running, 1 pending | seed-epochs 50/400 | 5.0 seed-epochs/s | ~1:10 left"
+    # a trial that reports only at writes: the epoch reached tells
+    line = progress_line("s", elapsed=10, work=80, trials=[("RUNNING", config, {"epoch": 40}), ("TERMINATED", config, {})])
+    assert line == "[s 0:10] trials: 1 done, 1 running, 0 pending | seed-epochs 280/400 | 8.0 seed-epochs/s | ~0:15 left"
+
+
+# -- on the session's Ray ----------------------------------------------------------------------
+def test_a_second_driver_is_refused_then_ctrl_c_then_a_damaged_tune_state_is_rebuilt(ray_cluster, tmp_path, capsys):
+    from ibray.launch import tune_state_problem, trial_statuses
+
+    path = sweep_file(tmp_path, "duo", activation=["tanh", "relu"], seeds=1, epochs=100, mi_every=20, write_every=20)
+    spec = load_sweep(path)
+    root = tmp_path / "root"
+    folder = root / "duo"
+    command = [*CLI, str(path), "--results", str(root)]
+    log, err = tmp_path / "first.out", tmp_path / "first.err"
+    with open(log, "w") as out, open(err, "w") as errors:
+        first = subprocess.Popen([*command, "--resume", "--address", ray_cluster.address, "--view-every", "1"], stdout=out, stderr=errors)
+    try:
+        wait_for((folder / "driver.lock").exists, 120, "the first driver's lock")
+        lock = json.loads((folder / "driver.lock").read_text())
+        assert (lock["host"], lock["pid"]) == (socket.gethostname(), first.pid)
+
+        # a second driver, even one that would delete or resume the run, is refused at once
+        second = subprocess.run([*command, "--overwrite"], capture_output=True, text=True, timeout=120, check=False)
+        assert second.returncode == 2, second.stdout + second.stderr
+        (refusal,) = own_lines(second.stderr)
+        assert refusal.startswith(f"ibray: error: sweep 'duo' is being run by another driver (host {socket.gethostname()}, pid {first.pid}, since ")
+        assert f"run `ibray sweep {path} --resume`" in refusal
+        assert main([*command[3:], "--resume"]) == 2
+        assert f"pid {first.pid}, since " in capsys.readouterr().err
+        wait_for(lambda: any(i.get("epochs_run", 0) >= 20 for i in infos(folder).values()), 120, "a checkpoint")
+        assert first.poll() is None and all(i["status"] == "running" for i in infos(folder).values())
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(120)
+    stdout, stderr = log.read_text(), err.read_text()
+    assert first.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    assert f"no earlier run of sweep 'duo' in {folder}: nothing to resume, starting it fresh" in stdout
+    assert own_lines(stderr) == [f"ibray: interrupted; run `ibray sweep {path} --resume` to finish the sweep"]
+    assert not driver_tracebacks(stderr) and "TypeError" not in stderr
+    done = sum(i["status"] == "complete" for i in infos(folder).values())
+    last = [line for line in stdout.splitlines() if line.startswith("[duo ")][-1]
+    assert re.fullmatch(rf"\[duo \d+:\d\d\] interrupted: {done} of 2 trials done, {2 - done} unfinished \| seed-epochs [\d,]+/200 written", last)
+    assert done < 2 and not (folder / "driver.lock").exists()
+
+    # Tune saved a state that agrees with the trials; one from another grid would not
+    experiment = str(folder / "tune")
+    assert tune_state_problem(spec, experiment, trial_statuses(spec, folder)) is None
+    longer = load_sweep(sweep_file(tmp_path / "other", "duo", activation=["tanh", "relu"], seeds=1, epochs=120))
+    assert "which is not in the sweep's grid" in tune_state_problem(longer, experiment, trial_statuses(longer, folder))
+
+    # damage every JSON file of Tune's state: --resume rebuilds the run from the trials' own records
+    reached = {t: i["epochs_run"] for t, i in infos(folder).items()}
+    for state in (folder / "tune").glob("*.json"):
+        state.write_text("garbage")
+    assert main([*command[3:], "--resume", "--view-every", "60"]) == 0
+    out = capsys.readouterr().out
+    assert f"Tune's state in {experiment} is unusable (unreadable: JSONDecodeError" in out
+    assert "rebuilding the run from sweep.yaml and the trials' own checkpoints and status" in out
+    assert "sweep 'duo': 2/2 trials complete" in out
+    grid = {t.trial_id() for t in spec.trials}
+    assert {p.name for p in (folder / "trials").iterdir()} == grid  # no trial of default settings
+    assert {p.name for p in (folder / "tune").iterdir() if p.is_dir()} == grid
+    for trial_id, epoch in reached.items():
+        if epoch < 100:  # went on from its own checkpoint, not from scratch
+            reports = [json.loads(line) for line in (folder / "tune" / trial_id / "result.json").read_text().splitlines()]
+            assert 20 <= reports[-1]["resumed_from"] <= epoch
+    mi = table(folder)
+    assert set(mi["trial"]) == grid and not mi.select(MI_KEY).is_duplicated().any()
+    assert mi.height == 2 * 6 * LAYERS  # 2 trials x 1 seed x epochs 0, 20, ..., 100
+
+
+def test_ctrl_c_before_any_trial_reports(ray_cluster, tmp_path):
+    path = sweep_file(tmp_path, "early", activation=["tanh", "relu"], epochs=300, write_every=300, mi_every=50)
+    root = tmp_path / "root"
+    folder = root / "early"
+    log, err = tmp_path / "early.out", tmp_path / "early.err"
+    with open(log, "w") as out, open(err, "w") as errors:
+        driver = subprocess.Popen(
+            [*CLI, str(path), "--results", str(root), "--address", ray_cluster.address, "--view-every", "0.2"],
+            stdout=out,
+            stderr=errors,
+        )
+    try:
+        wait_for(lambda: "[early " in log.read_text(), 120, "Tune's loop to run")  # its live line
+        assert not list(folder.glob("tune/*/result.json"))  # no trial has reported
+    finally:
+        driver.send_signal(signal.SIGINT)
+        driver.wait(120)
+    stdout, stderr = log.read_text(), err.read_text()
+    assert driver.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    assert own_lines(stderr) == [f"ibray: interrupted; run `ibray sweep {path} --resume` to finish the sweep"]
+    assert not driver_tracebacks(stderr) and "TypeError" not in stderr
+    last = [line for line in stdout.splitlines() if line.startswith("[early ")][-1]
+    assert last.endswith("] interrupted: 0 of 2 trials done, 2 unfinished | seed-epochs 0/1,200 written")
+    assert not (folder / "driver.lock").exists()
+    assert epochs_run(next(folder.glob("trials/*/trial.json"), folder / "none")) in (-1, 0)
+
+
+def test_the_live_line_moves_between_far_apart_writes(ray_cluster, tmp_path, capsys):
+    from ibray.launch import run_sweep
+
+    spec = load_sweep(sweep_file(tmp_path, "sparse", activation="tanh", seeds=1, epochs=300, mi_every=50, write_every=300))
+    outcome = run_sweep(spec, str(tmp_path / "root"), view_every=0.5)
+    assert outcome.complete == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if "1 running" in line]
+    moving = [int(m.group(1).replace(",", "")) for m in (re.search(r"seed-epochs ([\d,]+)/300", line) for line in lines) if m]
+    assert any(0 < done < 300 for done in moving), lines
