@@ -37,7 +37,7 @@ def single_process_rate(trial, epochs: int) -> float:
     import dataclasses
 
     from ibray.data import load_dataset
-    from ibray.train import run_trial
+    from ibray.run import run_trial
 
     short = dataclasses.replace(trial, epochs=epochs)
     dataset = load_dataset(short.dataset)
