@@ -8,6 +8,9 @@ offline; a Content-Security-Policy forbids any network request.
 
 Everything from the results (names, values, sweep files) is escaped: text in HTML goes
 through html.escape, JSON in <script> blocks has <, > and & as \\u escapes.
+
+About 500 lines for one job, the page: its sections are small functions over the same tables,
+kept beside the page they fill.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ the whole file is checked before anything starts: each axis value once, the few 
 TrialConfig checks against one another across their combinations, and the grid's size against
 `max_trials` and `max_seed_epochs` (so a typo cannot start a million trials).
 
+Longer than most modules (about 500 lines) for one job: a message for every way a sweep file
+can be wrong is most of it, and splitting the checks from the file they check would scatter it.
+
 Knows nothing of Ray: `SweepSpec.param_space()` is a plain dict whose axes are marked by
 `grid_search`, the one name Tune's param_space needs; the launcher turns them into Tune's.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import functools
 import itertools
 import json
 import math
@@ -90,9 +94,9 @@ class SweepSpec:
     resources: dict  # {"cpu": float, "gpu": float} per trial
     max_failures: int
 
-    @property
+    @functools.cached_property
     def trials(self) -> list[TrialConfig]:
-        """Every trial of the grid: axes in file order, then seed blocks."""
+        """Every trial of the grid: axes in file order, then seed blocks (built once)."""
         keys = list(self.axes)
         points = itertools.product(*(self.axes[k] for k in keys), self.seed_blocks)
         return [
