@@ -1,7 +1,7 @@
 """Rerun the study's synthetic experiments and rebuild docs/replication.md from the results.
 
     python benchmarks/replicate.py run  [--results results/replication] [--scale study|machine]
-    python benchmarks/replicate.py page [--results results/replication]
+    python benchmarks/replicate.py page [--results results/replication] [--partial]
 
 `run` runs each experiment's sweep file (sweeps/*.yaml) through `ibray sweep`, one after the
 other, resuming any that an earlier run left unfinished. `--scale study` uses the files as
@@ -87,12 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["run", "page"])
     parser.add_argument("--results", type=Path, default=REPO / "results" / "replication")
     parser.add_argument("--scale", choices=["study", "machine"], default="machine")
+    parser.add_argument("--partial", action="store_true", help="page: leave out experiments whose results are incomplete")
     args = parser.parse_args(argv)
     if args.action == "run":
         return run(args.results, args.scale)
     from replication_page import write_page  # beside this file
 
-    return write_page(args.results, REPO / "docs")
+    return write_page(args.results, REPO / "docs", partial=args.partial)
 
 
 if __name__ == "__main__":
