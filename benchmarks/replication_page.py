@@ -93,6 +93,14 @@ class Numbers:
     def fitting(self, **where) -> list[int]:
         return self.phase_rows(**where).filter(pl.col("fit_bits") > THRESHOLD)["layer"].to_list()
 
+    def compression_sizes(self, **where) -> dict[int, tuple[float, float]]:
+        """layer -> (compression in bits, the layer's peak mean I(X;T))."""
+        peaks = self.points
+        for key, value in where.items():
+            peaks = peaks.filter(pl.col(key) == value)
+        peak = {r["layer"]: r["mi_xt_peak"][0] for r in peaks.iter_rows(named=True)}
+        return {r["layer"]: (r["compress_bits"], peak.get(r["layer"], 0.0)) for r in self.phase_rows(**where).iter_rows(named=True)}
+
     def dpi(self, **where) -> tuple[int, int]:
         frame = self.tables.dpi
         for key, value in where.items():
@@ -156,6 +164,19 @@ def verdict(holds: bool, partly: bool = False) -> str:
     return "**reproduced**" if holds else ("**partly**" if partly else "**not reproduced**")
 
 
+SLIGHT = 0.10  # "very little" compression: under this share of the layer's peak I(X;T)
+
+
+def slight(size: tuple[float, float]) -> bool:
+    bits, peak = size
+    return bits < SLIGHT * peak
+
+
+def sized(layers: list[int], sizes: dict[int, tuple[float, float]]) -> str:
+    """'3 (0.10 of 11.79 bits), 5 (...)': each layer's compression and its peak I(X;T)."""
+    return ", ".join(f"{l} ({sizes[l][0]:.2f} of {sizes[l][1]:.2f} bits)" for l in layers) if layers else "none"
+
+
 def layers_text(layers: list[int]) -> str:
     return ", ".join(map(str, layers)) if layers else "none"
 
@@ -177,17 +198,20 @@ def claims_syn(n: Numbers, bits: int = 8) -> list[list[str]]:
         f"hidden layers with I(T;Y) rising > {THRESHOLD} bits: tanh {layers_text(hidden_fit[0])}; ReLU {layers_text(hidden_fit[1])}",
         verdict(all(hidden_fit), any(hidden_fit)),
     ])
+    sizes = {a: n.compression_sizes(activation=a, bits=bits, estimator="exact", phase="train") for a in ("tanh", "relu")}
+    last_hidden = out["tanh"] - 1
     tanh_hidden = [l for l in both[0] if l < out["tanh"]]
+    others = [l for l in tanh_hidden if l != last_hidden]
     rows.append([
         "Section 1, 4.1: \"When using Tanh in the hidden layers, compression is only observed in the last hidden layer.\"",
-        f"tanh hidden layers compressing > {THRESHOLD} bits: {layers_text(tanh_hidden)} (last hidden: {out['tanh'] - 1})",
-        verdict(tanh_hidden == [out["tanh"] - 1], out["tanh"] - 1 in tanh_hidden),
+        f"tanh hidden layers compressing > {THRESHOLD} bits: {sized(tanh_hidden, sizes['tanh'])} (last hidden: {last_hidden})",
+        verdict(tanh_hidden == [last_hidden], last_hidden in tanh_hidden and all(slight(sizes["tanh"][l]) for l in others)),
     ])
     relu_hidden = [l for l in both[1] if l < out["relu"]]
     rows.append([
-        "Section 1, 4.1: \"When using ReLU, we did not observe compression in the hidden layers.\"",
-        f"ReLU hidden layers compressing > {THRESHOLD} bits: {layers_text(relu_hidden)}",
-        verdict(not relu_hidden, len(relu_hidden) <= 1),
+        "Section 1, 4.1: \"When using ReLU, we did not observe compression in the hidden layers\" (4.1: \"no or very little compression\").",
+        f"ReLU hidden layers compressing > {THRESHOLD} bits: {sized(relu_hidden, sizes['relu'])}",
+        verdict(not relu_hidden, all(slight(sizes["relu"][l]) for l in relu_hidden)),
     ])
     violations, checked = n.dpi(bits=bits, estimator="exact")
     rows.append([
@@ -373,7 +397,8 @@ def write_page(results: Path, docs: Path, partial: bool = False) -> int:
         "`python benchmarks/replicate.py run` (the command, the sweep files and the scale are described at the top of "
         "`benchmarks/replicate.py`). Every table and verdict below is computed from those results; the verdict rules "
         "are in `benchmarks/replication_page.py`. A phase counts when the mean curve rises (fitting, I(T;Y)) or falls "
-        f"after its peak (compression, I(X;T)) by more than {THRESHOLD} bits.",
+        f"after its peak (compression, I(X;T)) by more than {THRESHOLD} bits; where the paper allows \"very little\" "
+        f"compression, a compression under {SLIGHT:.0%} of the layer's peak I(X;T) makes the verdict *partly*.",
         "",
         "Not run here: the MNIST experiments (" + ", ".join(MNIST) + "), whose data this machine cannot fetch; their "
         "sweep files are ready and `replicate.py run` runs them once `ibray data download mnist` has worked.",
