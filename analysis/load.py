@@ -20,8 +20,9 @@ a seed was rerun after a dead start (`restarts` > 0) only its highest `restarts`
 
 from __future__ import annotations
 
-import hashlib
+import atexit
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,14 +164,14 @@ def load(paths: list[str | Path]) -> Results:
     )
 
 
-_REMOTE_CACHE = Path(tempfile.gettempdir()) / "ibray-report-cache"
-
-
 def fetch_remote(uri: str) -> Path:
     """Copy the ibray files (Parquet parts, trial.json, sweep.yaml) below a filesystem URI
-    (s3://, gs://, file://: anything pyarrow resolves) into a local cache folder; returns it.
+    (s3://, gs://, file://: anything pyarrow resolves) into a fresh local folder; returns it.
 
-    Tune's checkpoints and state next to them are not copied."""
+    Fresh on every call, and deleted when this process exits: a copy kept from an earlier call
+    would bring back trials deleted since (a sweep rerun with --overwrite). The lazy frames of
+    `load` scan the copy, so it lives as long as the process. Tune's checkpoints and state next
+    to the results are not copied."""
     try:
         filesystem, base = pafs.FileSystem.from_uri(uri)
         infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
@@ -178,19 +179,19 @@ def fetch_remote(uri: str) -> Path:
         raise ResultsError(f"{uri}: cannot be read ({error}); check the URI and your credentials") from None
     if not infos and filesystem.get_file_info(base).type == pafs.FileType.NotFound:
         raise ResultsError(f"{uri}: no such file or folder")
-    local = _REMOTE_CACHE / hashlib.sha256(uri.encode()).hexdigest()[:16]
     wanted = [
         info for info in infos
         if info.type == pafs.FileType.File
         and (info.base_name in ("trial.json", "sweep.yaml") or (info.base_name.startswith("part-") and info.base_name.endswith(".parquet")))
         and "/tune/" not in info.path[len(base):]
     ]
+    local = Path(tempfile.mkdtemp(prefix="ibray-report-"))
+    atexit.register(shutil.rmtree, local, True)
     for info in wanted:
         target = local / info.path[len(base):].lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         with filesystem.open_input_stream(info.path) as source:
             target.write_bytes(source.read())
-    local.mkdir(parents=True, exist_ok=True)
     return local
 
 

@@ -2,7 +2,8 @@
 
 Registered by ibray/cli.py through `add_parsers(sub)`. A bad sweep file raises SweepError (a
 ConfigError), which the CLI prints as one `ibray: error: ...` and exit code 2, before Ray starts;
-so does a sweep another driver is running, or a results root that cannot be written. Ctrl-C
+so does a sweep another driver is running, missing data, or a results root that cannot be
+written or (on a cluster) is not shared by every node. Ctrl-C
 stops a sweep with one line that says how to resume it, and exit code 130.
 """
 
@@ -35,7 +36,17 @@ def add_parsers(sub) -> None:
         help="finish an interrupted run of this sweep (with none, says so and starts it fresh)",
     )
     s.add_argument("--overwrite", action="store_true", help="delete this sweep's earlier results and run it again")
-    s.add_argument("--data-dir", default=None, help="data directory on every node (default: $IBRAY_DATA_DIR or ~/.cache/ibray)")
+    s.add_argument(
+        "--data-dir",
+        default=None,
+        help="data directory of this driver, and of every node with --data-on-workers (default: $IBRAY_DATA_DIR or ~/.cache/ibray)",
+    )
+    s.add_argument(
+        "--data-on-workers",
+        action="store_true",
+        help="trials load their data from their own node's data directory instead of getting it from the driver "
+        "through Ray's object store (for data too large for it); every node must then hold the data",
+    )
     s.add_argument("--view-every", type=float, default=10.0, help="seconds between progress lines")
     s.set_defaults(handler=_run_sweep)
 
@@ -70,6 +81,7 @@ def _run_sweep(args) -> int:
             overwrite=args.overwrite,
             data_dir=data_dir,
             view_every=args.view_every,
+            data_on_workers=args.data_on_workers,
         )
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over the signal
         print(interrupted, file=sys.stderr, flush=True)

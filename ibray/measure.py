@@ -5,9 +5,11 @@ network with the quantizer ranges held fixed, reads off each layer's integer cod
 values) and hands them to `mutual_information`, which knows nothing of networks. The rows are
 columnar, ready for the ResultsWriter.
 
-From OVERLAP_SEEDS seeds on, a measurement runs on a worker thread, on a copy of the network
-taken when it was asked for, while the next epoch trains: torch and numpy release the GIL, so
-one core trains while the other measures. At most two measurements are in flight.
+From OVERLAP_SEEDS seeds on, and when the trial may keep a second thread busy (`overlap`), a
+measurement runs on a worker thread, on a copy of the network taken when it was asked for,
+while the next epoch trains: torch and numpy release the GIL, so one core trains while the
+other measures. At most two measurements are in flight. Without `overlap` every measurement
+runs inline, on the training thread: the same rows, one core.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class Measurer:
 
     With `measure_mi` False only metrics are computed, and with global binning bounds asked
     for but not known yet, each run's extremes are gathered in `seen_ranges` (the range pass).
+    `overlap`: whether measurements of OVERLAP_SEEDS seeds or more may run on a second thread.
     """
 
     def __init__(
@@ -130,8 +133,10 @@ class Measurer:
         test_idx: torch.Tensor,
         global_ranges: dict[tuple[int, int], tuple[float, float]] | None = None,
         measure_mi: bool = True,
+        overlap: bool = True,
     ) -> None:
         self.config = config
+        self.overlap = overlap
         self.x, self.labels, self.train_idx, self.test_idx = x, labels, train_idx, test_idx
         self.labels_host = labels.cpu().numpy()
         self.global_ranges = global_ranges
@@ -147,7 +152,9 @@ class Measurer:
         bounds = None
         if self.measure_mi and self.global_ranges is not None:
             bounds = [self.global_ranges[key] for key in keys]
-        if model.seeds < OVERLAP_SEEDS:  # small models: the thread hand-off costs more than it saves
+        # Small models: the thread hand-off costs more than it saves. Without overlap: the
+        # trial has one core, and a second thread would only contend for it.
+        if model.seeds < OVERLAP_SEEDS or not self.overlap:
             return Measurement(None, *self._rows(model, slots, keys, axes, bounds))
         snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if self._worker is None:

@@ -65,13 +65,15 @@ def needs_global_ranges(config: TrialConfig) -> bool:
     return config.bin_bounds == "global" and any(binning_bins(e) for e in config.estimators)
 
 
-def find_global_ranges(config: TrialConfig, dataset: Dataset) -> dict[tuple[int, int], tuple[float, float]]:
+def find_global_ranges(
+    config: TrialConfig, dataset: Dataset, threads: int | None = None
+) -> dict[tuple[int, int], tuple[float, float]]:
     """The binning range of each run: min and max over all its layers and epochs.
 
     Found by training once without measuring MI; training is deterministic, so the measuring
     run that follows goes through the very same states.
     """
-    trainer = Trainer(config, dataset, measure_mi=False)
+    trainer = Trainer(config, dataset, measure_mi=False, threads=threads)
     measurements = [trainer.start()]
     while not trainer.done:
         measurements.append(trainer.step()[0])
@@ -103,6 +105,7 @@ def run_trial(
     on_write: Callable[[dict, dict], None] | None = None,
     on_progress: Callable[[dict], None] | None = None,
     progress_every: float = PROGRESS_EVERY_S,
+    threads: int | None = None,
 ) -> TrialSummary:
     """Train config's seeds, writing Parquet every `write_every` epochs under `out`.
 
@@ -111,7 +114,8 @@ def run_trial(
     via run_trial(state=checkpoint); `scalars` are a few numbers for a progress report.
     on_progress(progress) runs every `progress_every` seconds, whatever the write cadence, with
     the slowest seed's `epoch` and the trial's `seed_epochs_done` and `seed_epochs_left` (the
-    latter counts the whole remaining run of restarted seeds).
+    latter counts the whole remaining run of restarted seeds). `threads`: the CPU threads the
+    trial may keep busy (see Trainer; None: its default).
     """
     started = time.perf_counter()
     out = out if is_uri(out) else Path(out)
@@ -121,8 +125,8 @@ def run_trial(
         ranges = state.get("global_ranges")
         ranges = {(int(s), int(r)): (lo, hi) for s, r, lo, hi in ranges} if ranges else None
     else:
-        ranges = find_global_ranges(config, dataset) if needs_global_ranges(config) else None
-    trainer = Trainer(config, dataset, sweep, global_ranges=ranges)
+        ranges = find_global_ranges(config, dataset, threads) if needs_global_ranges(config) else None
+    trainer = Trainer(config, dataset, sweep, global_ranges=ranges, threads=threads)
     remove_temporaries(out)
     writer = ResultsWriter(out)
     parts = 0  # writes so far: names the next part, so no two writes share a name

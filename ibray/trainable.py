@@ -14,6 +14,18 @@ Each write also keeps a copy of the checkpoint beside the trial's rows
 (`<trials_root>/<trial_id>/checkpoint.pt`, the layout of `ibray trial`): when Tune's own state
 is lost or damaged, the launcher starts Tune afresh and the trial continues from that copy.
 
+Data: the launcher loads each data set once, on the driver, and hands it over through Ray's
+object store (`datasets`: data_key -> ObjectRef), so a worker node needs no data files and no
+download. With `datasets` None (`ibray sweep --data-on-workers`) the trial loads its data from
+its node's own data directory; a data set missing or damaged there is the same on every retry,
+so the trial reports the error once (DATA_ERROR) and ends instead of raising it, which Tune
+would retry `max_failures` times.
+
+Resources: a trial keeps busy no more CPUs than Ray gave it (its assigned resources): with one
+CPU it measures inline, with two or more one thread trains and one measures (see
+ibray.trainer); with a fraction of a GPU, torch's allocator is capped at that fraction of the
+GPU's memory, so trials that share a GPU cannot starve each other of it.
+
 A trial whose results folder already says "complete" returns at once without touching
 anything, so a resumed sweep never reruns or rewrites a finished trial, even when Tune's own
 record of it is older than the results. A config that is not one of the sweep's grid points
@@ -22,6 +34,7 @@ record of it is older than the results. A config that is not one of the sweep's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -29,13 +42,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.fs as pafs
 import ray
+import torch
 from ray import tune
 
 from ibray.config import ConfigError, TrialConfig
+from ibray.data import load_dataset
+from ibray.dataset import DataError, Dataset
 from ibray.records import TrialStateError, is_uri, join, read_trial_info, replace_atomically, resolve
 from ibray.run import CHECKPOINT_FILE, load_checkpoint, run_trial, save_checkpoint
+
+DATA_ERROR = "data_error"  # the key of the one report of a trial that cannot load its data
 
 
 class StrayTrialError(TrialStateError):
@@ -47,6 +66,11 @@ def grid_key(trial: TrialConfig) -> str:
     return json.dumps(trial.to_dict(), sort_keys=True)
 
 
+def data_key(trial: TrialConfig) -> tuple:
+    """What a trial's data set depends on: trials with equal keys train on the same Dataset."""
+    return (trial.dataset, trial.train_fraction, trial.split_seed, trial.label_column)
+
+
 def train_trial(
     config: dict,
     sweep: str,
@@ -54,11 +78,14 @@ def train_trial(
     data_dir: str | None = None,
     grid: dict[str, str] | None = None,
     progress_every: float | None = None,
+    datasets: dict | None = None,
 ) -> None:
     """Train one trial of sweep `sweep`; results under `<trials_root>/<trial_id>/`.
 
     `grid` maps the sweep's trial ids to their grid_key; a config not in it is refused.
     `progress_every`: seconds between progress reports (None: the training loop's default).
+    `datasets`: data_key -> ObjectRef of the Dataset, put by the driver; None: load the data
+    from this node's `data_dir`.
     """
     # Ray logs every persisted checkpoint at INFO; the sweep's live view says enough.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -66,10 +93,22 @@ def train_trial(
     out = join(trials_root, trial.trial_id())
     total = trial.prefit_epochs + trial.epochs
     seeds = len(trial.seeds)
-    fixed = {"trial": trial.trial_id(), "seeds": seeds, "total_epochs": total, "node": ray.get_runtime_context().get_node_id()}
+    threads = honour_allocation(ray.get_runtime_context().get_assigned_resources())
+    fixed = {
+        "trial": trial.trial_id(),
+        "seeds": seeds,
+        "total_epochs": total,
+        "node": ray.get_runtime_context().get_node_id(),
+        "threads": threads,
+    }
     if trial_complete(out, trial.trial_id()):
         done = {"epoch": total, "seed_epochs_done": seeds * total, "seed_epochs_left": 0}
         tune.report({**fixed, **done, "resumed_from": total, "resumed_seed_epochs": seeds * total})
+        return
+    try:
+        dataset = trial_dataset(trial, datasets, data_dir)
+    except DataError as error:
+        tune.report({**fixed, DATA_ERROR: f"DataError: {error}"})
         return
     state = restore_state(tune.get_checkpoint(), trial.trial_id())
     if state is None:  # a fresh Tune run: the trial's own copy, if an earlier run left one
@@ -96,7 +135,38 @@ def train_trial(
         reporting[0] += time.perf_counter() - started
 
     extra = {"progress_every": progress_every} if progress_every is not None else {}
-    run_trial(trial, out, sweep=sweep, data_dir=data_dir, state=state, on_write=report, on_progress=progress, **extra)
+    run_trial(
+        trial, out, sweep=sweep, dataset=dataset, state=state, on_write=report, on_progress=progress, threads=threads, **extra
+    )
+
+
+def honour_allocation(assigned: dict[str, float]) -> int:
+    """Make this process use what Ray assigned to the trial (`get_assigned_resources()`, e.g.
+    {"CPU": 2.0, "GPU": 0.5}); returns the CPU threads the trial's Trainers may keep busy
+    (run_trial's `threads`)."""
+    threads = max(int(assigned.get("CPU", 1)), 1)  # a fraction of a CPU still runs one thread
+    gpu = assigned.get("GPU", 0.0)
+    if 0 < gpu < 1 and torch.cuda.is_available():
+        # Ray shares a GPU by bookkeeping only; the cap makes a trial that outgrows its share
+        # fail alone (out of memory) instead of starving the trials beside it.
+        torch.cuda.set_per_process_memory_fraction(gpu)
+    return threads
+
+
+def trial_dataset(trial: TrialConfig, datasets: dict | None, data_dir: str | None) -> Dataset:
+    """The trial's Dataset: from the driver through Ray's object store, or (datasets None) loaded
+    from this node's data directory; raises DataError when it cannot be loaded."""
+    if datasets is None:
+        return load_dataset(trial.dataset, data_dir, trial.train_fraction, trial.split_seed, trial.label_column)
+    shared = ray.get(datasets[data_key(trial)])
+    # Ray hands out read-only views of its shared memory, and torch warns about tensors on
+    # read-only memory: the trial trains on its own copy (MNIST: about 220 MB, for its lifetime).
+    arrays = {}
+    for field in dataclasses.fields(shared):
+        value = getattr(shared, field.name)
+        if isinstance(value, np.ndarray):
+            arrays[field.name] = np.array(value)
+    return dataclasses.replace(shared, **arrays)
 
 
 def grid_point(config: dict, sweep: str, grid: dict[str, str] | None) -> TrialConfig:

@@ -7,6 +7,10 @@ slot whose training accuracy is below `min_train_acc` at `restart_epoch` is disc
 re-initialised from a fresh stream (the study's rule for dead ReLU runs), and trains from epoch
 0 while the others go on. Measurements (`measure.Measurer`) are taken at the epochs of the
 measuring grid: 0, every `mi_every`, the end of each phase and the restart check.
+
+A Trainer keeps at most `threads` CPU threads busy: one trains, and with two or more a second
+measures while the next epoch trains (from measure.OVERLAP_SEEDS seeds on); with one, every
+measurement runs inline. The numbers are the same either way, bit for bit.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from ibray.device import pad_to_lanes, pick_device
 from ibray.measure import Measurement, Measurer
 from ibray.models import BatchedNetwork
 from ibray.optim import SeedAdam
+
+DEFAULT_THREADS = 2  # one thread trains, one measures: `ibray trial` on a machine of its own
 
 
 def slot_streams(seed: int, restarts: int) -> tuple[int, int, int]:
@@ -36,15 +42,20 @@ class Trainer:
         sweep: str = "",
         global_ranges: dict[tuple[int, int], tuple[float, float]] | None = None,
         measure_mi: bool = True,
+        threads: int | None = None,
     ) -> None:
+        """`threads`: CPU threads this trainer may keep busy, 1 or more (None: DEFAULT_THREADS)."""
         self.config = config
         self.sweep = sweep
         self.trial = config.trial_id()
         self.device = pick_device(config.device)
+        self.threads = threads if threads is not None else DEFAULT_THREADS
+        if self.threads < 1:
+            raise ValueError(f"threads must be 1 or more, got {self.threads}")
         if self.device.type == "cpu":
-            # One core trains and (from OVERLAP_SEEDS seeds on) a second measures: even 50
-            # seeds make small tensors, where intra-op threads cost more hand-offs than they
-            # save (measured). More cores serve more trials (Ray), not one trial.
+            # One intra-op thread whatever the budget: even 50 seeds make small tensors, where
+            # intra-op threads cost more hand-offs than they save (measured). A second thread
+            # of the budget measures (Measurer's overlap); more cores serve more trials (Ray).
             torch.set_num_threads(1)
         self.total_epochs = config.prefit_epochs + config.epochs
         x = torch.as_tensor(dataset.x, dtype=torch.float32, device=self.device)
@@ -53,7 +64,9 @@ class Trainer:
         test_idx = torch.as_tensor(dataset.test_idx, dtype=torch.long, device=self.device)
         self.train_labels = labels[self.train_idx]
         self.x_train = x[self.train_idx]
-        self.measurer = Measurer(config, x, labels, self.train_idx, test_idx, global_ranges, measure_mi)
+        self.measurer = Measurer(
+            config, x, labels, self.train_idx, test_idx, global_ranges, measure_mi, overlap=self.threads >= 2
+        )
         seeds = len(config.seeds)
         self.model = BatchedNetwork(
             config.architecture,

@@ -1,4 +1,4 @@
-"""The cluster: cluster.yaml against the schema Ray ships, and a sweep submitted with
+"""The cluster: cluster.yaml against the schema Ray ships (and what it installs where), and a sweep submitted with
 `ibray sweep --address` to a real two-node Ray (the session's head and worker on this machine),
 whose trials run on both nodes and whose results are complete and correct."""
 
@@ -49,6 +49,21 @@ def test_cluster_yaml_follows_rays_schema():
     assert workers and all(w["resources"].get("GPU", 0) >= 1 for w in workers)
     assert any("pip install" in c and "~/ibray" in c for c in config["setup_commands"])
     assert config["file_mounts"] == {"~/ibray": "."}
+    # every node runs the Ray the tests run, which pyproject.toml's bound admits
+    import ray
+    from packaging.requirements import Requirement
+
+    pinned = [c for c in config["setup_commands"] if "ray[" in c]
+    assert pinned and all(f'"ray[default,tune]=={ray.__version__}"' in c for c in pinned)
+    pyproject = (REPO / "pyproject.toml").read_text()
+    bound = Requirement(re.search(r'"(ray\[tune\][^"]*)"', pyproject).group(1))
+    assert bound.specifier.contains(ray.__version__) and not bound.specifier.contains("2.40.0")
+    # the head, which runs the driver, holds the data; workers get it through the object store
+    assert [c for c in config["head_setup_commands"] if "data download" in c] == [
+        "python3 -m ibray.cli data download mnist",
+        "python3 -m ibray.cli data download szt",
+    ]
+    assert not any("download" in c for c in config["worker_setup_commands"])
 
 
 def test_a_sweep_runs_on_both_nodes(ray_cluster, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,24 +104,25 @@ def test_resources_an_embedded_ray_lacks_are_refused_before_anything_is_written(
 
 
 def test_a_driver_lock_is_stale_only_when_its_driver_is_gone(tmp_path, monkeypatch, capsys):
-    from ibray import launch
-    from ibray.launch import DriverLock, lock_is_stale, read_lock
+    from ibray import driver_lock
+    from ibray.driver_lock import DriverLock, lock_is_stale, read_lock
+    from ibray.sweep import SweepError
 
     here, now = socket.gethostname(), time.time()
-    me = {"host": here, "pid": os.getpid(), "pid_start": launch._process_start(os.getpid()), "heartbeat": now}
+    me = {"host": here, "pid": os.getpid(), "pid_start": driver_lock.process_start(os.getpid()), "heartbeat": now}
     gone = subprocess.Popen(["true"])  # its pid is free once it is reaped
     gone.wait()
     assert not lock_is_stale(me)
     assert lock_is_stale({**me, "pid": gone.pid})  # dead on this host: stale at once
     assert lock_is_stale({**me, "pid_start": "1"})  # this pid, but another process's start: reused
-    assert lock_is_stale({**me, "heartbeat": now - launch.STALE_AFTER_S - 1})
+    assert lock_is_stale({**me, "heartbeat": now - driver_lock.STALE_AFTER_S - 1})
     elsewhere = {"host": "elsewhere", "pid": gone.pid, "heartbeat": now - 5}
     assert not lock_is_stale(elsewhere)  # another host's pid says nothing here: the heartbeat tells
-    assert lock_is_stale({**elsewhere, "heartbeat": now - launch.STALE_AFTER_S - 1})
+    assert lock_is_stale({**elsewhere, "heartbeat": now - driver_lock.STALE_AFTER_S - 1})
     assert lock_is_stale({"host": here}) and read_lock(tmp_path / "none.lock") is None
 
     # Works on a URI root too; refreshes its heartbeat; an error inside releases it.
-    monkeypatch.setattr(launch, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(driver_lock, "HEARTBEAT_S", 0.1)
     spec = load_sweep(sweep_file(tmp_path, "locked"))
     folder = (tmp_path / "root" / "locked").as_uri()
     lock_path = tmp_path / "root" / "locked" / "driver.lock"
@@ -130,7 +132,7 @@ def test_a_driver_lock_is_stale_only_when_its_driver_is_gone(tmp_path, monkeypat
         first = json.loads(lock_path.read_text())
         assert (first["host"], first["pid"], first["sweep"]) == (here, os.getpid(), "locked")
         wait_for(lambda: json.loads(lock_path.read_text())["heartbeat"] > first["heartbeat"], 10, "a heartbeat")
-        with pytest.raises(launch.SweepError, match=rf"sweep 'locked' is being run by another driver \(host {here}, pid {os.getpid()}, since "):
+        with pytest.raises(SweepError, match=rf"sweep 'locked' is being run by another driver \(host {here}, pid {os.getpid()}, since "):
             DriverLock(spec, folder).refuse_if_held()
         raise RuntimeError("boom")
     assert not lock_path.exists()
@@ -155,21 +157,22 @@ def test_a_sweep_locked_by_a_driver_on_another_host_is_refused(tmp_path, capsys)
 
 
 def test_the_live_line_counts_restarted_seed_epochs_in_the_time_left():
-    from ibray.launch import progress_line
+    from ibray.live_view import progress_line
 
     config = {"seeds": [0, 1], "epochs": 100}
     # 2 seeds of 100 epochs: the slowest at epoch 40, but one seed restarted, so 150 are left
     restarted = {"epoch": 40, "seed_epochs_done": 50, "seed_epochs_left": 150}
-    line = progress_line("s", elapsed=10, work=50, trials=[("RUNNING", config, restarted), ("PENDING", config, {})])
-    assert line == "[s 0:10] trials: 0 done, 1 running, 1 pending | seed-epochs 50/400 | 5.0 seed-epochs/s | ~1:10 left"
+    line = progress_line("s", elapsed=10, work=50, trials=[("RUNNING", config, restarted), ("PENDING", config, {})], at_once=1)
+    assert line == "[s 0:10] trials: 0 done, 1 running, 1 pending, at most 1 at once | seed-epochs 50/400 | 5.0 seed-epochs/s | ~1:10 left"
     # a trial that reports only at writes: the epoch reached tells
-    line = progress_line("s", elapsed=10, work=80, trials=[("RUNNING", config, {"epoch": 40}), ("TERMINATED", config, {})])
-    assert line == "[s 0:10] trials: 1 done, 1 running, 0 pending | seed-epochs 280/400 | 8.0 seed-epochs/s | ~0:15 left"
+    line = progress_line("s", elapsed=10, work=80, trials=[("RUNNING", config, {"epoch": 40}), ("TERMINATED", config, {})], at_once=2)
+    assert line == "[s 0:10] trials: 1 done, 1 running, 0 pending, at most 2 at once | seed-epochs 280/400 | 8.0 seed-epochs/s | ~0:15 left"
 
 
 # -- on the session's Ray ----------------------------------------------------------------------
 def test_a_second_driver_is_refused_then_ctrl_c_then_a_damaged_tune_state_is_rebuilt(ray_cluster, tmp_path, capsys):
-    from ibray.launch import tune_state_problem, trial_statuses
+    from ibray.sweep_folder import trial_statuses
+    from ibray.tune_state import tune_state_problem
 
     path = sweep_file(tmp_path, "duo", activation=["tanh", "relu"], seeds=1, epochs=100, mi_every=20, write_every=20)
     spec = load_sweep(path)
@@ -192,7 +195,8 @@ def test_a_second_driver_is_refused_then_ctrl_c_then_a_damaged_tune_state_is_reb
         assert f"run `ibray sweep {path} --resume`" in refusal
         assert main([*command[3:], "--resume"]) == 2
         assert f"pid {first.pid}, since " in capsys.readouterr().err
-        wait_for(lambda: any(i.get("epochs_run", 0) >= 20 for i in infos(folder).values()), 120, "a checkpoint")
+        # epoch 40: the trial's report at epoch 20 (with its checkpoint) has reached Tune's state
+        wait_for(lambda: any(i.get("epochs_run", 0) >= 40 for i in infos(folder).values()), 120, "a checkpoint")
         assert first.poll() is None and all(i["status"] == "running" for i in infos(folder).values())
     finally:
         first.send_signal(signal.SIGINT)
@@ -204,7 +208,10 @@ def test_a_second_driver_is_refused_then_ctrl_c_then_a_damaged_tune_state_is_reb
     assert not driver_tracebacks(stderr) and "TypeError" not in stderr
     done = sum(i["status"] == "complete" for i in infos(folder).values())
     last = [line for line in stdout.splitlines() if line.startswith("[duo ")][-1]
-    assert re.fullmatch(rf"\[duo \d+:\d\d\] interrupted: {done} of 2 trials done, {2 - done} unfinished \| seed-epochs [\d,]+/200 written", last)
+    assert re.fullmatch(
+        rf"\[duo \d+:\d\d\] interrupted: {done} of 2 trials done, {2 - done} unfinished, at most [12] at once \| seed-epochs [\d,]+/200 written",
+        last,
+    )
     assert done < 2 and not (folder / "driver.lock").exists()
 
     # Tune saved a state that agrees with the trials; one from another grid would not
@@ -212,6 +219,18 @@ def test_a_second_driver_is_refused_then_ctrl_c_then_a_damaged_tune_state_is_reb
     assert tune_state_problem(spec, experiment, trial_statuses(spec, folder)) is None
     longer = load_sweep(sweep_file(tmp_path / "other", "duo", activation=["tanh", "relu"], seeds=1, epochs=120))
     assert "which is not in the sweep's grid" in tune_state_problem(longer, experiment, trial_statuses(longer, folder))
+    # nor one that would resume a trial from a checkpoint no longer in storage (a driver killed
+    # after Tune deleted it, num_to_keep, and before Tune saved its state again)
+    unfinished = max((i["epochs_run"], t) for t, i in infos(folder).items() if i["status"] != "complete")[1]
+    checkpoints = sorted((folder / "tune" / unfinished).glob("checkpoint_*"))
+    assert checkpoints
+    for checkpoint in checkpoints:
+        shutil.rmtree(checkpoint)
+    newest = max(p.name for p in (folder / "tune").glob("experiment_state-*.json"))
+    assert re.fullmatch(
+        rf"{newest} resumes trial {unfinished} from {folder}/tune/{unfinished}/checkpoint_\d+, which is no longer in storage",
+        tune_state_problem(spec, experiment, trial_statuses(spec, folder)),
+    )
 
     # damage every JSON file of Tune's state: --resume rebuilds the run from the trials' own records
     reached = {t: i["epochs_run"] for t, i in infos(folder).items()}
@@ -256,7 +275,7 @@ def test_ctrl_c_before_any_trial_reports(ray_cluster, tmp_path):
     assert own_lines(stderr) == [f"ibray: interrupted; run `ibray sweep {path} --resume` to finish the sweep"]
     assert not driver_tracebacks(stderr) and "TypeError" not in stderr
     last = [line for line in stdout.splitlines() if line.startswith("[early ")][-1]
-    assert last.endswith("] interrupted: 0 of 2 trials done, 2 unfinished | seed-epochs 0/1,200 written")
+    assert re.search(r"\] interrupted: 0 of 2 trials done, 2 unfinished, at most [0-2] at once \| seed-epochs 0/1,200 written$", last)
     assert not (folder / "driver.lock").exists()
     assert epochs_run(next(folder.glob("trials/*/trial.json"), folder / "none")) in (-1, 0)
 

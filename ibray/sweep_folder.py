@@ -1,0 +1,133 @@
+"""A sweep's folder under a results root: its layout, the checks before anything is written,
+and what an earlier run left there.
+
+    <root>/<sweep>/sweep.yaml                     the sweep file as given
+    <root>/<sweep>/driver.lock                    the running driver (see ibray.driver_lock)
+    <root>/<sweep>/trials/<trial_id>/{mi,metrics,trial.json,checkpoint.pt}   each trial's rows,
+                                                  status and latest checkpoint
+    <root>/<sweep>/tune/                          Tune's experiment state and trial checkpoints
+
+`root` is a local path or any filesystem URI pyarrow resolves (s3://, gs://, file://).
+Everything a sweep writes lies under its own folder: two sweeps of different names under one
+root never touch each other's files, and only a folder holding a sweep.yaml is ever deleted.
+Knows nothing of Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from ibray.driver_lock import LOCK_FILE
+from ibray.records import TrialStateError, is_uri, join, read_text, read_trial_info, resolve
+from ibray.sweep import SweepError, SweepSpec, check_data_unchanged, parse_sweep
+
+SWEEP_FILE = "sweep.yaml"
+TRIALS = "trials"
+TUNE = "tune"
+PSEUDO_FILESYSTEMS = ("/proc", "/sys")
+
+
+def sweep_folder(spec: SweepSpec, root: str) -> str:
+    """<root>/<name>: a URI, or an absolute local path (Tune wants one)."""
+    if is_uri(root):
+        return str(join(root, spec.name))
+    _, absolute = resolve(root)
+    return str(join(absolute, spec.name))
+
+
+def trial_infos(spec: SweepSpec, folder: str) -> dict[str, dict | None]:
+    """trial id -> its trial.json, None when it has none or a damaged one (it runs again)."""
+    infos = {}
+    for trial in spec.trials:
+        try:
+            infos[trial.trial_id()] = read_trial_info(join(folder, TRIALS, trial.trial_id()))
+        except TrialStateError:
+            infos[trial.trial_id()] = None
+    return infos
+
+
+def trial_statuses(spec: SweepSpec, folder: str) -> dict[str, str]:
+    """trial id -> status in its trial.json ('complete', 'running'), 'absent' when none."""
+    return {t: (info or {}).get("status", "absent") for t, info in trial_infos(spec, folder).items()}
+
+
+def check_results_folder(folder: str) -> None:
+    """Refuse a sweep folder that cannot be written: below a regular file, in /proc or /sys,
+    on a read-only or foreign disk, or (for a URI) on a filesystem pyarrow cannot reach."""
+    if is_uri(folder):
+        try:
+            filesystem, inner = resolve(folder)
+            parent = filesystem.get_file_info(inner.rsplit("/", 1)[0])
+        except Exception as error:  # pyarrow raises several types for a bad URI or credentials
+            raise SweepError(f"results root {folder.rsplit('/', 1)[0]} cannot be reached ({type(error).__name__}: {error})") from error
+        if parent.type == pafs.FileType.File:
+            raise SweepError(f"results root {parent.path} is a file, not a folder; pass another --results")
+        return
+    path = Path(os.path.realpath(folder))
+    for pseudo in PSEUDO_FILESYSTEMS:
+        if path == Path(pseudo) or Path(pseudo) in path.parents:
+            raise SweepError(f"results root {path.parent} is under {pseudo}, the kernel's, not a disk; pass another --results")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SweepError(f"results root {path.parent}: {existing} is a file, not a folder; pass another --results")
+    try:  # as root os.access says yes to nearly everything: only a write tells
+        handle, probe = tempfile.mkstemp(prefix=".ibray-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise SweepError(
+            f"results root {path.parent} is not writable ({existing}: {error.strerror}); pass another --results"
+        ) from error
+
+
+def check_existing(spec: SweepSpec, folder: str, resume: bool, overwrite: bool) -> dict[str, str] | None:
+    """The statuses of an earlier run of this sweep in `folder`, None when there is none ({}
+    under `overwrite`, which replaces whatever sweep the folder holds)."""
+    stored = read_text(join(folder, SWEEP_FILE))
+    if stored is None:
+        filesystem, inner = resolve(folder)
+        entries = filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+        if any(e.base_name != LOCK_FILE for e in entries):
+            raise SweepError(
+                f"{folder} exists but holds no {SWEEP_FILE}, so it is not a sweep's folder; "
+                f"pick another results root or sweep name"
+            )
+        return None
+    if overwrite:
+        return {}
+    check_data_unchanged(spec, folder)  # before the grids are compared: it says what changed
+    try:
+        same = parse_sweep(stored, f"{folder}/{SWEEP_FILE}", spec.name).param_space() == spec.param_space()
+    except SweepError:
+        same = False
+    if not same:
+        raise SweepError(
+            f"{folder} holds sweep {spec.name!r} from a different sweep file; give this one another "
+            f"name (the `name:` key), another --results root, or pass --overwrite to replace it"
+        )
+    statuses = trial_statuses(spec, folder)
+    done = sum(s == "complete" for s in statuses.values())
+    if done < len(statuses) and not resume:
+        raise SweepError(
+            f"{folder} holds an unfinished run of sweep {spec.name!r} ({done}/{len(statuses)} trials "
+            f"complete); pass --resume to finish it or --overwrite to start over"
+        )
+    return statuses
+
+
+def clear_sweep_folder(folder: str) -> None:
+    """Delete an earlier run (only ever a sweep's own folder), keeping this driver's lock."""
+    filesystem, inner = resolve(folder)
+    for entry in filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True)):
+        if entry.base_name == LOCK_FILE:
+            continue
+        if entry.type == pafs.FileType.Directory:
+            filesystem.delete_dir(entry.path)
+        else:
+            filesystem.delete_file(entry.path)
