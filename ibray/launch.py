@@ -278,10 +278,7 @@ def _tuner(
         {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
     )
     experiment = str(join(folder, TUNE))
-    param_space = {
-        key: tune.grid_search(value["grid_search"]) if isinstance(value, dict) and "grid_search" in value else value
-        for key, value in spec.param_space().items()
-    }
+    param_space = spec.param_space()  # its {"grid_search": values} is what tune.grid_search returns
     how = "fresh"
     if resume:
         problem = tune_state_problem(spec, experiment, trial_statuses(spec, folder))

@@ -13,7 +13,8 @@ Longer than most modules (about 500 lines) for one job: a message for every way 
 can be wrong is most of it, and splitting the checks from the file they check would scatter it.
 
 Knows nothing of Ray: `SweepSpec.param_space()` is a plain dict whose axes are marked by
-`grid_search`, the one name Tune's param_space needs; the launcher turns them into Tune's.
+`{"grid_search": values}`, exactly what `tune.grid_search(values)` returns, so the launcher
+hands it to Tune as it is.
 
 A data file named by `dataset` (a path, relative ones taken from the working directory) is
 read, checked and pinned once, when the file is validated: every trial of the sweep gets the

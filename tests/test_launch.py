@@ -89,10 +89,6 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def sorted_rows(frame: pl.DataFrame, key: list[str]) -> pl.DataFrame:
-    return frame.sort(key)
-
-
 def in_thread(function, *args, **kwargs):
     outcome: dict = {}
 
