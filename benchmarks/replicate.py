@@ -35,7 +35,7 @@ EXPERIMENTS = [
     ("syn_8bit.yaml", None, "Section 4.1: synthetic, 8-bit, tanh and ReLU"),
     ("appendix_d_prefit.yaml", 10, "Appendix D: random-label prefitting"),
     ("appendix_c_precision.yaml", 10, "Appendix C: 4-bit and 32-bit"),
-    ("appendix_a_binning.yaml", 5, "Appendix A: binning estimators on float networks"),
+    ("appendix_a_binning.yaml", 10, "Appendix A: binning estimators on float networks"),
 ]
 MNIST_EXPERIMENTS = [
     ("mnist_bottleneck2.yaml", None, "Section 4.2: MNIST Bottleneck-2"),
