@@ -59,17 +59,23 @@ def epochs_run(info: Path) -> int:
         return -1
 
 
-def trial_workers() -> list[int]:
-    """PIDs of Tune's trial processes (ray::ImplicitFunc) descending from this process (our Ray)."""
+def process_table() -> tuple[dict[int, int], dict[int, str]]:
+    """Every process on this machine: pid -> parent pid, and pid -> command line."""
     parents, titles = {}, {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
                 parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-                titles[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace")
+                titles[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except (OSError, ValueError):
-                pass
+                pass  # gone meanwhile
+    return parents, titles
+
+
+def trial_workers() -> list[int]:
+    """PIDs of Tune's trial processes (ray::ImplicitFunc) descending from this process (our Ray)."""
+    parents, titles = process_table()
 
     def ours(pid: int) -> bool:
         while pid > 1:

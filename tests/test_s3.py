@@ -23,13 +23,12 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import polars as pl
 import pyarrow.fs as pafs
 import pytest
 from conftest import SHARED_VAR_U
-from test_launch import LAYERS, sweep_file, wait_for
+from test_launch import LAYERS, process_table, sweep_file, wait_for
 from test_launch_robustness import CLI, own_lines
 
 from ibray.cli import main
@@ -106,15 +105,7 @@ def cluster(s3, tmp_path_factory):
 
 def trial_node(node_ids: set[str]) -> str | None:
     """The node id of the raylet whose worker runs a Tune trial (ray::ImplicitFunc), among `node_ids`."""
-    parents, titles = {}, {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-                titles[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except (OSError, ValueError):
-                pass
+    parents, titles = process_table()
     for pid, title in titles.items():
         if "ImplicitFunc" not in title:
             continue
