@@ -361,6 +361,24 @@ class TrialConfig:
     def quantized(self) -> bool:
         return self.bits != FLOAT_BITS
 
+    def phase_epoch(self, done: int) -> tuple[str, int]:
+        """(phase, epoch within the phase) after `done` completed epochs, prefit included:
+        the names of the Parquet `phase` and `epoch` columns."""
+        if self.prefit_epochs and done <= self.prefit_epochs:
+            return "prefit", done
+        return "train", done - self.prefit_epochs
+
+    def measured_at(self, done: int) -> bool:
+        """Is a seed measured after `done` completed epochs? The measuring grid: epoch 0, every
+        `mi_every`-th epoch, the end of each phase, and the dead-run check at `restart_epoch`.
+        The trainer measures by it and `ibray verify` expects rows by it."""
+        return (
+            done % self.mi_every == 0
+            or done == self.prefit_epochs + self.epochs
+            or done == self.prefit_epochs
+            or self.phase_epoch(done) == ("train", self.restart_epoch)
+        )
+
 
 # Every float field: what it must satisfy, and the words that say so. A test keeps this in step
 # with the fields, so a new float field cannot go unchecked (inf and nan fail every rule).

@@ -30,7 +30,6 @@ import datetime
 import difflib
 import functools
 import itertools
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from ibray.config import (
     parse_seeds,
 )
 from ibray.data import DataError
-from ibray.records import join, read_text, resolve
+from ibray.records import TrialStateError, join, read_trial_info, resolve
 
 # Sweep-level keys (not TrialConfig fields): what each means and its default.
 SWEEP_KEYS = {
@@ -493,9 +492,9 @@ def check_data_unchanged(spec: SweepSpec, folder: str) -> None:
         if entry.type != pafs.FileType.Directory:
             continue
         try:
-            text = read_text(join(folder, "trials", entry.base_name, "trial.json"))
-            dataset = (json.loads(text).get("config") or {}).get("dataset") if text else None
-        except (OSError, ValueError, AttributeError):
+            info = read_trial_info(join(folder, "trials", entry.base_name))
+            dataset = (info.get("config") or {}).get("dataset") if info else None
+        except (TrialStateError, AttributeError):
             continue  # a damaged record: the trial runs again and rewrites it
         old = data_file(dataset)
         if old is None or old.sha256 is None or dataset in ours:

@@ -110,10 +110,7 @@ class Trainer:
 
     def phase_epoch(self, total: int) -> tuple[str, int]:
         """(phase, epoch within the phase) after `total` completed epochs."""
-        prefit = self.config.prefit_epochs
-        if prefit and total <= prefit:
-            return "prefit", total
-        return "train", total - prefit
+        return self.config.phase_epoch(total)
 
     @property
     def done(self) -> bool:
@@ -190,15 +187,7 @@ class Trainer:
     def _on_grid(self, slot: int, previous: int) -> bool:
         """Is slot `slot`, which was at epoch `previous` before this step, due a measurement?"""
         epoch = self.slot_epoch[slot]
-        if epoch == previous:
-            return False
-        phase, phase_epoch = self.phase_epoch(epoch)
-        return (
-            epoch % self.config.mi_every == 0
-            or epoch == self.total_epochs
-            or epoch == self.config.prefit_epochs
-            or (phase == "train" and phase_epoch == self.config.restart_epoch)
-        )
+        return epoch != previous and self.config.measured_at(epoch)
 
     def start(self) -> Measurement:
         """Epoch 0 of every slot."""

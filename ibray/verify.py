@@ -10,9 +10,9 @@ For every trial folder (trial.json beside mi/ and metrics/) at or below the path
 - no part file is newer than the last write trial.json records;
 - trial.json agrees with the rows: 'complete' exactly when every row is there.
 
-The measuring grid follows from the config alone (see `measured_epochs`). A trial still
-running is checked as far as its slowest seed has gone and reported as unfinished: verify
-passes only on complete results.
+The measuring grid follows from the config alone (`TrialConfig.measured_at`, which the trainer
+measures by). A trial still running is checked as far as its slowest seed has gone and reported
+as unfinished: verify passes only on complete results.
 """
 
 from __future__ import annotations
@@ -37,30 +37,12 @@ class VerifyError(ValueError):
     """A path that holds no trial to verify; the message says what to pass instead."""
 
 
-def phase_epoch(config: TrialConfig, total: int) -> tuple[str, int]:
-    """(phase, epoch within the phase) after `total` completed epochs (as the trainer names them)."""
-    if config.prefit_epochs and total <= config.prefit_epochs:
-        return "prefit", total
-    return "train", total - config.prefit_epochs
-
-
 def measured_epochs(config: TrialConfig, up_to: int | None = None) -> list[tuple[str, int]]:
-    """The (phase, epoch) at which every seed of a trial is measured, in order, up to `up_to`
-    completed epochs (default: the whole run): epoch 0, every `mi_every`-th epoch, the end of
-    each phase, and the dead-run check at `restart_epoch` of the training phase."""
+    """The (phase, epoch) at which every seed of a trial is measured (config.measured_at), in
+    order, up to `up_to` completed epochs (default: the whole run)."""
     total = config.prefit_epochs + config.epochs
     last = total if up_to is None else min(up_to, total)
-    grid = []
-    for done in range(last + 1):
-        phase, epoch = phase_epoch(config, done)
-        if (
-            done % config.mi_every == 0
-            or done == total
-            or done == config.prefit_epochs
-            or (phase == "train" and epoch == config.restart_epoch)
-        ):
-            grid.append((phase, epoch))
-    return grid
+    return [config.phase_epoch(done) for done in range(last + 1) if config.measured_at(done)]
 
 
 @dataclass
