@@ -182,7 +182,7 @@ class Measurer:
 
         metrics = {**axes, **{k: v.tolist() for k, v in self._metrics(pick(log_probs)).items()}}
         values = [pick(v) for v in values]
-        extremes = [(v.flatten(1).amin(1).double().tolist(), v.flatten(1).amax(1).double().tolist()) for v in values]
+        extremes = [(v.amin(dim=(1, 2)).double().tolist(), v.amax(dim=(1, 2)).double().tolist()) for v in values]
         config = self.config
         if self.global_ranges is None and config.bin_bounds == "global":
             for row, key in enumerate(keys):  # the range pass: remember each run's extremes

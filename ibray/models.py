@@ -50,6 +50,24 @@ def activation_function(name: str):
     """The function of a hidden activation named in config.ACTIVATIONS: torch's of that name."""
     return (lambda v: v) if name == "linear" else getattr(F, name)
 
+
+# The derivative of each activation from its input `pre` and output `out` (torch's defaults:
+# leaky_relu's slope 0.01, elu's alpha 1; 0 at the kink, as torch's own backward), used by the
+# hand-written backward pass of the dense networks.
+_DERIVATIVES = {
+    "tanh": lambda pre, out: 1 - out * out,
+    "sigmoid": lambda pre, out: out * (1 - out),
+    "relu": lambda pre, out: (pre > 0).to(pre.dtype),
+    "leaky_relu": lambda pre, out: torch.where(pre > 0, 1.0, 0.01),
+    "elu": lambda pre, out: torch.where(pre > 0, 1.0, out + 1),
+    "linear": None,  # the identity: nothing to multiply by
+}
+
+
+def activation_derivative(name: str):
+    """d activation / d input as a function of (input, output); None for the identity."""
+    return _DERIVATIVES[name]
+
 _LOG_EPSILON = 1e-7  # as Keras: the cross-entropy of a quantized probability of 0 stays finite
 
 
@@ -58,6 +76,20 @@ class LayerSpec:
     name: str  # e.g. 'dense1', 'conv1', 'output'
     kind: str  # 'dense' or 'conv'
     width: int  # neurons of the layer's output T, as the next layer receives it
+
+
+@dataclass
+class _DenseTrace:
+    """A dense network's pass in features-major layout, (seeds, neurons, samples): what each
+    layer received, its pre-activation and output before quantization (the backward pass
+    needs them), and what the next layer received."""
+
+    inputs: list[torch.Tensor]
+    pre: list[torch.Tensor]
+    out: list[torch.Tensor]  # the output layer's: the softmax probabilities
+    values: list[torch.Tensor]
+    codes: list[torch.Tensor | None]
+    log_probs: torch.Tensor  # (S, classes, B)
 
 
 @dataclass
@@ -87,6 +119,12 @@ class BatchedNetwork(nn.Module):
         super().__init__()
         self.architecture = architecture
         self.activation = activation_function(activation)
+        self.derivative = activation_derivative(activation)
+        # Dense networks run features-major, (seeds, neurons, samples): a layer is then a
+        # batched product of a small weight matrix with a long one, which MKL does several
+        # times faster than the samples-major product; and they train with a hand-written
+        # backward pass (`gradient`) instead of autograd's graph of many small operations.
+        self.features_major = architecture != "conv"
         self.seeds = seeds
         self.classes = classes
         self.init = init
@@ -115,6 +153,7 @@ class BatchedNetwork(nn.Module):
         # two per layer (per-tensor overhead dominates small networks).
         self._sizes = [math.prod(shape) for shape in self._shapes]
         self.flat = nn.Parameter(torch.zeros(seeds, sum(self._sizes)))
+        self._view_cache: tuple | None = None
         self.quantizers = nn.ModuleList(
             Quantizer(bits, seeds, tracking, ema_decay) for _ in self.layers
         ) if self.quantized else None
@@ -128,8 +167,24 @@ class BatchedNetwork(nn.Module):
         self.layers.append(LayerSpec(name, "conv", 0))
 
     def _views(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per layer, the weights and biases as (seeds, ...) views of the one parameter row."""
-        pieces = [piece.view(self.seeds, *shape) for piece, shape in zip(self.flat.split(self._sizes, dim=1), self._shapes)]
+        """Per layer, the weights and biases as (seeds, ...) views of the one parameter row.
+
+        Without autograd the views are made once per parameter storage and kept (the
+        optimizer and checkpoints write into the storage in place): a training step would
+        otherwise spend a fair part of its time making them."""
+        if torch.is_grad_enabled():
+            return self._views_of(self.flat)
+        key = (self.flat.data_ptr(), self.flat.device)
+        if self._view_cache is None or self._view_cache[0] != key:
+            self._view_cache = (key, self._views_of(self.flat))
+        return self._view_cache[1]
+
+    def __getstate__(self) -> dict:  # copies and pickles make their own views
+        return {**self.__dict__, "_view_cache": None}
+
+    def _views_of(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, weight and bias views of a (seeds, parameters) tensor laid out as `flat`."""
+        pieces = [piece.view(self.seeds, *shape) for piece, shape in zip(flat.split(self._sizes, dim=1), self._shapes)]
         return pieces[0::2], pieces[1::2]
 
     @property
@@ -216,11 +271,80 @@ class BatchedNetwork(nn.Module):
         out = out.reshape(seeds, weight.shape[1], batch, positions).transpose(1, 2)
         return out.reshape(seeds, batch, weight.shape[1], side_h - 2, side_w - 2)
 
+    def _dense_trace(self, x: torch.Tensor, valid: int | None) -> _DenseTrace:
+        """A dense network's forward pass over x (S, B, inputs) or (B, inputs), features-major.
+
+        Differentiable by autograd when gradients are enabled (the tests compare `gradient`
+        with it); `gradient` runs it without."""
+        hidden = x.transpose(-1, -2)
+        if hidden.dim() == 2:  # shared by all seeds (the MI pass)
+            hidden = hidden.unsqueeze(0).expand(self.seeds, -1, -1)
+        trace = _DenseTrace([], [], [], [], [], hidden)
+        weights, biases = self._views()
+        last = len(weights) - 1
+        for index, (weight, bias) in enumerate(zip(weights, biases)):
+            trace.inputs.append(hidden)
+            pre = torch.baddbmm(bias.transpose(1, 2), weight.transpose(1, 2), hidden)  # (S, out, B)
+            if index == last:
+                log_probs = torch.log_softmax(pre, dim=1)
+                out = log_probs.exp()
+            else:
+                out = self.activation(pre)
+            trace.pre.append(pre)
+            trace.out.append(out)
+            if self.quantizers is None:
+                hidden, code = out, None
+            else:
+                hidden, code = self.quantizers[index](out, valid, batch_dim=2)
+            trace.values.append(hidden)
+            trace.codes.append(code)
+        if self.quantizers is not None:
+            # The loss sees the quantized probabilities; the gradient is that of the float
+            # log-softmax (straight-through).
+            quantized_log = torch.log(hidden.detach().clamp_min(_LOG_EPSILON))
+            log_probs = straight_through(log_probs, quantized_log)
+        trace.log_probs = log_probs
+        return trace
+
+    @torch.no_grad()
+    def gradient(self, x: torch.Tensor, targets: torch.Tensor, valid: int) -> None:
+        """Forward and backward pass of a dense network over one mini-batch, by hand: sets
+        `flat.grad` to the gradient of the summed per-seed mean cross-entropy (as autograd
+        would through `forward`, straight-through quantizers included) and updates the
+        quantizer ranges as a training forward pass does.
+
+        x: (S, B, inputs), B padded to LANES; targets: (S, valid) classes of the real samples.
+        """
+        trace = self._dense_trace(x, valid)
+        # d(mean NLL)/d(logits) = (softmax - one-hot) / valid; the padding gets none.
+        grad_out = trace.out[-1].clone()
+        grad_out[:, :, valid:] = 0
+        grad_out[:, :, :valid].scatter_add_(1, targets.unsqueeze(1), torch.full_like(grad_out[:, :1, :valid], -1.0))
+        grad_out.div_(valid)
+        grad = torch.empty_like(self.flat)  # every entry is written below
+        grad_weights, grad_biases = self._views_of(grad)
+        weights, _ = self._views()
+        for index in reversed(range(len(weights))):
+            grad_weights[index].copy_(torch.bmm(trace.inputs[index], grad_out.transpose(1, 2)))
+            grad_biases[index].copy_(grad_out.sum(dim=2).unsqueeze(1))
+            if index:
+                grad_out = torch.bmm(weights[index], grad_out)  # d loss / d (what layer index received)
+                if self.derivative is not None:
+                    grad_out.mul_(self.derivative(trace.pre[index - 1], trace.out[index - 1]))
+        self.flat.grad = grad
+
     def forward(self, x: torch.Tensor, valid: int | None = None) -> ForwardPass:
         """x: (S, B, inputs), or (B, inputs) shared by all seeds (the MI pass).
 
         valid: only the first `valid` samples of the batch count for the quantizer ranges
         (the rest is padding)."""
+        if self.features_major:
+            trace = self._dense_trace(x, valid)
+            return ForwardPass(
+                trace.log_probs.transpose(1, 2),
+                [v.transpose(1, 2) for v in trace.values],
+                [c.transpose(1, 2) if c is not None else None for c in trace.codes],
+            )
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.seeds, -1, -1)
         seeds, batch = x.shape[0], x.shape[1]

@@ -65,8 +65,8 @@ class Quantizer(nn.Module):
             self.tracking = tracking
 
     def _track(self, values: torch.Tensor) -> None:
-        flat = values.flatten(1)
-        batch_low, batch_high = flat.amin(dim=1), flat.amax(dim=1)  # (aminmax: 15x slower here)
+        every = tuple(range(1, values.dim()))  # all but the seed axis, whatever the layout
+        batch_low, batch_high = values.amin(dim=every), values.amax(dim=every)  # (aminmax: 15x slower here)
         if self.tracking == "epoch":
             torch.minimum(self.low, batch_low, out=self.low)
             torch.maximum(self.high, batch_high, out=self.high)
@@ -84,20 +84,23 @@ class Quantizer(nn.Module):
         A constant layer (high == low) has step 0 and maps everything to code 0."""
         shape = (-1,) + (1,) * (values.dim() - 1)
         step = (self.high - self.low).div_(self.levels)
-        inverse = torch.where(step > 0, step.reciprocal(), 0.0).view(shape)
+        inverse = step.reciprocal().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).view(shape)  # 0 for step 0
         low = self.low.view(shape)
         codes = (values - low).mul_(inverse).round_().clamp_(0, self.levels)
         # a multiply, then an add: a fused multiply-add would round differently by position
         return codes.mul(step.view(shape)).add_(low), codes
 
-    def forward(self, values: torch.Tensor, valid: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantized values (straight-through gradient) and their integer codes (as floats).
 
-        values: (seeds, batch, ...) activations after the layer's activation function.
-        valid: only values[:, :valid] update the range (the rest of the batch is padding).
+        values: activations after the layer's activation function, seeds on the first axis and
+        the batch on axis `batch_dim`. valid: only the first `valid` samples of the batch update
+        the range (the rest is padding).
         """
         with torch.no_grad():  # ranges and rounding are not differentiated
             if self.training:
-                self._track(values if valid is None else values[:, :valid])
+                self._track(values if valid is None else values.narrow(batch_dim, 0, valid))
             quantized, codes = self._quantize(values)
         return straight_through(values, quantized), codes

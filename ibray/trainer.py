@@ -148,6 +148,17 @@ class Trainer:
         self.model.train()
         if self.config.range_tracking == "epoch":
             self.model.reset_ranges()
+        if self.model.features_major:  # the dense networks: a hand-written backward pass
+            seeds, batch_size = len(self.seeds), self.config.batch_size
+            # The epoch's samples in each seed's order, gathered once rather than per batch.
+            x_epoch = self.x_train.index_select(0, orders.reshape(-1)).view(seeds, n_train, -1)
+            labels_epoch = labels.gather(1, orders)
+            for start in range(0, n_train, batch_size):
+                x, size = pad_to_lanes(x_epoch[:, start : start + batch_size], dim=1)
+                self.model.gradient(x, labels_epoch[:, start : start + size], size)
+                self.optimizer.step()
+            self._count_epoch(active)
+            return
         for start in range(0, n_train, self.config.batch_size):
             batch = orders[:, start : start + self.config.batch_size]
             batch, size = pad_to_lanes(batch, dim=1)
@@ -156,6 +167,9 @@ class Trainer:
             nll = -result.log_probs[:, :size].gather(2, targets.unsqueeze(-1)).squeeze(-1)
             nll.mean(dim=1).sum().backward()  # seeds are independent: their losses just add up
             self.optimizer.step()
+        self._count_epoch(active)
+
+    def _count_epoch(self, active: list[bool]) -> None:
         for slot, is_active in enumerate(active):
             if is_active:
                 self.slot_epoch[slot] += 1

@@ -114,3 +114,29 @@ def test_custom_slots_are_independent_networks():
         result = alone.train()(x[slot : slot + 1])
         assert torch.equal(result.log_probs[0], shared.log_probs[slot])
         assert all(torch.equal(a[0], b[slot]) for a, b in zip(result.codes, shared.codes))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "elu", "leaky_relu", "linear"])
+@pytest.mark.parametrize("bits", [4, 8, 32])
+def test_the_hand_written_backward_pass_equals_autograd(activation, bits):
+    # Dense networks train with `gradient`; autograd through `forward` (straight-through
+    # quantizers and all) is the reference. The batch is padded: 40 real samples of 48.
+    torch.manual_seed(1)
+    x, targets, valid = torch.randn(3, 48, 12) * 2, torch.randint(0, 2, (3, 40)), 40
+    nets = []
+    for _ in range(2):
+        net = BatchedNetwork("syn", activation, 12, 2, bits=bits, seeds=3)
+        for slot in range(3):
+            net.init_slot(slot, torch.Generator().manual_seed(slot))
+        nets.append(net.train())
+    by_hand, by_autograd = nets
+    by_hand.gradient(x, targets, valid)
+    log_probs = by_autograd(x, valid=valid).log_probs[:, :valid]
+    (-log_probs.gather(2, targets.unsqueeze(-1)).mean(dim=1)).sum().backward()
+    scale = by_autograd.flat.grad.abs().max()
+    assert scale > 0
+    torch.testing.assert_close(by_hand.flat.grad, by_autograd.flat.grad, rtol=1e-5, atol=1e-6 * scale)
+    if bits != 32:  # both passes moved the quantizer ranges alike, from the real samples only
+        for mine, theirs in zip(by_hand.quantizers, by_autograd.quantizers):
+            assert torch.equal(mine.low, theirs.low) and torch.equal(mine.high, theirs.high)
+            assert torch.isfinite(mine.low).all()
