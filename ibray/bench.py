@@ -9,6 +9,8 @@ warm-up, the data set already loaded; the median of five stretches of the run). 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import platform
 import statistics
 import time
@@ -24,25 +26,52 @@ from ibray.trainer import Trainer
 _WARMUP_EPOCHS = 2
 
 
-def training_rate(seeds: int, epochs: int, dataset, segments: int = 5) -> float:
-    """Seed-epochs per second of training plus exact MI every epoch: the median over
-    `segments` consecutive stretches of the run (this machine's speed drifts), each counted
-    until its measurements are done."""
+def training_rate(
+    seeds: int, epochs: int, dataset, segments: int = 5, mi_every: int = 1, threads: int | None = None
+) -> float:
+    """Seed-epochs per second of training plus exact MI every `mi_every`-th epoch: the median
+    over `segments` consecutive stretches of the run (this machine's speed drifts), each
+    counted until its measurements are done. `threads`: the Trainer's (None: its default)."""
     per_segment = max(1, epochs // segments)
-    config = TrialConfig(seeds=tuple(range(seeds)), epochs=_WARMUP_EPOCHS + segments * per_segment, mi_every=1)
-    trainer = Trainer(config, dataset)
+    config = TrialConfig(seeds=tuple(range(seeds)), epochs=_WARMUP_EPOCHS + segments * per_segment, mi_every=mi_every)
+    trainer = Trainer(config, dataset, threads=threads)
     trainer.start()
     for _ in range(_WARMUP_EPOCHS):
         trainer.step()
     rates = []
     for _ in range(segments):
+        first = trainer.slowest_epoch + 1
         started = time.perf_counter()
         measurements = [trainer.step()[0] for _ in range(per_segment)]
-        layers = sum(len(measurement.mi["seed"]) for measurement in measurements)  # waits for them
-        if layers != seeds * per_segment * len(trainer.model.layers):
-            raise RuntimeError(f"the benchmark measured {layers} layer rows, not one per seed, epoch and layer")
+        layers = sum(len(measurement.mi.get("seed", [])) for measurement in measurements)  # waits for them
+        measured = sum(config.measured_at(epoch) for epoch in range(first, first + per_segment))
+        if layers != seeds * measured * len(trainer.model.layers):
+            raise RuntimeError(f"the benchmark measured {layers} layer rows, not one per seed, measured epoch and layer")
         rates.append(seeds * per_segment / (time.perf_counter() - started))
     return statistics.median(rates)
+
+
+def _one_core(seeds: int, epochs: int, mi_every: int, barrier, results) -> None:
+    torch.set_num_threads(1)
+    dataset = load_dataset("synthetic12")
+    barrier.wait()  # every core starts together
+    results.put(training_rate(seeds, epochs, dataset, mi_every=mi_every, threads=1))
+
+
+def all_cores_rate(seeds: int, epochs: int, mi_every: int, cores: int | None = None) -> float:
+    """Seed-epochs per second of `cores` trials at once (default: one per core), each a
+    process training `seeds` seeds on one thread with MI every `mi_every`-th epoch, as a
+    sweep's trials with `resources: {cpu: 1}` run: the sum of their rates."""
+    cores = cores or os.cpu_count() or 1
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(cores), context.Queue()
+    workers = [context.Process(target=_one_core, args=(seeds, epochs, mi_every, barrier, results)) for _ in range(cores)]
+    for worker in workers:
+        worker.start()
+    rates = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return sum(rates)
 
 
 def mi_milliseconds(samples: int, width: int, repeats: int = 20) -> float:
@@ -58,19 +87,24 @@ def mi_milliseconds(samples: int, width: int, repeats: int = 20) -> float:
     return 1000 * statistics.median(times)
 
 
-def run_benchmarks(epochs: int = 20, seeds: int = 50, as_json: bool = False) -> dict:
+def run_benchmarks(epochs: int = 20, seeds: int = 50, trial_seeds: int = 25, as_json: bool = False) -> dict:
     dataset = load_dataset("synthetic12")
     device = "cuda (" + torch.cuda.get_device_name() + ")" if torch.cuda.is_available() else "cpu"
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, device {device}")
     figures = {
         "seed_epochs_per_s_1": training_rate(1, epochs, dataset),
         f"seed_epochs_per_s_{seeds}": training_rate(seeds, max(epochs // 2, 5), dataset),
+        f"seed_epochs_per_s_all_cores_{trial_seeds}_mi5": all_cores_rate(trial_seeds, max(epochs // 2, 10), mi_every=5),
         "mi_ms_4096x10": mi_milliseconds(4096, 10),
         "mi_ms_70000x16": mi_milliseconds(70000, 16),
         "device": device,
     }
     print(f"training, syn 8-bit tanh, exact MI every epoch:  1 seed  {figures['seed_epochs_per_s_1']:8.1f} seed-epochs/s")
     print(f"training, syn 8-bit tanh, exact MI every epoch: {seeds:2d} seeds {figures[f'seed_epochs_per_s_{seeds}']:8.1f} seed-epochs/s")
+    print(
+        f"training, syn 8-bit tanh, exact MI every 5th epoch, {os.cpu_count()} trials of {trial_seeds} seeds at once "
+        f"(one per core): {figures[f'seed_epochs_per_s_all_cores_{trial_seeds}_mi5']:8.1f} seed-epochs/s"
+    )
     print(f"exact MI of one layer,  4096 x 10, 8-bit codes: {figures['mi_ms_4096x10']:8.2f} ms")
     print(f"exact MI of one layer, 70000 x 16, 8-bit codes: {figures['mi_ms_70000x16']:8.2f} ms")
     if as_json:

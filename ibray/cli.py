@@ -137,6 +137,10 @@ def _bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="print training and exact-MI speed on this machine")
     p.add_argument("--epochs", type=int, default=100, help="epochs of the 1-seed timing run (half for the batched run)")
     p.add_argument("--seeds", type=int, default=50, help="seeds in the batched run")
+    p.add_argument(
+        "--trial-seeds", type=int, default=25,
+        help="seeds per trial in the all-cores run (MI every 5th epoch, one trial per core; sweeps/syn_8bit.yaml's seeds_per_trial)",
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     p.set_defaults(handler=_run_bench)
 
@@ -144,7 +148,7 @@ def _bench_parser(sub) -> None:
 def _run_bench(args) -> int:
     from ibray.bench import run_benchmarks
 
-    run_benchmarks(epochs=args.epochs, seeds=args.seeds, as_json=args.json)
+    run_benchmarks(epochs=args.epochs, seeds=args.seeds, trial_seeds=args.trial_seeds, as_json=args.json)
     return 0
 
 

@@ -72,8 +72,12 @@ def _packed_keys(codes: np.ndarray, tail: np.ndarray | None, tail_bits: int) -> 
     rank_bits = max(1, int(samples).bit_length())
     key = np.zeros((seeds, samples), dtype=np.int64)
     used = 0
-    # One contiguous (seeds, samples) block per neuron: the packing reads each block once.
-    by_neuron = np.ascontiguousarray(np.moveaxis(codes, 2, 0))
+    # One (seeds, samples) block per neuron, samples contiguous: the packing reads each block
+    # once. Codes laid out neurons before samples (the dense networks' layout) are read in
+    # place; others are copied into that order first.
+    by_neuron = np.moveaxis(codes, 2, 0)
+    if by_neuron.strides[-1] != by_neuron.itemsize:
+        by_neuron = np.ascontiguousarray(by_neuron)
     columns = [(block, _bits(block.max()) if block.size else 0) for block in by_neuron]
     if tail is not None:
         columns.append((np.broadcast_to(tail, (seeds, samples)), tail_bits))
@@ -101,15 +105,35 @@ def _surprisal_table(samples: int) -> np.ndarray:
     return np.concatenate([[0.0], -p * np.log2(p)])
 
 
-def _entropy_per_row(boundaries: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """Entropy (bits) and number of states per row of sorted keys, from where new values start."""
-    seeds = boundaries.shape[0]
-    starts = np.flatnonzero(boundaries.reshape(-1))
-    counts = np.diff(starts, append=boundaries.size)
+def _entropies(keys: np.ndarray, label_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """H(T), H(T, Y) (bits) and the number of states per row of sorted keys whose lowest
+    `label_bits` bits are the label.
+
+    (T, Y) changes wherever the key does; T changes only where (T, Y) does, so the states are
+    found among the joint groups' starts, not among all the samples again.
+    """
+    seeds, samples = keys.shape
+    flat = keys.reshape(-1)
+    new = np.empty(flat.shape, dtype=bool)
+    new[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=new[1:])
+    new[::samples] = True  # every row starts a group
+    starts = np.flatnonzero(new)
+    counts = np.empty_like(starts)
+    np.subtract(starts[1:], starts[:-1], out=counts[:-1])
+    counts[-1] = flat.size - starts[-1]
     owner = starts // samples
-    # -p log2 p is looked up by count rather than computed for every state
-    entropy = np.bincount(owner, weights=_surprisal_table(samples)[counts], minlength=seeds)
-    return entropy, np.bincount(owner, minlength=seeds)
+    surprisal = _surprisal_table(samples)  # -p log2 p looked up by count, not computed per group
+    h_ty = np.bincount(owner, weights=surprisal[counts], minlength=seeds)
+    state = flat[starts] >> label_bits
+    state_new = np.empty(starts.shape, dtype=bool)
+    state_new[0] = True
+    np.not_equal(state[1:], state[:-1], out=state_new[1:])
+    state_new[1:] |= owner[1:] != owner[:-1]
+    first = np.flatnonzero(state_new)
+    state_owner = owner[first]
+    h_t = np.bincount(state_owner, weights=surprisal[np.add.reduceat(counts, first)], minlength=seeds)
+    return h_t, h_ty, np.bincount(state_owner, minlength=seeds)
 
 
 def layer_information(codes: np.ndarray, labels: np.ndarray) -> LayerInformation:
@@ -135,13 +159,7 @@ def layer_information(codes: np.ndarray, labels: np.ndarray) -> LayerInformation
         return LayerInformation(everything, everything.copy(), np.full(seeds, h_y), np.full(seeds, samples))
     keys = np.sort(keys.astype(np.int32) if used <= 31 else keys, axis=1)  # 32-bit sorts faster
 
-    joint_new = np.ones(keys.shape, dtype=bool)
-    joint_new[:, 1:] = keys[:, 1:] != keys[:, :-1]
-    states = keys >> label_bits
-    state_new = np.ones(keys.shape, dtype=bool)
-    state_new[:, 1:] = states[:, 1:] != states[:, :-1]
-    h_t, n_states = _entropy_per_row(state_new, samples)
-    h_ty, _ = _entropy_per_row(joint_new, samples)
+    h_t, h_ty, n_states = _entropies(keys, label_bits)
 
     mi_ty = np.maximum(h_t + h_y - h_ty, 0.0)  # float rounding can dip a hair below zero
     # An injective seed gets the shortcut's exact values whatever its batch mates: the sums

@@ -17,7 +17,7 @@ from ibray.sweep import SweepError, check_data_unchanged, load_sweep, parse_swee
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 STUDY = {  # file stem -> (trials, seeds per grid point, epochs) the protocol asks for
-    "syn_8bit": (10, 50, 8000),
+    "syn_8bit": (4, 50, 8000),
     "mnist_bottleneck2": (2, 20, 3000),
     "appendix_a_binning": (10, 50, 8000),
     "appendix_c_precision": (20, 50, 8000),
