@@ -271,11 +271,13 @@ class BatchedNetwork(nn.Module):
         out = out.reshape(seeds, weight.shape[1], batch, positions).transpose(1, 2)
         return out.reshape(seeds, batch, weight.shape[1], side_h - 2, side_w - 2)
 
-    def _dense_trace(self, x: torch.Tensor, valid: int | None) -> _DenseTrace:
+    def _dense_trace(self, x: torch.Tensor, valid: int | None, quantize_output: bool = True) -> _DenseTrace:
         """A dense network's forward pass over x (S, B, inputs) or (B, inputs), features-major.
 
         Differentiable by autograd when gradients are enabled (the tests compare `gradient`
-        with it); `gradient` runs it without."""
+        with it); `gradient` runs it without, and without `quantize_output`: the output
+        quantizer then only tracks its range (the loss gradient is the float softmax's), and
+        the trace's last values, codes and log-probabilities are the float ones."""
         hidden = x.transpose(-1, -2)
         if hidden.dim() == 2:  # shared by all seeds (the MI pass)
             hidden = hidden.unsqueeze(0).expand(self.seeds, -1, -1)
@@ -294,11 +296,14 @@ class BatchedNetwork(nn.Module):
             trace.out.append(out)
             if self.quantizers is None:
                 hidden, code = out, None
+            elif index == last and not quantize_output:
+                self.quantizers[index].observe(out, valid, batch_dim=2)
+                hidden, code = out, None
             else:
                 hidden, code = self.quantizers[index](out, valid, batch_dim=2)
             trace.values.append(hidden)
             trace.codes.append(code)
-        if self.quantizers is not None:
+        if self.quantizers is not None and quantize_output:
             # The loss sees the quantized probabilities; the gradient is that of the float
             # log-softmax (straight-through).
             quantized_log = torch.log(hidden.detach().clamp_min(_LOG_EPSILON))
@@ -315,7 +320,7 @@ class BatchedNetwork(nn.Module):
 
         x: (S, B, inputs), B padded to LANES; targets: (S, valid) classes of the real samples.
         """
-        trace = self._dense_trace(x, valid)
+        trace = self._dense_trace(x, valid, quantize_output=False)
         # d(mean NLL)/d(logits) = (softmax - one-hot) / valid; the padding gets none.
         grad_out = trace.out[-1].clone()
         grad_out[:, :, valid:] = 0

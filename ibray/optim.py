@@ -44,24 +44,18 @@ class SeedAdam:
         lr = self.learning_rate
         device = self.params[0].device
         rate = torch.tensor([lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) for t in self.steps], device=device)
-        params = self.params
-        grads = [p.grad for p in params]
         # Only plain multiplies, adds, divides and square roots (no lerp, addcmul or alpha=):
         # those are exact in IEEE arithmetic, so the vectorised body and the scalar tail of a
-        # kernel agree and a seed's update does not depend on where its slot starts.
+        # kernel agree and a seed's update does not depend on where its slot starts. One
+        # tensor at a time (the dense networks have one): cheaper calls than torch._foreach_*.
+        params = self.params
         with torch.no_grad():
-            torch._foreach_mul_(self.m, beta1)
-            torch._foreach_add_(self.m, torch._foreach_mul(grads, 1 - beta1))
-            torch._foreach_mul_(self.v, beta2)
-            squares = torch._foreach_mul(grads, grads)
-            torch._foreach_mul_(squares, 1 - beta2)
-            torch._foreach_add_(self.v, squares)
-            denominators = torch._foreach_sqrt(self.v)
-            torch._foreach_add_(denominators, EPSILON)
-            updates = torch._foreach_div(self.m, denominators)
-            rates = [rate.reshape((-1,) + (1,) * (p.dim() - 1)) for p in params]
-            torch._foreach_mul_(updates, rates)
-            torch._foreach_sub_(params, updates)
+            for p, m, v in zip(params, self.m, self.v):
+                g = p.grad
+                m.mul_(beta1).add_(g * (1 - beta1))
+                v.mul_(beta2).add_((g * g).mul_(1 - beta2))
+                update = m / v.sqrt().add_(EPSILON)
+                p.sub_(update.mul_(rate.view((-1,) + (1,) * (p.dim() - 1))))
         for p in params:
             p.grad = None
 

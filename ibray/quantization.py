@@ -90,6 +90,14 @@ class Quantizer(nn.Module):
         # a multiply, then an add: a fused multiply-add would round differently by position
         return codes.mul(step.view(shape)).add_(low), codes
 
+    @torch.no_grad()
+    def observe(self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1) -> None:
+        """In training mode, update the range from a batch as `forward` does (and nothing
+        else: for a layer whose quantized values are not needed, e.g. the output's in a
+        training step, whose loss gradient is the float one's)."""
+        if self.training:
+            self._track(values if valid is None else values.narrow(batch_dim, 0, valid))
+
     def forward(
         self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +108,6 @@ class Quantizer(nn.Module):
         the range (the rest is padding).
         """
         with torch.no_grad():  # ranges and rounding are not differentiated
-            if self.training:
-                self._track(values if valid is None else values.narrow(batch_dim, 0, valid))
+            self.observe(values, valid, batch_dim)
             quantized, codes = self._quantize(values)
         return straight_through(values, quantized), codes
