@@ -35,9 +35,9 @@ def training_rate(
     per_segment = max(1, epochs // segments)
     config = TrialConfig(seeds=tuple(range(seeds)), epochs=_WARMUP_EPOCHS + segments * per_segment, mi_every=mi_every)
     trainer = Trainer(config, dataset, threads=threads)
-    trainer.start()
+    trainer.start().wait()
     for _ in range(_WARMUP_EPOCHS):
-        trainer.step()
+        trainer.step()[0].wait()
     rates = []
     for _ in range(segments):
         first = trainer.slowest_epoch + 1

@@ -86,40 +86,33 @@ def mi_columns(
     extremes: list[tuple[list[float], list[float]]],
     labels: np.ndarray,
     axes: dict[str, list],
-    parallel_map=map,
 ) -> dict[str, list]:
     """The MI table of one measurement as columns: a row per estimator, layer and seed, from
-    the layers' codes (or float values), binning bounds, extremes and the labels.
-    `parallel_map`: how the layers' counting is mapped (e.g. a thread pool's map)."""
+    the layers' codes (or float values), binning bounds, extremes and the labels."""
     seeds = len(axes["seed"])
     columns: dict[str, list] = {}
-    jobs = [(estimator, number) for estimator in estimators for number in range(1, len(layers) + 1)]
-
-    def count(job: tuple[str, int]):
-        estimator, number = job
-        if estimator == "exact":
-            layer_codes = codes[number - 1] if codes is not None else float_codes(values[number - 1])
-        else:
-            layer_codes = bin_codes(values[number - 1], binning_bins(estimator), *bounds[number - 1])
-        return layer_information(layer_codes, labels)
-
-    for (estimator, number), info in zip(jobs, parallel_map(count, jobs)):
-        spec = layers[number - 1]
-        rows = {
-            **axes,
-            "estimator": [estimator] * seeds,
-            "layer": [number] * seeds,
-            "layer_name": [spec.name] * seeds,
-            "width": [spec.width] * seeds,
-            "mi_xt": info.mi_xt.tolist(),
-            "mi_ty": info.mi_ty.tolist(),
-            "h_t": info.h_t.tolist(),
-            "n_states": info.n_states.tolist(),
-            "t_min": extremes[number - 1][0],
-            "t_max": extremes[number - 1][1],
-        }
-        for key, column in rows.items():
-            columns.setdefault(key, []).extend(column)
+    for estimator in estimators:
+        for number, spec in enumerate(layers, start=1):
+            if estimator == "exact":
+                layer_codes = codes[number - 1] if codes is not None else float_codes(values[number - 1])
+            else:
+                layer_codes = bin_codes(values[number - 1], binning_bins(estimator), *bounds[number - 1])
+            info = layer_information(layer_codes, labels)
+            rows = {
+                **axes,
+                "estimator": [estimator] * seeds,
+                "layer": [number] * seeds,
+                "layer_name": [spec.name] * seeds,
+                "width": [spec.width] * seeds,
+                "mi_xt": info.mi_xt.tolist(),
+                "mi_ty": info.mi_ty.tolist(),
+                "h_t": info.h_t.tolist(),
+                "n_states": info.n_states.tolist(),
+                "t_min": extremes[number - 1][0],
+                "t_max": extremes[number - 1][1],
+            }
+            for key, column in rows.items():
+                columns.setdefault(key, []).extend(column)
     return columns
 
 
@@ -159,7 +152,6 @@ class Measurer:
         self.measure_mi = measure_mi
         self.seen_ranges: dict[tuple[int, int], tuple[float, float]] = {}
         self._worker: ThreadPoolExecutor | None = None
-        self._counters: ThreadPoolExecutor | None = None
         self._eval_model: BatchedNetwork | None = None  # the worker's copy of the network
         self._inflight: list[Measurement] = []
 
@@ -176,10 +168,6 @@ class Measurer:
         snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ibray-measure")
-            # The layers' counting on two threads: with the training thread that makes three
-            # on two cores, and the OS gives either core to whichever is ready (the counting
-            # of a measurement costs more than an epoch's training at many seeds).
-            self._counters = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ibray-count")
             self._eval_model = copy.deepcopy(model)
         job = functools.partial(self._rows_of_snapshot, snapshot, slots, keys, axes, bounds)
         self._inflight = [m for m in self._inflight if m.running]
@@ -191,9 +179,9 @@ class Measurer:
 
     def _rows_of_snapshot(self, snapshot, slots, keys, axes, bounds) -> tuple[dict, dict]:
         self._eval_model.load_state_dict(snapshot)
-        return self._rows(self._eval_model, slots, keys, axes, bounds, self._counters.map)
+        return self._rows(self._eval_model, slots, keys, axes, bounds)
 
-    def _rows(self, model: BatchedNetwork, slots, keys, axes, global_bounds, parallel_map=map) -> tuple[dict, dict]:
+    def _rows(self, model: BatchedNetwork, slots, keys, axes, global_bounds) -> tuple[dict, dict]:
         log_probs, values, codes = self.forward_all(model)
         every = slots == list(range(model.seeds))
         index = torch.as_tensor(slots, device=log_probs.device)
@@ -217,9 +205,7 @@ class Measurer:
         layer_values = [v.cpu().numpy() for v in values] if binning or codes is None else None
         layer_codes = [host_codes(pick(c), config.bits) for c in codes] if codes is not None else None
         bounds = [self._bin_bounds(extreme, global_bounds) for extreme in extremes] if binning else None
-        mi = mi_columns(
-            config.estimators, model.layers, layer_codes, layer_values, bounds, extremes, self.labels_host, axes, parallel_map
-        )
+        mi = mi_columns(config.estimators, model.layers, layer_codes, layer_values, bounds, extremes, self.labels_host, axes)
         return mi, metrics
 
     @torch.no_grad()

@@ -46,20 +46,45 @@ def layer_count(architecture: str) -> int:
     return hidden + 1
 
 
+def _identity(values: torch.Tensor) -> torch.Tensor:
+    return values
+
+
 def activation_function(name: str):
     """The function of a hidden activation named in config.ACTIVATIONS: torch's of that name."""
-    return (lambda v: v) if name == "linear" else getattr(F, name)
+    return _identity if name == "linear" else getattr(F, name)
 
 
 # The derivative of each activation from its input `pre` and output `out` (torch's defaults:
 # leaky_relu's slope 0.01, elu's alpha 1; 0 at the kink, as torch's own backward), used by the
-# hand-written backward pass of the dense networks.
+# hand-written backward pass of the dense networks. Named functions: a network is pickled to
+# its measuring process.
+def _tanh_derivative(pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return 1 - out * out
+
+
+def _sigmoid_derivative(pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return out * (1 - out)
+
+
+def _relu_derivative(pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return (pre > 0).to(pre.dtype)
+
+
+def _leaky_relu_derivative(pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.where(pre > 0, 1.0, 0.01)
+
+
+def _elu_derivative(pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.where(pre > 0, 1.0, out + 1)
+
+
 _DERIVATIVES = {
-    "tanh": lambda pre, out: 1 - out * out,
-    "sigmoid": lambda pre, out: out * (1 - out),
-    "relu": lambda pre, out: (pre > 0).to(pre.dtype),
-    "leaky_relu": lambda pre, out: torch.where(pre > 0, 1.0, 0.01),
-    "elu": lambda pre, out: torch.where(pre > 0, 1.0, out + 1),
+    "tanh": _tanh_derivative,
+    "sigmoid": _sigmoid_derivative,
+    "relu": _relu_derivative,
+    "leaky_relu": _leaky_relu_derivative,
+    "elu": _elu_derivative,
     "linear": None,  # the identity: nothing to multiply by
 }
 

@@ -160,10 +160,11 @@ def test_bench_prints_its_figures_as_json(capsys):
     assert figures["device"] == "cpu"  # no GPU here
     # the printed table and the JSON carry the same measurements
     printed = [float(line.split()[-2]) for line in lines[1:-1]]
-    keys = ("seed_epochs_per_s_1", "seed_epochs_per_s_50", "mi_ms_4096x10", "mi_ms_70000x16")
+    keys = ("seed_epochs_per_s_1", "seed_epochs_per_s_50", "seed_epochs_per_s_all_cores_25_mi5", "mi_ms_4096x10", "mi_ms_70000x16")
     assert printed == pytest.approx([figures[k] for k in keys], abs=0.051)  # printed to 1 or 2 decimals
     # 17x more rows and 1.6x more columns cost more time to count
     assert figures["mi_ms_70000x16"] > figures["mi_ms_4096x10"] > 0
+    assert all(figures[k] > 0 for k in keys[:3])
 
 
 def test_every_config_field_is_a_trial_flag_with_its_help(tmp_path, capsys):

@@ -164,3 +164,29 @@ def test_a_seed_gets_the_same_bits_whatever_its_batch_mates(samples):
     p = np.bincount(labels) / samples
     assert together.h_t[0] == np.log2(samples)
     assert together.mi_ty[0] == float(-(p * np.log2(p)).sum())
+
+
+@pytest.mark.parametrize(
+    "seeds, samples, width, levels",
+    [
+        (1, 20000, 3, 256),  # a long row, 25-bit keys: torch's flat sort
+        (3, 20000, 3, 256),  # long rows with the row number on top
+        (4, 3000, 3, 256),  # short rows, 25-bit keys: NumPy on 32-bit integers
+        (4, 3000, 5, 256),  # short rows, 41-bit keys: torch's flat sort with row numbers
+        (8, 2000, 4, 2**15),  # 61 bits + 3 bits of row number do not fit: NumPy row by row
+    ],
+)
+def test_every_way_of_sorting_agrees_with_brute_force(seeds, samples, width, levels):
+    # The keys are sorted by whichever way is fastest for their shape (_sorted_rows); rows are
+    # repeated so that states merge, and each seed's rows differ.
+    rng = np.random.default_rng(seeds * samples + width)
+    codes = rng.integers(0, levels, size=(seeds, samples, width)).astype(np.uint8 if levels <= 256 else np.uint16)
+    codes[:, samples // 3 :] = np.concatenate([codes[:, : samples // 3]] * 3, axis=1)[:, : samples - samples // 3]
+    labels = rng.integers(0, 2, size=samples)
+    info = layer_information(codes, labels)
+    for seed in range(seeds):
+        h_t, mi_ty, states = brute_force(codes[seed], labels)
+        assert states < samples
+        assert info.n_states[seed] == states
+        assert info.h_t[seed] == pytest.approx(h_t, abs=1e-9)
+        assert info.mi_ty[seed] == pytest.approx(mi_ty, abs=1e-9)
