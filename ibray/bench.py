@@ -1,9 +1,11 @@
 """`ibray bench`: training and exact-MI speed on this machine, printed as numbers.
 
 Training: the synthetic network (12-10-7-5-4-3-2), 8 bits, tanh, exact MI of every layer every
-epoch, at 1 seed and at many seeds per batched model, in seed-epochs per second (after a
-warm-up, the data set already loaded; the median of five stretches of the run). MI: one exact H/I(X;T)/I(T;Y) computation of random
-8-bit codes, 4096 x 10 and 70000 x 16, median of repeated runs.
+epoch, at 1 seed and at many seeds per batched model; and trials on every core at once (one
+process each, MI every 5th epoch, as a sweep runs them); in seed-epochs per second, after a
+warm-up (which includes engine 'compiled''s compilation), the data set already loaded; the
+median of five stretches of each run. MI: one exact H/I(X;T)/I(T;Y) computation of random
+8-bit codes, 4096 x 10 and 70000 x 16 (one thread), median of repeated runs.
 """
 
 from __future__ import annotations
@@ -27,13 +29,22 @@ _WARMUP_EPOCHS = 2
 
 
 def training_rate(
-    seeds: int, epochs: int, dataset, segments: int = 5, mi_every: int = 1, threads: int | None = None
+    seeds: int,
+    epochs: int,
+    dataset,
+    segments: int = 5,
+    mi_every: int = 1,
+    threads: int | None = None,
+    engine: str = "eager",
 ) -> float:
     """Seed-epochs per second of training plus exact MI every `mi_every`-th epoch: the median
     over `segments` consecutive stretches of the run (this machine's speed drifts), each
-    counted until its measurements are done. `threads`: the Trainer's (None: its default)."""
+    counted until its measurements are done. `threads`: the Trainer's (None: its default).
+    The warm-up epochs before the stretches include the compilation of engine 'compiled'."""
     per_segment = max(1, epochs // segments)
-    config = TrialConfig(seeds=tuple(range(seeds)), epochs=_WARMUP_EPOCHS + segments * per_segment, mi_every=mi_every)
+    config = TrialConfig(
+        seeds=tuple(range(seeds)), epochs=_WARMUP_EPOCHS + segments * per_segment, mi_every=mi_every, engine=engine
+    )
     trainer = Trainer(config, dataset, threads=threads)
     trainer.start().wait()
     for _ in range(_WARMUP_EPOCHS):
@@ -51,21 +62,23 @@ def training_rate(
     return statistics.median(rates)
 
 
-def _one_core(seeds: int, epochs: int, mi_every: int, barrier, results) -> None:
+def _one_core(seeds: int, epochs: int, mi_every: int, engine: str, barrier, results) -> None:
     torch.set_num_threads(1)
     dataset = load_dataset("synthetic12")
     barrier.wait()  # every core starts together
-    results.put(training_rate(seeds, epochs, dataset, mi_every=mi_every, threads=1))
+    results.put(training_rate(seeds, epochs, dataset, mi_every=mi_every, threads=1, engine=engine))
 
 
-def all_cores_rate(seeds: int, epochs: int, mi_every: int, cores: int | None = None) -> float:
+def all_cores_rate(seeds: int, epochs: int, mi_every: int, cores: int | None = None, engine: str = "eager") -> float:
     """Seed-epochs per second of `cores` trials at once (default: one per core), each a
     process training `seeds` seeds on one thread with MI every `mi_every`-th epoch, as a
     sweep's trials with `resources: {cpu: 1}` run: the sum of their rates."""
     cores = cores or os.cpu_count() or 1
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(cores), context.Queue()
-    workers = [context.Process(target=_one_core, args=(seeds, epochs, mi_every, barrier, results)) for _ in range(cores)]
+    workers = [
+        context.Process(target=_one_core, args=(seeds, epochs, mi_every, engine, barrier, results)) for _ in range(cores)
+    ]
     for worker in workers:
         worker.start()
     rates = [results.get() for _ in workers]
@@ -75,6 +88,7 @@ def all_cores_rate(seeds: int, epochs: int, mi_every: int, cores: int | None = N
 
 
 def mi_milliseconds(samples: int, width: int, repeats: int = 20) -> float:
+    torch.set_num_threads(1)  # as in a trial (its sort may use torch's)
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, size=(samples, width), dtype=np.uint8)
     labels = rng.integers(0, 10, size=samples)
@@ -87,14 +101,22 @@ def mi_milliseconds(samples: int, width: int, repeats: int = 20) -> float:
     return 1000 * statistics.median(times)
 
 
-def run_benchmarks(epochs: int = 20, seeds: int = 50, trial_seeds: int = 25, as_json: bool = False) -> dict:
+def run_benchmarks(
+    epochs: int = 20, seeds: int = 50, trial_seeds: int = 25, engine: str = "eager", as_json: bool = False
+) -> dict:
     dataset = load_dataset("synthetic12")
     device = "cuda (" + torch.cuda.get_device_name() + ")" if torch.cuda.is_available() else "cpu"
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, device {device}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+        f"device {device}, engine {engine}"
+    )
     figures = {
-        "seed_epochs_per_s_1": training_rate(1, epochs, dataset),
-        f"seed_epochs_per_s_{seeds}": training_rate(seeds, max(epochs // 2, 5), dataset),
-        f"seed_epochs_per_s_all_cores_{trial_seeds}_mi5": all_cores_rate(trial_seeds, max(epochs // 2, 10), mi_every=5),
+        "engine": engine,
+        "seed_epochs_per_s_1": training_rate(1, epochs, dataset, engine=engine),
+        f"seed_epochs_per_s_{seeds}": training_rate(seeds, max(epochs // 2, 5), dataset, engine=engine),
+        f"seed_epochs_per_s_all_cores_{trial_seeds}_mi5": all_cores_rate(
+            trial_seeds, max(epochs // 2, 10), mi_every=5, engine=engine
+        ),
         "mi_ms_4096x10": mi_milliseconds(4096, 10),
         "mi_ms_70000x16": mi_milliseconds(70000, 16),
         "device": device,

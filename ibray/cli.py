@@ -141,6 +141,7 @@ def _bench_parser(sub) -> None:
         "--trial-seeds", type=int, default=25,
         help="seeds per trial in the all-cores run (MI every 5th epoch, one trial per core; sweeps/syn_8bit.yaml's seeds_per_trial)",
     )
+    p.add_argument("--engine", choices=("eager", "compiled"), default="eager", help="the trials' engine (see ibray trial --help)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     p.set_defaults(handler=_run_bench)
 
@@ -148,7 +149,7 @@ def _bench_parser(sub) -> None:
 def _run_bench(args) -> int:
     from ibray.bench import run_benchmarks
 
-    run_benchmarks(epochs=args.epochs, seeds=args.seeds, trial_seeds=args.trial_seeds, as_json=args.json)
+    run_benchmarks(epochs=args.epochs, seeds=args.seeds, trial_seeds=args.trial_seeds, engine=args.engine, as_json=args.json)
     return 0
 
 

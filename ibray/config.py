@@ -39,6 +39,7 @@ DATASET_FAMILY = {"synthetic12": "synthetic", "szt": "synthetic", "mnist": "mnis
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "elu", "leaky_relu", "linear")
 INITS = ("truncated_normal", "glorot")
 RANGE_TRACKING = ("epoch", "moving_average", "batch")
+ENGINES = ("eager", "compiled")
 BIN_BOUNDS = ("global", "layer", "fixed")
 FLOAT_BITS = 32  # bits == 32 means the plain float32 network
 MIN_BITS, MAX_BITS = 2, 16
@@ -222,6 +223,7 @@ class TrialConfig:
     label_column: str = DEFAULT_LABEL_COLUMN  # .csv/.parquet files: the labels' column (others ignore it)
     write_every: int = 50  # epochs between Parquet writes (and checkpoints, in sweeps)
     device: str = "auto"  # 'auto' (CUDA when present), 'cpu' or 'cuda'
+    engine: str = "eager"  # 'eager' (op by op) or 'compiled' (dense nets: training step through torch.compile, faster after a compilation of ~15 s per batch shape; needs a C++ compiler; other last bits)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", parse_seeds(self.seeds))
@@ -321,6 +323,7 @@ class TrialConfig:
         if not (low_high and self.bin_range[0] < self.bin_range[1]):
             raise ConfigError(f"bin_range: {list(self.bin_range)!r} is not allowed; give [low, high], two finite numbers with low < high")
         one_of("device", self.device, ("auto", "cpu", "cuda"))
+        one_of("engine", self.engine, ENGINES)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrialConfig":
@@ -339,7 +342,8 @@ class TrialConfig:
         return values
 
     def trial_id(self) -> str:
-        """A short, stable name for this configuration (all fields but device and write_every).
+        """A short, stable name for this configuration (all fields but device and write_every;
+        the engine only when compiled: its numbers differ from eager's in the last bits).
 
         label_column stays out of the digest: a pinned file's value already holds it, and a
         built-in set has none, so the ids of configs made before it existed stay as they were.
@@ -347,6 +351,8 @@ class TrialConfig:
         values = self.to_dict()
         for key in ("device", "write_every", "label_column"):
             values.pop(key)
+        if values["engine"] == "eager":  # the ids of configs made before the engine existed stay
+            values.pop("engine")
         digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
         # a file's path may hold anything; its label keeps only what any filesystem takes
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.dataset_label)[-48:].strip("-.")

@@ -8,6 +8,8 @@ each seed's block start on the same lane whichever slot it occupies.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ibray.config import ConfigError
@@ -36,3 +38,31 @@ def pad_to_lanes(rows: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, int]:
         return rows, size
     repeats = rows.narrow(dim, 0, 1).expand(*[missing if d == dim else -1 for d in range(rows.dim())])
     return torch.cat([rows, repeats], dim=dim), size
+
+
+def compiled(function, name: str):
+    """`function` through torch.compile (inductor), shapes fixed; where compiling fails (no C++
+    compiler, no Triton), `function` itself, with one warning naming why.
+
+    Compiling happens at the first call of each new shape, before anything runs, so falling
+    back then repeats no work. Each call of a new shape (a trial's last, shorter batch) costs
+    one more compilation; compiled code is cached on disk for later processes.
+    """
+    fast = torch.compile(function, dynamic=False)
+    chosen = None
+
+    def call(*args, **kwargs):
+        nonlocal chosen
+        if chosen is not None:
+            return chosen(*args, **kwargs)
+        try:
+            result = fast(*args, **kwargs)
+        except Exception as error:  # torch raises several types for a failed compilation
+            warnings.warn(f"engine 'compiled': torch.compile failed for {name} ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:200]}); running it eagerly", RuntimeWarning, stacklevel=2)
+            chosen = function
+            return function(*args, **kwargs)
+        chosen = fast
+        return result
+
+    return call

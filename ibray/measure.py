@@ -17,13 +17,14 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from ibray.config import TrialConfig, binning_bins
-from ibray.device import pad_to_lanes
+from ibray.device import compiled, pad_to_lanes
 from ibray.models import BatchedNetwork, ForwardPass
 from ibray.mutual_information import bin_codes, float_codes, layer_information
 
@@ -154,6 +155,7 @@ class Measurer:
         self._worker: ThreadPoolExecutor | None = None
         self._eval_model: BatchedNetwork | None = None  # the worker's copy of the network
         self._inflight: list[Measurement] = []
+        self._compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network -> its compiled pass
 
     def measure(self, model: BatchedNetwork, slots: list[int], keys: list[tuple[int, int]], axes: dict) -> Measurement:
         """Metrics and per-layer MI rows of seed `slots` (their (seed, restarts) `keys`, their
@@ -213,11 +215,16 @@ class Measurer:
         """The whole data set through the network, ranges held fixed, in chunks:
         (log-probabilities, per-layer values, per-layer codes or None for a float network)."""
         model.eval()
+        forward = model
+        if self.config.engine == "compiled" and model.features_major:
+            if model not in self._compiled:
+                self._compiled[model] = compiled(model.forward, "the measuring pass")
+            forward = self._compiled[model]
         parts = []
         chunk = model.eval_chunk(self.x.shape[1])
         for start in range(0, len(self.x), chunk):
             rows, size = pad_to_lanes(self.x[start : start + chunk])
-            parts.append(model(rows))
+            parts.append(forward(rows))
             if len(rows) > size:
                 result = parts[-1]
                 parts[-1] = ForwardPass(

@@ -197,7 +197,7 @@ class BatchedNetwork(nn.Module):
         Without autograd the views are made once per parameter storage and kept (the
         optimizer and checkpoints write into the storage in place): a training step would
         otherwise spend a fair part of its time making them."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._views_of(self.flat)
         key = (self.flat.data_ptr(), self.flat.device)
         if self._view_cache is None or self._view_cache[0] != key:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 _WORD_BITS = 63  # keys stay non-negative int64
-_SHORT_ROW = 16384  # rows up to this long sort fastest in NumPy when their keys fit 32 bits
+_SMALL = 16384  # keys (or rows of 32-bit keys) up to this many sort fastest in NumPy
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,16 @@ def _sorted_rows(keys: np.ndarray, used: int) -> np.ndarray:
     """Each row of non-negative `used`-bit keys sorted, as a (seeds, samples) array.
 
     The values may carry their row's number above bit `used` (then rows never share a value):
-    the fastest sort here depends on the shape. Short rows of 31 bits or fewer: NumPy, row by
-    row, on 32-bit integers; otherwise torch's sort of one flat array whose keys have the row
-    number on top (several times faster than NumPy's on long int64 arrays, measured here);
-    NumPy row by row where the row number does not fit.
+    the fastest sort here depends on the shape (measured on this project's machine). Few keys,
+    or short rows of 31 bits or fewer: NumPy, row by row (on 32-bit integers where they fit);
+    otherwise one torch.sort of a flat array whose keys have the row number on top, several
+    times faster than NumPy's on long int64 arrays; NumPy row by row where the row number does
+    not fit in the 63 bits.
     """
     seeds, samples = keys.shape
-    if used <= 31 and samples <= _SHORT_ROW:
-        return np.sort(keys.astype(np.int32), axis=1)
+    fits_32 = used <= 31
+    if keys.size <= _SMALL or (fits_32 and samples <= _SMALL):
+        return np.sort(keys.astype(np.int32) if fits_32 else keys, axis=1)
     if used + max(seeds - 1, 0).bit_length() > _WORD_BITS:
         return np.sort(keys, axis=1)
     flat = keys | (np.arange(seeds, dtype=np.int64)[:, None] << used) if seeds > 1 else keys

@@ -37,13 +37,22 @@ class SeedAdam:
 
     def step(self) -> None:
         """One update of every seed from the gradients in `.grad`, which it then clears."""
+        self.update(self.next_rates())
+
+    def next_rates(self) -> torch.Tensor:
+        """Count one more step for every seed and return each seed's step size for it."""
         beta1, beta2 = BETAS
         self.steps = [step + 1 for step in self.steps]
         # The per-seed rate in Python: torch's vectorised pow would round a seed's rate by its
         # slot's position.
         lr = self.learning_rate
         device = self.params[0].device
-        rate = torch.tensor([lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) for t in self.steps], device=device)
+        return torch.tensor([lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) for t in self.steps], device=device)
+
+    def update(self, rate: torch.Tensor) -> None:
+        """The update of every seed with step sizes `rate` (from `next_rates`) and the
+        gradients in `.grad`, which it then clears: tensors only (a compiled step holds it)."""
+        beta1, beta2 = BETAS
         # Only plain multiplies, adds, divides and square roots (no lerp, addcmul or alpha=):
         # those are exact in IEEE arithmetic, so the vectorised body and the scalar tail of a
         # kernel agree and a seed's update does not depend on where its slot starts. One

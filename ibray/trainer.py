@@ -20,7 +20,7 @@ import torch
 
 from ibray.config import TrialConfig
 from ibray.data import Dataset
-from ibray.device import pad_to_lanes, pick_device
+from ibray.device import compiled, pad_to_lanes, pick_device
 from ibray.measure import Measurement, Measurer
 from ibray.models import BatchedNetwork
 from ibray.optim import SeedAdam
@@ -81,6 +81,9 @@ class Trainer:
             image_shape=dataset.image_shape,
         ).to(self.device)
         self.optimizer = SeedAdam(list(self.model.parameters()), seeds, config.learning_rate)
+        self._train_step = self._dense_step
+        if config.engine == "compiled" and self.model.features_major:
+            self._train_step = compiled(self._dense_step, "the training step")
         self.seeds = list(config.seeds)
         self.restarts = [0] * seeds
         self.slot_epoch = [0] * seeds  # epochs completed, prefit included
@@ -155,8 +158,7 @@ class Trainer:
             labels_epoch = labels.gather(1, orders)
             for start in range(0, n_train, batch_size):
                 x, size = pad_to_lanes(x_epoch[:, start : start + batch_size], dim=1)
-                self.model.gradient(x, labels_epoch[:, start : start + size], size)
-                self.optimizer.step()
+                self._train_step(x, labels_epoch[:, start : start + size], size, self.optimizer.next_rates())
             self._count_epoch(active)
             return
         for start in range(0, n_train, self.config.batch_size):
@@ -168,6 +170,13 @@ class Trainer:
             nll.mean(dim=1).sum().backward()  # seeds are independent: their losses just add up
             self.optimizer.step()
         self._count_epoch(active)
+
+    def _dense_step(self, x: torch.Tensor, targets: torch.Tensor, valid: int, rates: torch.Tensor) -> None:
+        """One mini-batch of a dense network: the hand-written backward pass, then Adam's update
+        with per-seed step sizes `rates` (tensors in, nothing out: what engine 'compiled'
+        compiles)."""
+        self.model.gradient(x, targets, valid)
+        self.optimizer.update(rates)
 
     def _count_epoch(self, active: list[bool]) -> None:
         for slot, is_active in enumerate(active):

@@ -171,9 +171,10 @@ def test_a_seed_gets_the_same_bits_whatever_its_batch_mates(samples):
     [
         (1, 20000, 3, 256),  # a long row, 25-bit keys: torch's flat sort
         (3, 20000, 3, 256),  # long rows with the row number on top
-        (4, 3000, 3, 256),  # short rows, 25-bit keys: NumPy on 32-bit integers
-        (4, 3000, 5, 256),  # short rows, 41-bit keys: torch's flat sort with row numbers
-        (8, 2000, 4, 2**15),  # 61 bits + 3 bits of row number do not fit: NumPy row by row
+        (8, 3000, 3, 256),  # short rows, 25-bit keys: NumPy on 32-bit integers
+        (2, 3000, 5, 256),  # few 41-bit keys: NumPy on 64-bit integers
+        (8, 3000, 5, 256),  # many 41-bit keys: torch's flat sort with row numbers
+        (16, 2000, 4, 2**15),  # 61 bits + 4 bits of row number do not fit: NumPy row by row
     ],
 )
 def test_every_way_of_sorting_agrees_with_brute_force(seeds, samples, width, levels):
