@@ -210,9 +210,12 @@ def test_a_sweep_on_s3_resumes_on_another_node_when_one_is_lost(cluster, s3, tmp
         wait_for(lambda: reached() >= 20, 120, "the trial to pass epoch 20")
         ids = {name: node.node_id for name, node in nodes.items()}
         lost = trial_node(set(ids.values()))
-        killed_at = reached()
         (lost_name,) = [name for name, node_id in ids.items() if node_id == lost]
         cluster.remove_node(nodes[lost_name], allow_graceful=False)  # the node and its trial, mid-run
+        # Read after the loss (the trial may have written again meanwhile): the epoch the lost
+        # run got to, at least that of its last checkpoint (written after trial.json); the
+        # retry on the other node takes seconds to start.
+        killed_at = reached()
         driver.wait(240)
     finally:
         if driver.poll() is None:
