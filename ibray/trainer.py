@@ -11,6 +11,10 @@ measuring grid: 0, every `mi_every`, the end of each phase and the restart check
 A Trainer keeps at most `threads` CPU threads busy: one trains, and with two or more a second
 measures while the next epoch trains (from measure.OVERLAP_SEEDS seeds on); with one, every
 measurement runs inline. The numbers are the same either way, bit for bit.
+
+Dense networks train through their hand-written backward pass (`BatchedNetwork.gradient`) and
+Adam's update, one call per mini-batch: with engine 'compiled' that call is compiled
+(`device.compiled`); the conv network trains through autograd.
 """
 
 from __future__ import annotations
