@@ -44,9 +44,9 @@ def compiled(function, name: str):
     """`function` through torch.compile (inductor), shapes fixed; where compiling fails (no C++
     compiler, no Triton), `function` itself, with one warning naming why.
 
-    Compiling happens at the first call of each new shape, before anything runs, so falling
-    back then repeats no work. Each call of a new shape (a trial's last, shorter batch) costs
-    one more compilation; compiled code is cached on disk for later processes.
+    The first call decides: compiling happens before anything runs, so falling back then
+    repeats no work. Each new shape (a trial's last, shorter batch) costs one more
+    compilation; compiled code is cached on disk for later processes.
     """
     fast = torch.compile(function, dynamic=False)
     chosen = None
@@ -57,7 +57,8 @@ def compiled(function, name: str):
             return chosen(*args, **kwargs)
         try:
             result = fast(*args, **kwargs)
-        except Exception as error:  # torch raises several types for a failed compilation
+        except torch._dynamo.exc.TorchDynamoException as error:  # compiling failed (an error of the
+            # function itself keeps its own type and is raised as it is)
             warnings.warn(f"engine 'compiled': torch.compile failed for {name} ({type(error).__name__}: "
                           f"{str(error).splitlines()[0][:200]}); running it eagerly", RuntimeWarning, stacklevel=2)
             chosen = function

@@ -57,8 +57,7 @@ def activation_function(name: str):
 
 # The derivative of each activation from its input `pre` and output `out` (torch's defaults:
 # leaky_relu's slope 0.01, elu's alpha 1; 0 at the kink, as torch's own backward), used by the
-# hand-written backward pass of the dense networks. Named functions: a network is pickled to
-# its measuring process.
+# hand-written backward pass of the dense networks. Named functions, so that a network pickles.
 def _tanh_derivative(pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return 1 - out * out
 
@@ -296,6 +295,13 @@ class BatchedNetwork(nn.Module):
         out = out.reshape(seeds, weight.shape[1], batch, positions).transpose(1, 2)
         return out.reshape(seeds, batch, weight.shape[1], side_h - 2, side_w - 2)
 
+    def _loss_log_probs(self, log_probs: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """What the loss sees: the log of the quantized probabilities `probs`, with the gradient
+        of the float log-softmax (straight-through); the float ones for a float network."""
+        if self.quantizers is None:
+            return log_probs
+        return straight_through(log_probs, torch.log(probs.detach().clamp_min(_LOG_EPSILON)))
+
     def _dense_trace(self, x: torch.Tensor, valid: int | None, quantize_output: bool = True) -> _DenseTrace:
         """A dense network's forward pass over x (S, B, inputs) or (B, inputs), features-major.
 
@@ -328,12 +334,7 @@ class BatchedNetwork(nn.Module):
                 hidden, code = self.quantizers[index](out, valid, batch_dim=2)
             trace.values.append(hidden)
             trace.codes.append(code)
-        if self.quantizers is not None and quantize_output:
-            # The loss sees the quantized probabilities; the gradient is that of the float
-            # log-softmax (straight-through).
-            quantized_log = torch.log(hidden.detach().clamp_min(_LOG_EPSILON))
-            log_probs = straight_through(log_probs, quantized_log)
-        trace.log_probs = log_probs
+        trace.log_probs = self._loss_log_probs(log_probs, hidden) if quantize_output else log_probs
         return trace
 
     @torch.no_grad()
@@ -402,14 +403,9 @@ class BatchedNetwork(nn.Module):
             if spec.name == "output":
                 log_probs = torch.log_softmax(pre, dim=-1)
                 probs, code = self._quantize(index, log_probs.exp(), valid)
-                if self.quantizers is not None:
-                    # The loss sees the quantized probabilities; the gradient is that of the
-                    # float log-softmax (straight-through).
-                    quantized_log = torch.log(probs.detach().clamp_min(_LOG_EPSILON))
-                    log_probs = straight_through(log_probs, quantized_log)
                 values.append(probs)
                 codes.append(code)
-                return ForwardPass(log_probs, values, codes)
+                return ForwardPass(self._loss_log_probs(log_probs, probs), values, codes)
             hidden, code = self._quantize(index, self.activation(pre), valid)
             values.append(hidden)
             codes.append(code)

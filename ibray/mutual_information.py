@@ -7,7 +7,8 @@ network is deterministic, so I(X;T) = H(T) and I(T;Y) = H(T) + H(Y) - H(T,Y).
 Exact means exact: rows are identified by sorting bit-packed integer keys, never by a hash
 that can collide. A row wider than one 64-bit word is packed word by word: when the key is
 full it is replaced by its dense rank among the seed's rows, which needs only log2(rows)
-bits, so the next columns fit beside it. All seeds are sorted at once, row by row.
+bits, so the next columns fit beside it. All seeds are sorted in one call: row by row, or as
+one flat array whose keys carry their row's number on top, whichever is faster for the shape.
 """
 
 from __future__ import annotations
