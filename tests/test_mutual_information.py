@@ -169,9 +169,10 @@ def test_a_seed_gets_the_same_bits_whatever_its_batch_mates(samples):
 @pytest.mark.parametrize(
     "seeds, samples, width, levels",
     [
-        (1, 20000, 3, 256),  # a long row, 25-bit keys: torch's flat sort
-        (3, 20000, 3, 256),  # long rows with the row number on top
-        (8, 3000, 3, 256),  # short rows, 25-bit keys: NumPy on 32-bit integers
+        (1, 20000, 3, 256),  # a long row, 25-bit keys: torch's flat sort on 32-bit integers
+        (3, 20000, 3, 256),  # long rows with the row number on top, 32-bit
+        (8, 3000, 3, 256),  # many 25-bit keys, 3 bits of row number: torch, 32-bit
+        (8, 3000, 2, 2**15),  # short rows of 31-bit keys, no room for the row: NumPy on 32-bit integers
         (2, 3000, 5, 256),  # few 41-bit keys: NumPy on 64-bit integers
         (8, 3000, 5, 256),  # many 41-bit keys: torch's flat sort with row numbers
         (16, 2000, 4, 2**15),  # 61 bits + 4 bits of row number do not fit: NumPy row by row
