@@ -3,6 +3,8 @@ restarts of dead seeds, resumption from a checkpoint, binning estimators, every 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import polars as pl
 import pytest
@@ -262,3 +264,23 @@ def test_a_partial_restart_keeps_every_row_of_every_seed_exactly_once(tmp_path, 
     assert_every_row_once(tmp_path / "resumed", config, summary.restarts)
     for table, key in (("mi", ["seed", "phase", "epoch", "layer"]), ("metrics", ["seed", "phase", "epoch"])):
         assert read(tmp_path / "whole", table).sort(key).equals(read(tmp_path / "resumed", table).sort(key))
+
+
+def test_a_measurement_calls_back_once_its_rows_are_ready(synthetic):
+    # `ibray bench` times a run's sustained rate by these calls
+    from ibray.measure import OVERLAP_SEEDS
+
+    config = TrialConfig(seeds=tuple(range(OVERLAP_SEEDS)), epochs=1, mi_every=1)
+    for threads in (1, 2):  # measured inline; on the measuring thread
+        trainer = Trainer(config, synthetic, threads=threads)
+        measurement = trainer.start()
+        calls = []
+        measurement.when_done(lambda: calls.append(time.perf_counter()))
+        if threads == 1:
+            assert len(calls) == 1  # ready already: called at once
+        rows = len(measurement.mi["seed"])  # waits for the rows
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:  # the future calls back just after
+            time.sleep(0.01)
+        assert len(calls) == 1, threads
+        assert rows == OVERLAP_SEEDS * len(trainer.model.layers)
