@@ -208,17 +208,38 @@ class BatchedNetwork(nn.Module):
         self.layers.append(LayerSpec(name, "conv", 0))
 
     def _views(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per layer, the weights and biases as (seeds, ...) views of the one parameter row.
+        """Per layer, the weights and biases as (seeds, ...) views of the one parameter row."""
+        return self._kept("views", lambda: self._views_of(self.flat))
 
-        Without autograd the views are made once per parameter storage and kept (the
-        optimizer and checkpoints write into the storage in place): a training step would
-        otherwise spend a fair part of its time making them."""
+    def _transposed_views(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, the weights (seeds, out, in) and biases (seeds, out, 1) as the
+        features-major pass multiplies with them: transposed views of the parameter row."""
+        return self._kept("transposed", lambda: tuple([t.transpose(1, 2) for t in part] for part in self._views_of(self.flat)))
+
+    def _gradient_buffer(self) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """A tensor shaped like the parameter row for `gradient` to write (every entry, every
+        step), with its per-layer weight views and bias views (seeds, out, 1)."""
+        def make():
+            buffer = torch.empty_like(self.flat)
+            weights, biases = self._views_of(buffer)
+            return buffer, weights, [bias.transpose(1, 2) for bias in biases]
+
+        return self._kept("gradient", make)
+
+    def _kept(self, name: str, make):
+        """`make()`'s tensors, made once per parameter storage and kept where that is safe:
+        without autograd and outside torch.compile (the optimizer and checkpoints write into the
+        storage in place). A training step would otherwise spend a fair part of its time
+        making views: each is a call into torch, and at one seed the calls are the cost."""
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self._views_of(self.flat)
+            return make()
         key = (self.flat.data_ptr(), self.flat.device)
         if self._view_cache is None or self._view_cache[0] != key:
-            self._view_cache = (key, self._views_of(self.flat))
-        return self._view_cache[1]
+            self._view_cache = (key, {})
+        kept = self._view_cache[1]
+        if name not in kept:
+            kept[name] = make()
+        return kept[name]
 
     def __getstate__(self) -> dict:  # copies and pickles make their own views
         return {**self.__dict__, "_view_cache": None}
@@ -330,11 +351,11 @@ class BatchedNetwork(nn.Module):
         if hidden.dim() == 2:  # shared by all seeds (the MI pass)
             hidden = hidden.unsqueeze(0).expand(self.seeds, -1, -1)
         trace = _DenseTrace([], [], [], [], [], hidden)
-        weights, biases = self._views()
+        weights, biases = self._transposed_views()
         last = len(weights) - 1
         for index, (weight, bias) in enumerate(zip(weights, biases)):
             trace.inputs.append(hidden)
-            pre = torch.baddbmm(bias.transpose(1, 2), weight.transpose(1, 2), hidden)  # (S, out, B)
+            pre = torch.baddbmm(bias, weight, hidden)  # (S, out, B)
             if index == last:
                 log_probs = torch.log_softmax(pre, dim=1)
                 out = log_probs.exp()
@@ -366,15 +387,17 @@ class BatchedNetwork(nn.Module):
         trace = self._dense_trace(x, valid, quantize_output=False)
         # d(mean NLL)/d(logits) = (softmax - one-hot) / valid; the padding gets none.
         grad_out = trace.out[-1].clone()
-        grad_out[:, :, valid:] = 0
-        grad_out[:, :, :valid].scatter_add_(1, targets.unsqueeze(1), torch.full_like(grad_out[:, :1, :valid], -1.0))
+        real = grad_out
+        if valid < grad_out.shape[2]:
+            grad_out[:, :, valid:] = 0
+            real = grad_out[:, :, :valid]
+        real.scatter_add_(1, targets.unsqueeze(1), torch.full_like(real[:, :1], -1.0))
         grad_out.div_(valid)
-        grad = torch.empty_like(self.flat)  # every entry is written below
-        grad_weights, grad_biases = self._views_of(grad)
+        grad, grad_weights, grad_biases = self._gradient_buffer()  # every entry is written below
         weights, _ = self._views()
         for index in reversed(range(len(weights))):
             grad_weights[index].copy_(torch.bmm(trace.inputs[index], grad_out.transpose(1, 2)))
-            grad_biases[index].copy_(grad_out.sum(dim=2).unsqueeze(1))
+            grad_biases[index].copy_(grad_out.sum(dim=2, keepdim=True))
             if index:
                 grad_out = torch.bmm(weights[index], grad_out)  # d loss / d (what layer index received)
                 if self.derivative is not None:

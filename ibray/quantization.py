@@ -37,6 +37,23 @@ class Quantizer(nn.Module):
         self.ema_decay = ema_decay
         self.register_buffer("low", torch.full((seeds,), float("inf")))
         self.register_buffer("high", torch.full((seeds,), float("-inf")))
+        self._shaped: tuple | None = None  # kept views of low and high (see _ranges)
+
+    def __getstate__(self) -> dict:  # copies and pickles make their own views
+        return {**self.__dict__, "_shaped": None}
+
+    def _ranges(self, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """low and high as (seeds, 1, ...) views that broadcast over values of `dims`
+        dimensions; kept while the buffers stay where they are (they are updated in place),
+        outside torch.compile: each view is a call into torch, and at one seed the calls are
+        the cost of a training step."""
+        shape = (-1,) + (1,) * (dims - 1)
+        if torch.compiler.is_compiling():
+            return self.low.view(shape), self.high.view(shape)
+        key = (self.low.data_ptr(), self.high.data_ptr(), dims)
+        if self._shaped is None or self._shaped[0] != key:
+            self._shaped = (key, self.low.view(shape), self.high.view(shape))
+        return self._shaped[1], self._shaped[2]
 
     def reset(self, slots: torch.Tensor | None = None) -> None:
         """Forget the range (all seeds, or the given seed slots): the next batch sets it anew."""
@@ -82,13 +99,12 @@ class Quantizer(nn.Module):
     def _quantize(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(quantized values, codes as floats) under the current per-seed ranges.
         A constant layer (high == low) has step 0 and maps everything to code 0."""
-        shape = (-1,) + (1,) * (values.dim() - 1)
-        step = (self.high - self.low).div_(self.levels)
-        inverse = step.reciprocal().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).view(shape)  # 0 for step 0
-        low = self.low.view(shape)
+        low, high = self._ranges(values.dim())
+        step = (high - low).div_(self.levels)
+        inverse = step.reciprocal().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # 0 for step 0
         codes = (values - low).mul_(inverse).round_().clamp_(0, self.levels)
         # a multiply, then an add: a fused multiply-add would round differently by position
-        return codes.mul(step.view(shape)).add_(low), codes
+        return codes.mul(step).add_(low), codes
 
     @torch.no_grad()
     def observe(self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1) -> None:
@@ -96,7 +112,8 @@ class Quantizer(nn.Module):
         else: for a layer whose quantized values are not needed, e.g. the output's in a
         training step, whose loss gradient is the float one's)."""
         if self.training:
-            self._track(values if valid is None else values.narrow(batch_dim, 0, valid))
+            whole = valid is None or valid == values.shape[batch_dim]
+            self._track(values if whole else values.narrow(batch_dim, 0, valid))
 
     def forward(
         self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1
