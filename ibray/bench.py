@@ -11,6 +11,7 @@ of each run. MI: one exact H/I(X;T)/I(T;Y) computation of random
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -54,11 +55,15 @@ def training_rate(
         trainer.step()[0].wait()
     first = trainer.slowest_epoch + 1
     ready: dict[int, float] = {}  # epoch -> when its rows were ready (the measuring thread writes)
+
+    def mark_ready(index: int) -> None:
+        ready[index] = time.perf_counter()
+
     measurements = []
     started = time.perf_counter()
     for index in range(segments * per_segment):
         measurement = trainer.step()[0]
-        measurement.when_done(lambda index=index: ready.__setitem__(index, time.perf_counter()))
+        measurement.when_done(functools.partial(mark_ready, index))
         measurements.append(measurement)
     layers = sum(len(measurement.mi.get("seed", [])) for measurement in measurements)  # waits for them
     measured = sum(config.measured_at(epoch) for epoch in range(first, first + segments * per_segment))

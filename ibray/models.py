@@ -194,7 +194,7 @@ class BatchedNetwork(nn.Module):
         # two per layer (per-tensor overhead dominates small networks).
         self._sizes = [math.prod(shape) for shape in self._shapes]
         self.flat = nn.Parameter(torch.zeros(seeds, sum(self._sizes)))
-        self._view_cache: tuple | None = None
+        self._kept_tensors: tuple | None = None
         self.quantizers = nn.ModuleList(
             Quantizer(bits, seeds, tracking, ema_decay) for _ in self.layers
         ) if self.quantized else None
@@ -234,15 +234,15 @@ class BatchedNetwork(nn.Module):
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return make()
         key = (self.flat.data_ptr(), self.flat.device)
-        if self._view_cache is None or self._view_cache[0] != key:
-            self._view_cache = (key, {})
-        kept = self._view_cache[1]
+        if self._kept_tensors is None or self._kept_tensors[0] != key:
+            self._kept_tensors = (key, {})
+        kept = self._kept_tensors[1]
         if name not in kept:
             kept[name] = make()
         return kept[name]
 
     def __getstate__(self) -> dict:  # copies and pickles make their own views
-        return {**self.__dict__, "_view_cache": None}
+        return {**self.__dict__, "_kept_tensors": None}
 
     def _views_of(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per layer, weight and bias views of a (seeds, parameters) tensor laid out as `flat`."""
