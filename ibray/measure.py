@@ -26,7 +26,7 @@ import torch
 from ibray.config import TrialConfig, binning_bins
 from ibray.device import compiled, pad_to_lanes
 from ibray.models import BatchedNetwork, ForwardPass
-from ibray.mutual_information import bin_codes, float_codes, layer_information
+from ibray.mutual_information import bin_codes, device_layer_information, float_codes, layer_information
 
 OVERLAP_SEEDS = 8  # from this many seeds on, measurements run beside the training
 
@@ -89,7 +89,7 @@ class Measurement:
 def mi_columns(
     estimators: tuple[str, ...],
     layers: list,
-    codes: list[np.ndarray] | None,
+    codes: list[np.ndarray | torch.Tensor] | None,
     values: list[np.ndarray] | None,
     bounds: list | None,
     extremes: list[tuple[list[float], list[float]]],
@@ -97,7 +97,8 @@ def mi_columns(
     axes: dict[str, list],
 ) -> dict[str, list]:
     """The MI table of one measurement as columns: a row per estimator, layer and seed, from
-    the layers' codes (or float values), binning bounds, extremes and the labels."""
+    the layers' codes (or float values), binning bounds, extremes and the labels. Codes given
+    as torch tensors are counted on their device (`device_layer_information`)."""
     seeds = len(axes["seed"])
     columns: dict[str, list] = {}
     for estimator in estimators:
@@ -106,7 +107,10 @@ def mi_columns(
                 layer_codes = codes[number - 1] if codes is not None else float_codes(values[number - 1])
             else:
                 layer_codes = bin_codes(values[number - 1], binning_bins(estimator), *bounds[number - 1])
-            info = layer_information(layer_codes, labels)
+            if isinstance(layer_codes, torch.Tensor):
+                info = device_layer_information(layer_codes, labels)
+            else:
+                info = layer_information(layer_codes, labels)
             rows = {
                 **axes,
                 "estimator": [estimator] * seeds,
@@ -157,6 +161,9 @@ class Measurer:
         self.overlap = overlap
         self.x, self.labels, self.train_idx, self.test_idx = x, labels, train_idx, test_idx
         self.labels_host = labels.cpu().numpy()
+        # Exact MI counted where the codes are: on a GPU they stay there (only a few numbers per
+        # seed and layer come back); on the CPU NumPy counts them.
+        self.count_on_device = x.device.type != "cpu"
         self.global_ranges = global_ranges
         self.measure_mi = measure_mi
         self.seen_ranges: dict[tuple[int, int], tuple[float, float]] = {}
@@ -213,7 +220,11 @@ class Measurer:
             return {}, metrics
         binning = any(binning_bins(e) for e in config.estimators)
         layer_values = [v.cpu().numpy() for v in values] if binning or codes is None else None
-        layer_codes = [host_codes(pick(c), config.bits) for c in codes] if codes is not None else None
+        layer_codes = None
+        if codes is not None and self.count_on_device:
+            layer_codes = [pick(c).to(torch.int32) for c in codes]
+        elif codes is not None:
+            layer_codes = [host_codes(pick(c), config.bits) for c in codes]
         bounds = [self._bin_bounds(extreme, global_bounds) for extreme in extremes] if binning else None
         mi = mi_columns(config.estimators, model.layers, layer_codes, layer_values, bounds, extremes, self.labels_host, axes)
         return mi, metrics

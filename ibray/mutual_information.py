@@ -179,6 +179,30 @@ def _entropies(keys: np.ndarray, label_bits: int) -> tuple[np.ndarray, np.ndarra
     return h_t, h_ty, n_states
 
 
+def _label_entropy(labels: np.ndarray) -> float:
+    """H(Y) in bits of integer labels."""
+    label_p = np.bincount(labels) / len(labels)
+    label_p = label_p[label_p > 0]
+    return float(-(label_p * np.log2(label_p)).sum())
+
+
+def _information(h_t: np.ndarray, h_ty: np.ndarray, n_states: np.ndarray, h_y: float, samples: int) -> LayerInformation:
+    """The per-seed results from H(T), H(T,Y), the state counts and H(Y)."""
+    mi_ty = np.maximum(h_t + h_y - h_ty, 0.0)  # float rounding can dip a hair below zero
+    # An injective seed gets the shortcut's exact values whatever its batch mates: the sums
+    # round differently from log2 N and H(Y), and a seed must not depend on its mates.
+    injective = n_states == samples
+    h_t[injective] = np.log2(samples)
+    mi_ty[injective] = h_y
+    return LayerInformation(h_t=h_t, mi_xt=h_t.copy(), mi_ty=mi_ty, n_states=n_states)
+
+
+def _injective(seeds: int, samples: int, h_y: float) -> LayerInformation:
+    """Every seed's rows all distinct: H(T) = log2 N and T determines Y."""
+    everything = np.full(seeds, np.log2(samples))
+    return LayerInformation(everything, everything.copy(), np.full(seeds, h_y), np.full(seeds, samples))
+
+
 def layer_information(codes: np.ndarray, labels: np.ndarray) -> LayerInformation:
     """Exact H(T), I(X;T), I(T;Y) and the number of states, for one or many seeds.
 
@@ -193,24 +217,79 @@ def layer_information(codes: np.ndarray, labels: np.ndarray) -> LayerInformation
     if labels.shape[0] != samples:
         raise ValueError(f"{samples} rows of codes but {labels.shape[0]} labels")
     label_bits = max(_bits(labels.max()), 1)
-    label_p = np.bincount(labels) / samples
-    label_p = label_p[label_p > 0]
-    h_y = float(-(label_p * np.log2(label_p)).sum())
+    h_y = _label_entropy(labels)
     keys, used = _packed_keys(codes, labels[None, :], label_bits)
-    if used < 0:  # an injective layer: H(T) = log2 N and T determines Y
-        everything = np.full(seeds, np.log2(samples))
-        return LayerInformation(everything, everything.copy(), np.full(seeds, h_y), np.full(seeds, samples))
+    if used < 0:
+        return _injective(seeds, samples, h_y)
     keys = _sorted_rows(keys, used)
+    return _information(*_entropies(keys, label_bits), h_y, samples)
 
-    h_t, h_ty, n_states = _entropies(keys, label_bits)
 
-    mi_ty = np.maximum(h_t + h_y - h_ty, 0.0)  # float rounding can dip a hair below zero
-    # An injective seed gets the shortcut's exact values whatever its batch mates: the sums
-    # above round differently from log2 N and H(Y), and a seed must not depend on its mates.
-    injective = n_states == samples
-    h_t[injective] = np.log2(samples)
-    mi_ty[injective] = h_y
-    return LayerInformation(h_t=h_t, mi_xt=h_t.copy(), mi_ty=mi_ty, n_states=n_states)
+# -- on the device ------------------------------------------------------------------------------
+# The same counting with torch operations on the codes' device (a GPU's), for measurements that
+# run there: the codes never leave the device, only a few numbers per seed do. Dense,
+# fixed-shape steps (no data-dependent sizes but the packing's), sums by torch's reductions.
+
+
+def _rank_rows_on_device(keys: torch.Tensor) -> torch.Tensor:
+    """`rank_rows` with torch: the dense rank of each value within its row."""
+    ordered, order = torch.sort(keys, dim=1)
+    steps = torch.zeros_like(keys)
+    steps[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return torch.empty_like(keys).scatter_(1, order, steps.cumsum(dim=1))
+
+
+def _groups_on_device(ordered: torch.Tensor, surprisal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of sorted keys: the sum of -p log2 p over its groups of equal keys, and how many
+    groups it has. A group's size is the distance from its first position to the next group's,
+    found by a cumulative minimum from the right; every position that starts no group adds 0."""
+    samples = ordered.shape[1]
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    positions = torch.arange(samples, device=ordered.device).expand_as(ordered)
+    following = torch.full_like(positions, samples)
+    following[:, :-1] = torch.where(new[:, 1:], positions[:, 1:], samples)
+    next_start = following.flip(1).cummin(dim=1).values.flip(1)
+    sizes = torch.where(new, next_start - positions, 0)
+    return surprisal[sizes].sum(dim=1), new.sum(dim=1)
+
+
+def device_layer_information(codes: torch.Tensor, labels) -> LayerInformation:
+    """`layer_information` of a (seeds, samples, neurons) integer tensor, counted on its device.
+
+    The states are the same as `layer_information`'s (exact, sorted packed keys, never hashed);
+    H(T) and H(T,Y) are summed by torch instead of NumPy, so they may differ in the last bits.
+    """
+    if codes.dim() != 3 or codes.dtype.is_floating_point:
+        raise ValueError(f"codes must be a (seeds, samples, neurons) integer tensor, got {tuple(codes.shape)} {codes.dtype}")
+    seeds, samples, width = codes.shape
+    labels_host = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64).reshape(-1)
+    if labels_host.shape[0] != samples:
+        raise ValueError(f"{samples} rows of codes but {labels_host.shape[0]} labels")
+    label_bits = max(_bits(labels_host.max()), 1)
+    h_y = _label_entropy(labels_host)
+    device = codes.device
+    rank_bits = max(1, int(samples).bit_length())
+    maxima = codes.amax(dim=(0, 1)).tolist() if codes.numel() else [0] * width
+    columns = [(codes[:, :, neuron].to(torch.int64), _bits(top)) for neuron, top in enumerate(maxima)]
+    columns.append((torch.as_tensor(labels_host, device=device).expand(seeds, samples), label_bits))
+    key = torch.zeros(seeds, samples, dtype=torch.int64, device=device)
+    used = 0
+    for column, bits in columns:
+        if bits > _WORD_BITS - rank_bits:
+            raise ValueError(f"a code of {bits} bits is too wide; at most {_WORD_BITS - rank_bits} supported")
+        if used + bits > _WORD_BITS:  # full: are the rows told apart already? else rank, go on
+            ordered = torch.sort(key, dim=1).values
+            if bool((ordered[:, 1:] != ordered[:, :-1]).all()):
+                return _injective(seeds, samples, h_y)
+            key, used = _rank_rows_on_device(key), rank_bits
+        key = (key << bits) | column
+        used += bits
+    ordered = torch.sort(key, dim=1).values
+    surprisal = torch.as_tensor(_surprisal_table(samples), device=device)
+    h_ty, _ = _groups_on_device(ordered, surprisal)
+    h_t, n_states = _groups_on_device(ordered >> label_bits, surprisal)
+    return _information(h_t.cpu().numpy(), h_ty.cpu().numpy(), n_states.cpu().numpy(), h_y, samples)
 
 
 def float_codes(values: np.ndarray) -> np.ndarray:

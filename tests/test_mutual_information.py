@@ -7,8 +7,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
-from ibray.mutual_information import bin_codes, float_codes, layer_information, rank_rows
+from ibray.mutual_information import bin_codes, device_layer_information, float_codes, layer_information, rank_rows
 
 
 def brute_force(codes: np.ndarray, labels: np.ndarray) -> tuple[float, float, int]:
@@ -192,3 +193,51 @@ def test_every_way_of_sorting_agrees_with_brute_force(seeds, samples, width, lev
         assert info.n_states[seed] == states
         assert info.h_t[seed] == pytest.approx(h_t, abs=1e-9)
         assert info.mi_ty[seed] == pytest.approx(mi_ty, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "seeds, samples, width, levels",
+    [
+        (1, 4096, 10, 256),  # 81 bits: the key is full after 7 columns, ranked, then packed on
+        (8, 3000, 3, 256),
+        (16, 2000, 4, 2**15),  # 15-bit codes
+        (5, 4096, 2, 4),  # few states
+        (3, 1000, 16, 256),  # two rankings
+        (4, 500, 1, 1),  # a constant layer
+    ],
+)
+def test_counting_on_the_device_equals_numpys(seeds, samples, width, levels):
+    # What a GPU measurement runs (device_layer_information), here on CPU tensors: the same
+    # states as the NumPy counting, the same bits up to the sums' rounding.
+    rng = np.random.default_rng(seeds + samples + width)
+    codes = rng.integers(0, levels, size=(seeds, samples, width)).astype(np.int32)
+    codes[:, samples // 3 :] = np.concatenate([codes[:, : samples // 3]] * 3, axis=1)[:, : samples - samples // 3]
+    labels = rng.integers(0, 3, size=samples)
+    on_host = layer_information(codes, labels)
+    on_device = device_layer_information(torch.from_numpy(codes), labels)
+    assert on_device.n_states.tolist() == on_host.n_states.tolist()
+    np.testing.assert_allclose(on_device.h_t, on_host.h_t, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(on_device.mi_ty, on_host.mi_ty, rtol=0, atol=1e-12)
+    for seed in range(seeds):
+        h_t, mi_ty, states = brute_force(codes[seed], labels)
+        assert on_device.n_states[seed] == states
+        assert on_device.h_t[seed] == pytest.approx(h_t, abs=1e-9)
+        # a seed counted alone gets the same bits as in its batch
+        alone = device_layer_information(torch.from_numpy(codes[seed : seed + 1].copy()), labels)
+        assert (alone.h_t[0], alone.mi_ty[0], alone.n_states[0]) == (on_device.h_t[seed], on_device.mi_ty[seed], on_device.n_states[seed])
+
+
+def test_counting_on_the_device_knows_an_injective_layer():
+    samples = 4096
+    codes = torch.arange(samples, dtype=torch.int32).reshape(1, samples, 1).expand(2, -1, -1).contiguous()
+    # every row distinct in its first 2 columns (12 bits); 8 more of 8 bits overfill the key,
+    # where the rows are found all distinct (the shortcut, as layer_information's)
+    noise = torch.randint(0, 256, (2, samples, 8), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    codes = torch.cat([codes % 256, codes // 256, noise], dim=2)
+    assert layer_information(codes.numpy(), np.arange(samples) % 2).n_states.tolist() == [samples, samples]
+    labels = np.arange(samples) % 2
+    info = device_layer_information(codes, labels)
+    assert info.h_t.tolist() == [12.0, 12.0] and info.mi_ty.tolist() == [1.0, 1.0]
+    assert info.n_states.tolist() == [samples, samples]
+    with pytest.raises(ValueError, match="integer tensor"):
+        device_layer_information(codes.float(), labels)

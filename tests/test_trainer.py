@@ -284,3 +284,23 @@ def test_a_measurement_calls_back_once_its_rows_are_ready(synthetic):
             time.sleep(0.01)
         assert len(calls) == 1, threads
         assert rows == OVERLAP_SEEDS * len(trainer.model.layers)
+
+
+def test_a_measurement_counted_on_the_device_equals_one_counted_by_numpy(synthetic):
+    # On a GPU the Measurer counts the codes where they are (count_on_device); here the same
+    # path runs on CPU tensors and gives the NumPy counting's rows.
+    config = TrialConfig(seeds=(0, 1, 2), epochs=3, mi_every=1, learning_rate=0.01)
+    trainer = Trainer(config, synthetic, threads=1)
+    for _ in range(2):
+        trainer.train_epoch()
+    assert trainer.measurer.count_on_device is False  # the CPU's default
+    by_numpy = trainer.measure([0, 2]).mi
+    trainer.measurer.count_on_device = True
+    on_device = trainer.measure([0, 2]).mi
+    assert on_device.keys() == by_numpy.keys()
+    for key in by_numpy:
+        if key in ("mi_xt", "mi_ty", "h_t"):
+            np.testing.assert_allclose(on_device[key], by_numpy[key], rtol=0, atol=1e-12)
+        else:
+            assert on_device[key] == by_numpy[key], key
+    assert len(by_numpy["seed"]) == 2 * len(trainer.model.layers)
