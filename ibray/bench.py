@@ -38,16 +38,21 @@ def training_rate(
     mi_every: int = 1,
     threads: int | None = None,
     engine: str = "eager",
+    device: str = "auto",
 ) -> float:
     """Seed-epochs per second of training plus exact MI every `mi_every`-th epoch, sustained:
     the median over `segments` consecutive stretches of one run, a stretch ending when its
     last epoch's measurement is ready (this machine's speed drifts). The run goes on across
     stretches as a trial does, measurements in flight beside the training; only the end
-    waits for them. `threads`: the Trainer's (None: its default). The warm-up epochs before
-    the stretches include the compilation of engine 'compiled'."""
+    waits for them. `threads`: the Trainer's (None: its default); `device`: the trial's. The
+    warm-up epochs before the stretches include the compilation of engine 'compiled'."""
     per_segment = max(1, epochs // segments)
     config = TrialConfig(
-        seeds=tuple(range(seeds)), epochs=_WARMUP_EPOCHS + segments * per_segment, mi_every=mi_every, engine=engine
+        seeds=tuple(range(seeds)),
+        epochs=_WARMUP_EPOCHS + segments * per_segment,
+        mi_every=mi_every,
+        engine=engine,
+        device=device,
     )
     trainer = Trainer(config, dataset, threads=threads)
     trainer.start().wait()

@@ -171,6 +171,12 @@ class TrialStateError(RuntimeError):
     """A results folder or checkpoint that cannot be continued; the message says why."""
 
 
+class VerifyError(ValueError):
+    """A path that holds no trial to verify; the message says what to pass instead (raised by
+    ibray.verify; defined here, beside the folder's other errors, so that the CLI can catch it
+    without importing Polars)."""
+
+
 def write_trial_info(
     out: str | Path,
     *,

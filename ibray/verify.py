@@ -27,14 +27,20 @@ import pyarrow.parquet as pq
 
 from ibray.config import TrialConfig
 from ibray.models import layer_count
-from ibray.records import TABLES, TrialStateError, is_uri, join, list_parts, part_write, read_trial_info, resolve
+from ibray.records import (  # noqa: F401 (VerifyError: also imported from here)
+    TABLES,
+    TrialStateError,
+    VerifyError,
+    is_uri,
+    join,
+    list_parts,
+    part_write,
+    read_trial_info,
+    resolve,
+)
 
 MI_COLUMNS = ["seed", "restarts", "phase", "epoch", "estimator", "layer"]
 METRICS_COLUMNS = ["seed", "restarts", "phase", "epoch"]
-
-
-class VerifyError(ValueError):
-    """A path that holds no trial to verify; the message says what to pass instead."""
 
 
 def measured_epochs(config: TrialConfig, up_to: int | None = None) -> list[tuple[str, int]]:

@@ -186,3 +186,30 @@ def test_every_config_field_is_a_trial_flag_with_its_help(tmp_path, capsys):
     assert main(args) == 0
     config = json.loads((out / "trial.json").read_text())["config"]
     assert (config["max_restarts"], config["bin_range"], config["ema_decay"], config["split_seed"]) == (3, [-2.0, 2.5], 0.9, 7)
+
+
+def test_the_gpu_check_runs_dry_on_the_cpu_without_ray_polars_or_altair(tmp_path):
+    # benchmarks/gpu_check.sh waits for the first GPU machine, which has torch, numpy, pyarrow and
+    # pyyaml but no Ray, Polars or Altair: its dry run here must need none of them either.
+    repo = Path(__file__).resolve().parents[1]
+    blocked = (
+        "import importlib.abc, runpy, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('ray', 'polars', 'altair', 'vl_convert'):\n"
+        "            raise ImportError('not on the GPU machine: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.argv = ['gpu_check.py', '--device', 'cpu', '--quick']\n"
+        f"runpy.run_path({str(repo / 'benchmarks' / 'gpu_check.py')!r}, run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", blocked], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "every check passed" in result.stdout
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["device"] == "cpu" and figures["seed_epochs_per_s_eager_8"] > 0
+    assert figures["trial_mi_mi_xt_max_gap"] == 0.0  # the same trial twice on the CPU: the same rows
+    import torch
+
+    if not torch.cuda.is_available():  # without a GPU the real check says so and exits 2
+        nothing = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_check.py")], capture_output=True, text=True, timeout=120)
+        assert nothing.returncode == 2 and "no CUDA device" in nothing.stdout
