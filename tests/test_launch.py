@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -203,8 +204,11 @@ def test_sweep_end_to_end_on_a_uri_root(ray_cluster, tmp_path, capsys):
     path = sweep_file(tmp_path, "e2e", activation=["tanh", "relu"])
     assert main(["sweep", str(path), "--results", uri, "--view-every", "0.5"]) == 0
     out = capsys.readouterr().out
-    # the live view; one CPU per trial on two 1-CPU nodes: both trials ran at once
-    assert "[e2e " in out and "ended: 2 of 2 trials done, at most 2 at once | seed-epochs 40/40 written" in out
+    # the live view's last line. One CPU per trial on two 1-CPU nodes: both trials can run at
+    # once, but a trial of 20 seed-epochs may be done before the other's worker has started (a
+    # fresh-clone CI run failed on "at most 2" once trials got faster); test_cluster checks that
+    # the trials spread over the nodes.
+    assert re.search(r"\[e2e \d+:\d\d\] ended: 2 of 2 trials done, at most [12] at once \| seed-epochs 40/40 written", out), out[-3000:]
     assert "sweep 'e2e': 2/2 trials complete" in out
     assert f"report: ibray report {uri}/e2e -o report-e2e.html" in out
     # the sweep verifies its own trials (on the URI, as `ibray verify` would)
