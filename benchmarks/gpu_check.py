@@ -119,12 +119,13 @@ def rows(folder: Path, table: str) -> dict:
 def trial_against_cpu(device: torch.device, quick: bool) -> None:
     epochs = 20 if quick else 200
     config = TrialConfig(seeds=tuple(range(8)), epochs=epochs, mi_every=5, dataset="synthetic12")
+    places = (device.type, "cpu") if device.type != "cpu" else ("cpu", "cpu again")  # a dry run: twice
     with tempfile.TemporaryDirectory() as scratch:
-        for where in (device.type, "cpu") if device.type != "cpu" else ("cpu", "cpu again"):
+        for where in places:
             started = time.perf_counter()
             run_trial(dataclasses.replace(config, device="cpu" if where.startswith("cpu") else where), Path(scratch) / where)
             print(f"     trial on {where}: {time.perf_counter() - started:.1f} s", flush=True)
-        first, second = (Path(scratch) / w for w in ((device.type, "cpu") if device.type != "cpu" else ("cpu", "cpu again")))
+        first, second = (Path(scratch) / where for where in places)
         for table in ("metrics", "mi"):
             a, b = rows(first, table), rows(second, table)
             check(f"trial {table} rows", a.keys() == b.keys(), f"{len(a)} on {first.name}, {len(b)} on {second.name}")
