@@ -171,6 +171,9 @@ class Measurer:
         self._eval_model: BatchedNetwork | None = None  # the worker's copy of the network
         self._inflight: list[Measurement] = []
         self._compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network -> its compiled pass
+        # The pass's joined outputs, kept between measurements (one measurement at a time: all
+        # run on the one worker thread, or all inline)
+        self._buffers: dict = {}
 
     def measure(self, model: BatchedNetwork, slots: list[int], keys: list[tuple[int, int]], axes: dict) -> Measurement:
         """Metrics and per-layer MI rows of seed `slots` (their (seed, restarts) `keys`, their
@@ -239,27 +242,35 @@ class Measurer:
             if model not in self._compiled:
                 self._compiled[model] = compiled(model.forward, "the measuring pass")
             forward = self._compiled[model]
-        parts = []
         chunk = model.eval_chunk(self.x.shape[1])
-        for start in range(0, len(self.x), chunk):
+        total = len(self.x)
+        log_probs, values, codes = None, [], []
+        for start in range(0, total, chunk):
             rows, size = pad_to_lanes(self.x[start : start + chunk])
-            parts.append(forward(rows))
-            if len(rows) > size:
-                result = parts[-1]
-                parts[-1] = ForwardPass(
-                    result.log_probs[:, :size],
-                    [v[:, :size] for v in result.values],
-                    [c[:, :size] if c is not None else None for c in result.codes],
-                )
+            part = forward(rows)
+            if start == 0 and size == total:  # one chunk: nothing to join
+                return part.log_probs, part.values, part.codes if model.quantized else None
+            log_probs = self._joined("log_probs", part.log_probs, start, size, total)
+            values = [self._joined(("values", i), v, start, size, total) for i, v in enumerate(part.values)]
+            if model.quantized:
+                codes = [self._joined(("codes", i), c, start, size, total) for i, c in enumerate(part.codes)]
+        return log_probs, values, codes if model.quantized else None
 
-        def joined(pieces: list[torch.Tensor]) -> torch.Tensor:
-            return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
-
-        layers = range(len(model.layers))
-        log_probs = joined([p.log_probs for p in parts])
-        values = [joined([p.values[i] for p in parts]) for i in layers]
-        codes = [joined([p.codes[i] for p in parts]) for i in layers] if model.quantized else None
-        return log_probs, values, codes
+    def _joined(self, name, piece: torch.Tensor, start: int, size: int, total: int) -> torch.Tensor:
+        """`piece` (S, chunk, ...), its first `size` samples, copied into samples start..start+size
+        of a kept (S, total, ...) tensor laid out as `piece` is (features-major for the dense
+        networks), which it returns. Kept between measurements: a fresh tensor of this size
+        each time (as torch.cat's) costs more in page faults than the copying."""
+        shape = (piece.shape[0], total, *piece.shape[2:])
+        kept = self._buffers.get(name)
+        if kept is None or kept.shape != shape or kept.dtype != piece.dtype or kept.device != piece.device:
+            # the same dimension order in memory as the piece's (strides, largest first)
+            order = sorted(range(piece.dim()), key=lambda d: -piece.stride(d))
+            kept = torch.empty([shape[d] for d in order], dtype=piece.dtype, device=piece.device)
+            kept = kept.permute([order.index(d) for d in range(piece.dim())])
+            self._buffers[name] = kept
+        kept.narrow(1, start, size).copy_(piece.narrow(1, 0, size))
+        return kept
 
     def _metrics(self, log_probs: torch.Tensor) -> dict[str, np.ndarray]:
         """Loss and accuracy of each seed on the training and the test set, from the

@@ -91,15 +91,32 @@ def test_slots_are_independent_networks():
             assert torch.equal(a[0], b[slot])
 
 
-def test_shared_input_mi_pass_matches_per_seed_input():
-    net = network("conv", seeds=2).train()
-    x = torch.rand(40, 784)
+@pytest.mark.parametrize("architecture, samples", [("conv", 48), ("bottleneck2", 2048)])
+def test_shared_input_mi_pass_matches_per_seed_input(architecture, samples):
+    # dense networks multiply shared inputs with all seeds' weights stacked (one addmm)
+    net = network(architecture, seeds=3).train()
+    x = torch.rand(samples, 784) * (torch.rand(samples, 784) > 0.7)  # sparse, as MNIST
     net(x)  # set ranges
     net.eval()
     shared = net(x)
-    stacked = net(x.unsqueeze(0).expand(2, -1, -1))
+    stacked = net(x.unsqueeze(0).expand(3, -1, -1))
+    assert torch.equal(shared.log_probs, stacked.log_probs)
     for a, b in zip(shared.codes, stacked.codes):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("architecture", ["bottleneck2", "conv"])
+def test_calibrated_ranges_do_not_depend_on_the_chunk_size(architecture):
+    # The chunk of a pass over the data set shrinks with the seeds; epoch 0's ranges must not.
+    x = torch.rand(96, 784)
+    ranges = []
+    for chunk in (96, 32, 16):
+        net = network(architecture, seeds=2)
+        net.calibrate(x, [0, 1], chunk=chunk)
+        ranges.append([(q.low.tolist(), q.high.tolist()) for q in net.quantizers])
+    assert ranges[0] == ranges[1] == ranges[2]
+    lows, highs = zip(*[(low[0], high[0]) for low, high in ranges[0]])
+    assert all(high > low for low, high in zip(lows, highs))  # ranges were set, not left at inf
 
 
 def test_a_custom_dense_network_has_the_widths_it_is_named_by():

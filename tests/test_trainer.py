@@ -199,8 +199,10 @@ def test_trainer_checkpoint_is_loadable_without_pickle(tmp_path, synthetic):
         Trainer(TrialConfig(seeds=(0, 2), epochs=3), synthetic).load_state_dict(state)
 
 
-def test_a_conv_seed_does_not_depend_on_its_batch_mates(tmp_path):
-    common = dict(dataset="mnist", architecture="conv", activation="relu", epochs=3, batch_size=64)
+@pytest.mark.parametrize("architecture", ["conv", "bottleneck2"])
+def test_an_mnist_seed_does_not_depend_on_its_batch_mates(tmp_path, architecture):
+    # bottleneck2: per-batch gathers of each seed's samples, the stacked first layer of a pass
+    common = dict(dataset="mnist", architecture=architecture, activation="relu", epochs=3, batch_size=64)
     run_trial(TrialConfig(seeds=(2,), **common), tmp_path / "alone", dataset=tiny_mnist())
     run_trial(TrialConfig(seeds=(0, 1, 2, 3, 4), **common), tmp_path / "shared", dataset=tiny_mnist())
     columns = [c for c in read(tmp_path / "alone").columns if c != "trial"]
