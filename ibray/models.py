@@ -113,15 +113,21 @@ _LOG_EPSILON = 1e-7  # as Keras: the cross-entropy of a quantized probability of
 
 
 def _shared_input_layer(weight: torch.Tensor, bias: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """A dense layer of every seed over inputs (features, B) shared by all seeds: one matrix
-    product of all seeds' weights stacked, (seeds x out, features), with the inputs, as
-    (S, out, B). Bit for bit each seed's own product (the bias enters through the product's
-    accumulator, as in baddbmm; `tests/test_models.py` holds it), and two to three times
-    faster than the batched product over an expanded input: MNIST's first layer is most of a
-    measurement's arithmetic."""
-    seeds, out = weight.shape[0], weight.shape[1]
-    stacked = torch.addmm(bias.reshape(seeds * out, 1), weight.reshape(seeds * out, -1), inputs)
-    return stacked.view(seeds, out, -1)
+    """A layer of every seed, weights (S, out, features) and biases (S, out, 1), over inputs
+    (features, B) shared by all seeds: (S, out, B), features-major, one product per seed.
+
+    Not one product of all seeds' weights stacked, (S x out, features): that is about twice as
+    fast, but MKL rounds a row by the stack's height (measured: for 9 or 18 features, the conv
+    layers' patches, a seed's row differs from its own product once two seeds are stacked), so
+    a seed's numbers would depend on how many seeds share its trial. Nor a batched product
+    over the inputs expanded to every seed: no faster than the loop, and it holds no copy."""
+    seeds = weight.shape[0]
+    if torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad):
+        return torch.stack([torch.addmm(bias[seed], weight[seed], inputs) for seed in range(seeds)])
+    out = torch.empty(seeds, weight.shape[1], inputs.shape[1], dtype=inputs.dtype, device=inputs.device)
+    for seed in range(seeds):
+        torch.addmm(bias[seed], weight[seed], inputs, out=out[seed])
+    return out
 
 
 @dataclass(frozen=True)
@@ -207,6 +213,7 @@ class BatchedNetwork(nn.Module):
         self._sizes = [math.prod(shape) for shape in self._shapes]
         self.flat = nn.Parameter(torch.zeros(seeds, sum(self._sizes)))
         self._kept_tensors: tuple | None = None
+        self._patches: dict = {}  # the conv layers' patches, by shape (see _kept_patches)
         self.quantizers = nn.ModuleList(
             Quantizer(bits, seeds, tracking, ema_decay) for _ in self.layers
         ) if self.quantized else None
@@ -253,8 +260,8 @@ class BatchedNetwork(nn.Module):
             kept[name] = make()
         return kept[name]
 
-    def __getstate__(self) -> dict:  # copies and pickles make their own views
-        return {**self.__dict__, "_kept_tensors": None}
+    def __getstate__(self) -> dict:  # copies and pickles make their own views and patches
+        return {**self.__dict__, "_kept_tensors": None, "_patches": {}}
 
     def _views_of(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per layer, weight and bias views of a (seeds, parameters) tensor laid out as `flat`."""
@@ -347,25 +354,62 @@ class BatchedNetwork(nn.Module):
             for quantizer in self.quantizers:
                 quantizer.reset()
 
-    def _quantize(self, index: int, values: torch.Tensor, valid: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _quantize(
+        self, index: int, values: torch.Tensor, valid: int | None, batch_dim: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.quantizers is None:
             return values, None
-        return self.quantizers[index](values, valid)
+        return self.quantizers[index](values, valid, batch_dim=batch_dim)
+
+    def _kept_patches(self, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A tensor for a conv layer's patches, kept per shape (a fresh one of tens of MB each
+        mini-batch costs more in page faults than filling it). Its contents last until the next
+        pass of the same shape: the backward pass of a training step, which needs them, comes
+        first."""
+        key = (shape, dtype, device)
+        if key not in self._patches:
+            self._patches[key] = torch.empty(shape, dtype=dtype, device=device)
+        return self._patches[key]
+
+    def _conv(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """3x3 'valid' convolution of (S, C, B, H, W), channels first, with per-seed kernels
+        (S, out, C, 3, 3): (S, out, B, H-2, W-2).
+
+        As patches times kernels, one batched matrix product (like the dense layers), rather
+        than a grouped convolution, whose kernels round a seed's sums differently by its group.
+        Channels first, the nine shifted views stack straight into the product's layout and its
+        result is already the next layer's: F.unfold's per-sample loop and the transposing
+        copies around it were most of a conv epoch.
+        """
+        seeds, channels, batch, side_h, side_w = hidden.shape
+        seeds = weight.shape[0]  # images shared by all seeds come as one (1, C, B, H, W)
+        taps = [hidden[..., di : di + side_h - 2, dj : dj + side_w - 2] for di in range(3) for dj in range(3)]
+        if hidden.requires_grad:
+            patches = torch.stack(taps, dim=2)  # (S or 1, C, 9, B, H-2, W-2)
+        else:  # nine copies into a kept tensor: torch.stack of strided views is several times slower
+            patches = self._kept_patches(hidden.shape[:2] + (9,) + taps[0].shape[2:], hidden.dtype, hidden.device)
+            for tap, view in zip(taps, patches.unbind(2)):
+                view.copy_(tap)
+        if patches.shape[0] == 1 and seeds > 1:  # patches shared by all seeds
+            out = _shared_input_layer(weight.reshape(seeds, weight.shape[1], -1), bias.unsqueeze(-1), patches.view(channels * 9, -1))
+        else:
+            out = torch.baddbmm(bias.unsqueeze(-1), weight.reshape(seeds, weight.shape[1], -1), patches.view(seeds, channels * 9, -1))
+        return out.view(seeds, weight.shape[1], batch, side_h - 2, side_w - 2)
 
     @staticmethod
-    def _conv(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """3x3 'valid' convolution of (S, B, C, H, W) with per-seed kernels (S, out, C, 3, 3).
+    def _pool(hidden: torch.Tensor) -> torch.Tensor:
+        """2x2 max-pooling of (S, C, B, H, W) (odd sides: the last row or column dropped).
 
-        As patches times kernels (a batched matrix product, like the dense layers) rather than
-        a grouped convolution, whose kernels round a seed's sums differently by its group.
-        """
-        seeds, batch, channels, side_h, side_w = hidden.shape
-        patches = F.unfold(hidden.reshape(seeds * batch, channels, side_h, side_w), kernel_size=3)
-        positions = patches.shape[-1]
-        patches = patches.reshape(seeds, batch, channels * 9, positions).transpose(1, 2).reshape(seeds, channels * 9, -1)
-        out = torch.baddbmm(bias.unsqueeze(-1), weight.reshape(seeds, weight.shape[1], -1), patches)
-        out = out.reshape(seeds, weight.shape[1], batch, positions).transpose(1, 2)
-        return out.reshape(seeds, batch, weight.shape[1], side_h - 2, side_w - 2)
+        Where no gradient is taken, as the larger of four strided views: the same values, at a
+        fraction of the cost of torch's pooling kernel on many tiny planes. With a gradient,
+        torch's (it routes each window's gradient to its first maximum, as the study's)."""
+        seeds, channels, batch, side_h, side_w = hidden.shape
+        if hidden.requires_grad:
+            pooled = F.max_pool2d(hidden.reshape(seeds * channels * batch, side_h, side_w), 2)
+            return pooled.view(seeds, channels, batch, *pooled.shape[1:])
+        high, wide = side_h // 2 * 2, side_w // 2 * 2
+        rows = torch.maximum(hidden[..., 0:high:2, :wide], hidden[..., 1:high:2, :wide])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
     def _loss_log_probs(self, log_probs: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """What the loss sees: the log of the quantized probabilities `probs`, with the gradient
@@ -457,29 +501,28 @@ class BatchedNetwork(nn.Module):
                 [v.transpose(1, 2) for v in trace.values],
                 [c.transpose(1, 2) if c is not None else None for c in trace.codes],
             )
-        if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.seeds, -1, -1)
-        seeds, batch = x.shape[0], x.shape[1]
+        seeds, batch = self.seeds, x.shape[-2]
         values: list[torch.Tensor] = []
         codes: list[torch.Tensor | None] = []
         hidden = x
+
+        def flat(images: torch.Tensor) -> torch.Tensor:  # (S, C, B, H, W) -> (S, B, C x H x W)
+            return images.transpose(1, 2).reshape(seeds, batch, -1)
+
         for index, (spec, weight, bias) in enumerate(zip(self.layers, *self._views())):
             if spec.kind == "conv":
-                if hidden.dim() == 3:  # flat images -> (S, B, 1, H, W)
-                    hidden = hidden.reshape(seeds, batch, 1, *self.image_shape)
+                if hidden.dim() <= 3:  # flat images -> (S, 1, B, H, W), channels first; shared: (1, 1, B, H, W)
+                    hidden = hidden.reshape(-1, 1, batch, *self.image_shape)
                 out = self.activation(self._conv(hidden, weight, bias))
-                out, code = self._quantize(index, out, valid)
-                # Max-pooling commutes with the monotone quantizer: pool the codes alike.
-                hidden = F.max_pool2d(out.reshape(seeds * batch, CONV_CHANNELS, *out.shape[3:]), 2)
-                hidden = hidden.reshape(seeds, batch, *hidden.shape[1:])
-                if code is not None:
-                    code = F.max_pool2d(code.reshape(seeds * batch, CONV_CHANNELS, *code.shape[3:]), 2)
-                    code = code.reshape(seeds, batch, -1)
-                values.append(hidden.reshape(seeds, batch, -1))
-                codes.append(code)
+                out, code = self._quantize(index, out, valid, batch_dim=2)
+                # Max-pooling commutes with the monotone quantizer: the pooled values' codes are
+                # the pooled codes.
+                hidden = self._pool(out)
+                values.append(flat(hidden))
+                codes.append(flat(self.quantizers[index].codes_of(hidden.detach())) if code is not None else None)
                 continue
             if hidden.dim() > 3:
-                hidden = hidden.reshape(seeds, batch, -1)
+                hidden = flat(hidden)
             pre = torch.baddbmm(bias, hidden, weight)
             if spec.name == "output":
                 log_probs = torch.log_softmax(pre, dim=-1)

@@ -107,6 +107,15 @@ class Quantizer(nn.Module):
         return codes.mul(step).add_(low), codes
 
     @torch.no_grad()
+    def codes_of(self, quantized: torch.Tensor) -> torch.Tensor:
+        """The integer codes (as floats) of values this quantizer produced, under the same
+        ranges: exact, since a value is low + code x step to within a few float32 steps, far
+        inside half a step (for a function of quantized values that keeps them, as pooling)."""
+        low, high = self._ranges(quantized.dim())
+        inverse = (high - low).div_(self.levels).reciprocal().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        return (quantized - low).mul_(inverse).round_().clamp_(0, self.levels)
+
+    @torch.no_grad()
     def observe(self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1) -> None:
         """In training mode, update the range from a batch as `forward` does (and nothing
         else: for a layer whose quantized values are not needed, e.g. the output's in a

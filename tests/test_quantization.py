@@ -76,3 +76,16 @@ def test_seeds_keep_their_own_range():
     q = Quantizer(8, seeds=2).train()
     q(torch.stack([torch.tensor([[0.0], [1.0]]), torch.tensor([[-10.0], [10.0]])]))
     assert q.low.tolist() == [0.0, -10.0] and q.high.tolist() == [1.0, 10.0]
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, 16])
+def test_codes_of_quantized_values_are_their_codes(bits):
+    # what the conv network relies on: pooled quantized values give back their codes exactly
+    quantizer = Quantizer(bits, seeds=3).train()
+    values = torch.randn(3, 4000) * torch.tensor([[1.0], [1e-3], [50.0]]) + torch.tensor([[0.0], [7.0], [-3.0]])
+    quantized, codes = quantizer(values)
+    assert codes.max() == 2**bits - 1 and codes.min() == 0
+    assert torch.equal(quantizer.codes_of(quantized), codes)
+    constant = Quantizer(bits, seeds=1).train()
+    flat_values, flat_codes = constant(torch.full((1, 10), 0.25))
+    assert torch.equal(constant.codes_of(flat_values), flat_codes) and flat_codes.eq(0).all()
