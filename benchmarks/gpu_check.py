@@ -15,9 +15,11 @@ failed, 2 if there is no CUDA device (and no --device cpu). The checks:
 2. its speed: a 50-seed 4096 x 10 layer and a 70000 x 16 one, in ms;
 3. training with exact MI every epoch on the device (`ibray bench`'s training_rate): seed-epochs
    per second at 1, 50 and 500 seeds, eager and compiled;
-4. a shortened study trial (synthetic12, tanh, 8 bits, 8 seeds, 200 epochs, MI every 5th) on the
+4. the MNIST networks: bottleneck2 at 20 seeds and conv at 10, MI every 2nd epoch (real MNIST
+   from $IBRAY_DATA_DIR when it is there, else an MNIST-shaped stand-in), seed-epochs per second;
+5. a shortened study trial (synthetic12, tanh, 8 bits, 8 seeds, 200 epochs, MI every 5th) on the
    device and on the CPU, compared row by row: the rows present, the metrics and MI differences;
-5. the peak device memory.
+6. the peak device memory.
 """
 
 from __future__ import annotations
@@ -110,6 +112,40 @@ def training(device: torch.device, quick: bool) -> None:
             print(f"     training {engine}, {seeds} seeds, exact MI every epoch: {rate:.1f} seed-epochs/s", flush=True)
 
 
+def mnist_networks(device: torch.device, quick: bool) -> None:
+    """The MNIST networks on the device: bottleneck2 at 20 seeds and conv at 10, ReLU, 8 bits,
+    MI every 2nd epoch (the sweep files' cadence). Real MNIST where the data directory
+    ($IBRAY_DATA_DIR: carry the four IDX files along) has it, else an MNIST-shaped stand-in
+    (70,000 random 28x28 images, whose rates are the same arithmetic; 7,000 with --quick)."""
+    from ibray.data import DataError
+    from ibray.dataset import Dataset
+
+    try:
+        if quick:  # a check of the script: the small stand-in
+            raise DataError("quick")
+        dataset = load_dataset("mnist")
+        source = "MNIST"
+    except DataError:
+        rng = np.random.default_rng(2)
+        samples = 7000 if quick else 70000
+        x = (rng.random((samples, 784), dtype=np.float32) * (rng.random((samples, 784)) < 0.2)).astype(np.float32)
+        y = rng.integers(0, 10, samples)
+        train = samples * 6 // 7
+        dataset = Dataset("mnist", x, y, np.arange(train), np.arange(train, samples), 10, (28, 28))
+        source = "an MNIST-shaped stand-in"
+    print(f"     data: {source}, {len(dataset.y)} samples", flush=True)
+    for architecture, seeds, epochs in (("bottleneck2", 20, 2 if quick else 6), ("conv", 10 if not quick else 2, 2)):
+        fields = dict(dataset="mnist", architecture=architecture, activation="relu", bits=8)
+        try:
+            rate = training_rate(seeds, epochs, dataset, segments=max(1, epochs // 2), mi_every=2, device=device.type, fields=fields)
+        except Exception as error:  # noqa: BLE001 (every failure is printed, the rest goes on)
+            check(f"MNIST {architecture} {seeds} seeds", False, f"{type(error).__name__}: {error}")
+            traceback.print_exc()
+            continue
+        FIGURES[f"mnist_{architecture}_{seeds}_seed_epochs_per_s"] = rate
+        print(f"     MNIST {architecture}, {seeds} seeds, exact MI every 2nd epoch: {rate:.1f} seed-epochs/s", flush=True)
+
+
 def rows(folder: Path, table: str) -> dict:
     data = pq.read_table(folder / table).to_pylist()
     key = ("seed", "restarts", "phase", "epoch") + (("layer", "estimator") if table == "mi" else ())
@@ -153,7 +189,7 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     FIGURES.update(device=name, torch=torch.__version__)
     print(f"gpu_check on {name}, torch {torch.__version__}", flush=True)
-    for step in (counting, counting_speed, training, trial_against_cpu):
+    for step in (counting, counting_speed, training, mnist_networks, trial_against_cpu):
         print(f"-- {step.__name__}", flush=True)
         try:
             step(device, args.quick)

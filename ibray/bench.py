@@ -39,13 +39,15 @@ def training_rate(
     threads: int | None = None,
     engine: str = "eager",
     device: str = "auto",
+    fields: dict | None = None,
 ) -> float:
     """Seed-epochs per second of training plus exact MI every `mi_every`-th epoch, sustained:
     the median over `segments` consecutive stretches of one run, a stretch ending when its
     last epoch's measurement is ready (this machine's speed drifts). The run goes on across
     stretches as a trial does, measurements in flight beside the training; only the end
-    waits for them. `threads`: the Trainer's (None: its default); `device`: the trial's. The
-    warm-up epochs before the stretches include the compilation of engine 'compiled'."""
+    waits for them. `threads`: the Trainer's (None: its default); `device`: the trial's;
+    `fields`: other TrialConfig fields (default: the synthetic network's). The warm-up epochs
+    before the stretches include the compilation of engine 'compiled'."""
     per_segment = max(1, epochs // segments)
     config = TrialConfig(
         seeds=tuple(range(seeds)),
@@ -53,6 +55,7 @@ def training_rate(
         mi_every=mi_every,
         engine=engine,
         device=device,
+        **(fields or {}),
     )
     trainer = Trainer(config, dataset, threads=threads)
     trainer.start().wait()
@@ -116,6 +119,85 @@ def mi_milliseconds(samples: int, width: int, repeats: int = 20) -> float:
         layer_information(codes, labels)
         times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
+
+
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = 7) -> float:
+    """This machine's float32 matrix-product rate on `threads` threads (torch, size x size),
+    the median of `repeats`: the peak the MNIST figures are compared with."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        a @ b
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def network_macs(architecture: str, inputs: int = 784, classes: int = 10) -> tuple[int, int]:
+    """Multiply-adds of one sample's forward pass: (all layers, the first layer alone).
+
+    Conv: 3x3 kernels over 26x26 (1 -> 2 channels), then 11x11 (2 -> 2), dense 50 -> 16."""
+    from ibray.models import CONV_CHANNELS, CONV_DENSE, dense_widths
+
+    if architecture == "conv":
+        first = 26 * 26 * CONV_CHANNELS * 9
+        widths = [CONV_CHANNELS * 5 * 5, CONV_DENSE, classes]
+        rest = 11 * 11 * CONV_CHANNELS * CONV_CHANNELS * 9 + sum(a * b for a, b in zip(widths, widths[1:]))
+        return first + rest, first
+    widths = [inputs, *dense_widths(architecture), classes]
+    macs = [a * b for a, b in zip(widths, widths[1:])]
+    return sum(macs), macs[0]
+
+
+def seed_epoch_gflop(architecture: str, train: int, samples: int, mi_every: int) -> float:
+    """Floating-point work of one seed-epoch, in GFLOP: training (forward, and backward as two
+    products a layer, the first layer's input gradient excepted) over the `train` samples,
+    plus a measuring pass over all `samples` every `mi_every`-th epoch."""
+    macs, first = network_macs(architecture)
+    return 2 * (train * (3 * macs - first) + samples * macs / mi_every) / 1e9
+
+
+def mnist_benchmarks(engine: str = "eager", epochs: int = 6, data_dir=None, as_json: bool = False) -> dict:
+    """`ibray bench --mnist`: the study's MNIST networks (ReLU, 8 bits, MI every 2nd epoch, as
+    the sweep files), seed-epochs per second of one trial on two threads (one trains, one
+    measures, as `ibray trial`), and the share of this machine's matrix-product peak (measured
+    in the same run) that each reaches."""
+    dataset = load_dataset("mnist", data_dir)
+    peak_1, peak_all = matmul_gflops(1), matmul_gflops(os.cpu_count() or 1)
+    print(f"matrix product, float32 2048 x 2048: {peak_1:.0f} GFLOP/s on 1 thread, {peak_all:.0f} on {os.cpu_count()} (the peak)")
+    figures: dict = {"engine": engine, "matmul_gflops_1_thread": peak_1, "matmul_gflops_peak": peak_all}
+    runs = [("bottleneck2", 10, epochs), ("bottleneck2", 20, epochs), ("conv", 10, 2)]
+    for architecture, seeds, run_epochs in runs:
+        segments = max(1, run_epochs // 2)  # stretches of 2 epochs: one measurement each
+        rate = training_rate(
+            seeds, run_epochs, dataset, segments=segments, mi_every=2, threads=2, engine=engine,
+            fields=dict(dataset="mnist", architecture=architecture, activation="relu", bits=8),
+        )
+        work = seed_epoch_gflop(architecture, len(dataset.train_idx), len(dataset.y), mi_every=2)
+        key = f"mnist_{architecture}_{seeds}"
+        figures[f"{key}_seed_epochs_per_s"] = rate
+        figures[f"{key}_of_peak"] = rate * work / peak_all
+        print(
+            f"MNIST {architecture}, 8-bit ReLU, {seeds} seeds, exact MI every 2nd epoch: {rate:6.2f} seed-epochs/s, "
+            f"{rate * work:5.1f} GFLOP/s ({work:.2f} GFLOP a seed-epoch), {100 * rate * work / peak_all:4.1f}% of the peak"
+        )
+    figures["peak_rss_gib"] = _peak_rss_gib()
+    print(f"peak resident memory of this process: {figures['peak_rss_gib']:.2f} GiB")
+    if as_json:
+        print(json.dumps(figures))
+    return figures
+
+
+def _peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
 
 
 def run_benchmarks(

@@ -142,13 +142,22 @@ def _bench_parser(sub) -> None:
         help="seeds per trial in the all-cores run (MI every 5th epoch, one trial per core; sweeps/syn_8bit.yaml's seeds_per_trial)",
     )
     p.add_argument("--engine", choices=("eager", "compiled"), default="eager", help="the trials' engine (see ibray trial --help)")
+    p.add_argument(
+        "--mnist", action="store_true",
+        help="instead: the MNIST networks (bottleneck2 at 10 and 20 seeds, conv at 10; MI every 2nd epoch) "
+        "against this machine's matrix-product peak; needs the MNIST files (ibray data download mnist)",
+    )
+    p.add_argument("--data-dir", default=None, help="where the MNIST files are (default: $IBRAY_DATA_DIR, else ~/.cache/ibray)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     p.set_defaults(handler=_run_bench)
 
 
 def _run_bench(args) -> int:
-    from ibray.bench import run_benchmarks
+    from ibray.bench import mnist_benchmarks, run_benchmarks
 
+    if args.mnist:
+        mnist_benchmarks(engine=args.engine, epochs=min(args.epochs, 6), data_dir=args.data_dir, as_json=args.json)
+        return 0
     run_benchmarks(epochs=args.epochs, seeds=args.seeds, trial_seeds=args.trial_seeds, engine=args.engine, as_json=args.json)
     return 0
 

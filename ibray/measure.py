@@ -248,8 +248,11 @@ class Measurer:
         for start in range(0, total, chunk):
             rows, size = pad_to_lanes(self.x[start : start + chunk])
             part = forward(rows)
-            if start == 0 and size == total:  # one chunk: nothing to join
-                return part.log_probs, part.values, part.codes if model.quantized else None
+            if start == 0 and size == total:  # one chunk: nothing to join (the padding cut off)
+                real = [t.narrow(1, 0, size) if t is not None else None for t in (part.log_probs, *part.values, *part.codes)]
+                layers = len(part.values)
+                codes = real[1 + layers :] if model.quantized else None
+                return real[0], real[1 : 1 + layers], codes
             log_probs = self._joined("log_probs", part.log_probs, start, size, total)
             values = [self._joined(("values", i), v, start, size, total) for i, v in enumerate(part.values)]
             if model.quantized:

@@ -213,3 +213,25 @@ def test_the_gpu_check_runs_dry_on_the_cpu_without_ray_polars_or_altair(tmp_path
     if not torch.cuda.is_available():  # without a GPU the real check says so and exits 2
         nothing = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_check.py")], capture_output=True, text=True, timeout=120)
         assert nothing.returncode == 2 and "no CUDA device" in nothing.stdout
+
+
+def test_the_mnist_benchmark_counts_the_networks_work():
+    from ibray.bench import matmul_gflops, network_macs, seed_epoch_gflop
+
+    # Bottleneck-2: 784x16 + 16x8 + 8x4 + 4x2 + 2x10 multiply-adds a sample, the first 784x16
+    assert network_macs("bottleneck2") == (12544 + 128 + 32 + 8 + 20, 12544)
+    # Conv: 26x26 positions x 2 channels x 9 taps; 11x11 x 2 x (2 x 9); dense 50x16, 16x10
+    assert network_macs("conv") == (12168 + 4356 + 800 + 160, 12168)
+    # about 3 GFLOP of training and 1.8 of a measurement for Bottleneck-2 (the MNIST speed issue)
+    train_only = seed_epoch_gflop("bottleneck2", 60000, 0, mi_every=1)
+    measure_only = seed_epoch_gflop("bottleneck2", 0, 70000, mi_every=1)
+    assert train_only == pytest.approx(2 * 60000 * (3 * 12732 - 12544) / 1e9)
+    assert 3.0 < train_only < 3.1 and 1.78 < measure_only < 1.79
+    assert seed_epoch_gflop("bottleneck2", 60000, 70000, mi_every=2) == pytest.approx(train_only + measure_only / 2)
+    assert matmul_gflops(1, size=256, repeats=3) > 0
+
+
+def test_the_mnist_benchmark_without_the_data_names_the_download(tmp_path, capsys):
+    assert main(["bench", "--mnist", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "ibray data download mnist" in err and str(tmp_path) in err
