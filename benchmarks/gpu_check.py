@@ -96,20 +96,29 @@ def counting_speed(device: torch.device, quick: bool) -> None:
         print(f"     exact MI on the device, {shape}: {FIGURES[name]:.2f} ms (median)", flush=True)
 
 
+def record_rate(name: str, key: str, *args, **kwargs) -> None:
+    """`training_rate(*args, **kwargs)` into FIGURES[key], printed as `name`; a failure is
+    printed and checked, and the rest goes on."""
+    try:
+        rate = training_rate(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 (every failure is printed, the rest goes on)
+        check(name, False, f"{type(error).__name__}: {error}")
+        traceback.print_exc()
+        return
+    FIGURES[key] = rate
+    print(f"     {name}: {rate:.1f} seed-epochs/s", flush=True)
+
+
 def training(device: torch.device, quick: bool) -> None:
     dataset = load_dataset("synthetic12")
     engines = ("eager",) if quick else ("eager", "compiled")
     for engine in engines:
         for seeds in (1, 8) if quick else (1, 50, 500):
             epochs = 5 if quick else (20 if seeds < 500 else 10)
-            try:
-                rate = training_rate(seeds, epochs, dataset, engine=engine, device=device.type)
-            except Exception as error:  # noqa: BLE001 (every failure is printed, the rest goes on)
-                check(f"training {engine} {seeds} seeds", False, f"{type(error).__name__}: {error}")
-                traceback.print_exc()
-                continue
-            FIGURES[f"seed_epochs_per_s_{engine}_{seeds}"] = rate
-            print(f"     training {engine}, {seeds} seeds, exact MI every epoch: {rate:.1f} seed-epochs/s", flush=True)
+            record_rate(
+                f"training {engine}, {seeds} seeds, exact MI every epoch", f"seed_epochs_per_s_{engine}_{seeds}",
+                seeds, epochs, dataset, engine=engine, device=device.type,
+            )
 
 
 def mnist_networks(device: torch.device, quick: bool) -> None:
@@ -135,15 +144,11 @@ def mnist_networks(device: torch.device, quick: bool) -> None:
         source = "an MNIST-shaped stand-in"
     print(f"     data: {source}, {len(dataset.y)} samples", flush=True)
     for architecture, seeds, epochs in (("bottleneck2", 20, 2 if quick else 6), ("conv", 10 if not quick else 2, 2)):
-        fields = dict(dataset="mnist", architecture=architecture, activation="relu", bits=8)
-        try:
-            rate = training_rate(seeds, epochs, dataset, segments=max(1, epochs // 2), mi_every=2, device=device.type, fields=fields)
-        except Exception as error:  # noqa: BLE001 (every failure is printed, the rest goes on)
-            check(f"MNIST {architecture} {seeds} seeds", False, f"{type(error).__name__}: {error}")
-            traceback.print_exc()
-            continue
-        FIGURES[f"mnist_{architecture}_{seeds}_seed_epochs_per_s"] = rate
-        print(f"     MNIST {architecture}, {seeds} seeds, exact MI every 2nd epoch: {rate:.1f} seed-epochs/s", flush=True)
+        record_rate(
+            f"MNIST {architecture}, {seeds} seeds, exact MI every 2nd epoch", f"mnist_{architecture}_{seeds}_seed_epochs_per_s",
+            seeds, epochs, dataset, segments=max(1, epochs // 2), mi_every=2, device=device.type,
+            fields=dict(dataset="mnist", architecture=architecture, activation="relu", bits=8),
+        )
 
 
 def rows(folder: Path, table: str) -> dict:

@@ -244,26 +244,22 @@ class Measurer:
             forward = self._compiled[model]
         chunk = model.eval_chunk(self.x.shape[1])
         total = len(self.x)
-        log_probs, values, codes = None, [], []
+        layers = len(model.layers)
         for start in range(0, total, chunk):
             rows, size = pad_to_lanes(self.x[start : start + chunk])
             part = forward(rows)
-            if start == 0 and size == total:  # one chunk: nothing to join (the padding cut off)
-                real = [t.narrow(1, 0, size) if t is not None else None for t in (part.log_probs, *part.values, *part.codes)]
-                layers = len(part.values)
-                codes = real[1 + layers :] if model.quantized else None
-                return real[0], real[1 : 1 + layers], codes
-            log_probs = self._joined("log_probs", part.log_probs, start, size, total)
-            values = [self._joined(("values", i), v, start, size, total) for i, v in enumerate(part.values)]
-            if model.quantized:
-                codes = [self._joined(("codes", i), c, start, size, total) for i, c in enumerate(part.codes)]
-        return log_probs, values, codes if model.quantized else None
+            pieces = [part.log_probs, *part.values, *(part.codes if model.quantized else [])]
+            pieces = [piece.narrow(1, 0, size) for piece in pieces]  # the padding cut off
+            if size < total:  # several chunks: joined into kept tensors
+                pieces = [self._joined(number, piece, start, total) for number, piece in enumerate(pieces)]
+        codes = pieces[1 + layers :] if model.quantized else None
+        return pieces[0], pieces[1 : 1 + layers], codes
 
-    def _joined(self, name, piece: torch.Tensor, start: int, size: int, total: int) -> torch.Tensor:
-        """`piece` (S, chunk, ...), its first `size` samples, copied into samples start..start+size
-        of a kept (S, total, ...) tensor laid out as `piece` is (features-major for the dense
-        networks), which it returns. Kept between measurements: a fresh tensor of this size
-        each time (as torch.cat's) costs more in page faults than the copying."""
+    def _joined(self, name, piece: torch.Tensor, start: int, total: int) -> torch.Tensor:
+        """`piece` (S, size, ...) copied into samples start..start+size of a kept (S, total, ...)
+        tensor laid out as `piece` is (features-major for the dense networks), which it
+        returns. Kept between measurements: a fresh tensor of this size each time (as
+        torch.cat's) costs more in page faults than the copying."""
         shape = (piece.shape[0], total, *piece.shape[2:])
         kept = self._buffers.get(name)
         if kept is None or kept.shape != shape or kept.dtype != piece.dtype or kept.device != piece.device:
@@ -272,7 +268,7 @@ class Measurer:
             kept = torch.empty([shape[d] for d in order], dtype=piece.dtype, device=piece.device)
             kept = kept.permute([order.index(d) for d in range(piece.dim())])
             self._buffers[name] = kept
-        kept.narrow(1, start, size).copy_(piece.narrow(1, 0, size))
+        kept.narrow(1, start, piece.shape[1]).copy_(piece)
         return kept
 
     def _metrics(self, log_probs: torch.Tensor) -> dict[str, np.ndarray]:

@@ -381,8 +381,8 @@ class BatchedNetwork(nn.Module):
         result is already the next layer's: F.unfold's per-sample loop and the transposing
         copies around it were most of a conv epoch.
         """
-        seeds, channels, batch, side_h, side_w = hidden.shape
-        seeds = weight.shape[0]  # images shared by all seeds come as one (1, C, B, H, W)
+        _, channels, batch, side_h, side_w = hidden.shape  # images shared by all seeds: (1, C, B, H, W)
+        seeds = weight.shape[0]
         taps = [hidden[..., di : di + side_h - 2, dj : dj + side_w - 2] for di in range(3) for dj in range(3)]
         if hidden.requires_grad:
             patches = torch.stack(taps, dim=2)  # (S or 1, C, 9, B, H-2, W-2)

@@ -96,13 +96,20 @@ class Quantizer(nn.Module):
             self.low.copy_(torch.where(fresh, batch_low, decay * self.low + (1 - decay) * batch_low))
             self.high.copy_(torch.where(fresh, batch_high, decay * self.high + (1 - decay) * batch_high))
 
-    def _quantize(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(quantized values, codes as floats) under the current per-seed ranges.
-        A constant layer (high == low) has step 0 and maps everything to code 0."""
-        low, high = self._ranges(values.dim())
+    def _grid(self, dims: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(low, step, 1 / step) per seed, shaped to broadcast over values of `dims` dimensions.
+        A constant layer (high == low) has step 0 and inverse 0: everything maps to code 0."""
+        low, high = self._ranges(dims)
         step = (high - low).div_(self.levels)
-        inverse = step.reciprocal().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # 0 for step 0
-        codes = (values - low).mul_(inverse).round_().clamp_(0, self.levels)
+        return low, step, step.reciprocal().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _codes(self, values: torch.Tensor, low: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        return (values - low).mul_(inverse).round_().clamp_(0, self.levels)
+
+    def _quantize(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(quantized values, codes as floats) under the current per-seed ranges."""
+        low, step, inverse = self._grid(values.dim())
+        codes = self._codes(values, low, inverse)
         # a multiply, then an add: a fused multiply-add would round differently by position
         return codes.mul(step).add_(low), codes
 
@@ -111,9 +118,8 @@ class Quantizer(nn.Module):
         """The integer codes (as floats) of values this quantizer produced, under the same
         ranges: exact, since a value is low + code x step to within a few float32 steps, far
         inside half a step (for a function of quantized values that keeps them, as pooling)."""
-        low, high = self._ranges(quantized.dim())
-        inverse = (high - low).div_(self.levels).reciprocal().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        return (quantized - low).mul_(inverse).round_().clamp_(0, self.levels)
+        low, _, inverse = self._grid(quantized.dim())
+        return self._codes(quantized, low, inverse)
 
     @torch.no_grad()
     def observe(self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1) -> None:
