@@ -312,7 +312,7 @@ class BatchedNetwork(nn.Module):
         floats (8 MB), so that each of a chunk's tensors stays in the caches and below glibc's
         mmap threshold (a fresh tensor of 45 MB, MNIST's first layer over 70,000 samples and 10
         seeds, is paid for in page faults by every operation that makes one: the whole data set
-        at once was 40% slower). Conv: at most `limit`, and a chunk's 3x3 patches of the input
+        at once took 0.60 s against 0.37 s in chunks, at 10 seeds). Conv: at most `limit`, and a chunk's 3x3 patches of the input
         near 2^24 floats over all seeds (nine times its pixels)."""
         if self.features_major:
             per_sample = self.seeds * max(spec.width for spec in self.layers)
