@@ -57,6 +57,7 @@ def _config_from_args(args):
 
 
 def _run_trial(args) -> int:
+    from ibray.records import trial_lock
     from ibray.run import run_resumable
 
     config = _config_from_args(args)
@@ -66,8 +67,9 @@ def _run_trial(args) -> int:
         acc = f" train_acc {scalars['train_acc']:.3f} test_acc {scalars['test_acc']:.3f}" if "train_acc" in scalars else ""
         print(f"  epoch {scalars['epoch']}/{config.prefit_epochs + config.epochs}{acc}", flush=True)
 
-    print(f"trial {config.trial_id()}: {len(config.seeds)} seed(s) -> {args.out}", flush=True)
-    summary = run_resumable(config, args.out, data_dir=args.data_dir, overwrite=args.overwrite, on_write=progress)
+    with trial_lock(args.out):
+        print(f"trial {config.trial_id()}: {len(config.seeds)} seed(s) -> {args.out}", flush=True)
+        summary = run_resumable(config, args.out, data_dir=args.data_dir, overwrite=args.overwrite, on_write=progress)
     if summary is None:
         print(f"{args.out} already holds this trial, complete; nothing to do (--overwrite to redo it)")
         return 0
@@ -84,13 +86,17 @@ def _run_trial(args) -> int:
 def _check_trial_folder(out: str) -> None:
     """Refuse an --out that cannot take this trial's results, before any data is read or written:
     a file, a place where no folder can be made, or a folder of something else."""
-    from ibray.records import TrialStateError
+    from ibray.records import TRIAL_LOCK, TrialStateError
 
     path = existing = Path(out)
     try:
         if path.is_dir():
             # a writer killed mid-write leaves only hidden *.tmp files, which the rerun removes
-            entries = [e.name for e in path.iterdir() if not (e.name.startswith(".") and e.name.endswith(".tmp"))]
+            # (and a trial.lock stays behind a writer that died before its first write)
+            entries = [
+                e.name for e in path.iterdir()
+                if not (e.name.startswith(".") and e.name.endswith(".tmp")) and e.name != TRIAL_LOCK
+            ]
             if entries and not (path / "trial.json").exists():
                 shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
                 raise TrialStateError(

@@ -23,6 +23,7 @@ single PUT is atomic, so the final key is written directly, from bytes serialize
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -169,6 +170,44 @@ TRIAL_FILE = "trial.json"
 
 class TrialStateError(RuntimeError):
     """A results folder or checkpoint that cannot be continued; the message says why."""
+
+TRIAL_LOCK = "trial.lock"  # in a trial folder written by `ibray trial`: who is writing it
+
+
+@contextlib.contextmanager
+def trial_lock(folder: str | Path):
+    """Hold `<folder>/trial.lock` while a trial writes there: a second writer is refused with a
+    TrialStateError naming the holder (host, pid, since when).
+
+    An exclusive flock on a local file: the kernel frees it when its process ends, however
+    (kill -9 included), so a dead writer never blocks a rerun. The file stays; its contents
+    only describe the last holder."""
+    import fcntl
+    import socket
+    import time
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / TRIAL_LOCK
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise TrialStateError(
+                f"--out {folder}: {holder} is writing a trial there; wait for it to end (or stop it) "
+                f"and run again to continue, or pick another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        handle.write(f"ibray trial (pid {os.getpid()} on {socket.gethostname()}, since {since})")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 class VerifyError(ValueError):

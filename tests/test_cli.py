@@ -235,3 +235,32 @@ def test_the_mnist_benchmark_without_the_data_names_the_download(tmp_path, capsy
     assert main(["bench", "--mnist", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "ibray data download mnist" in err and str(tmp_path) in err
+
+
+def test_a_second_trial_on_the_same_out_is_refused_naming_the_first(tmp_path, capsys):
+    from ibray.records import TRIAL_LOCK, trial_lock
+
+    out = tmp_path / "out"
+    common = ["trial", "--dataset", "synthetic12", "--seeds", "0", "--write-every", "20", "--out", str(out)]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from ibray.cli import main; sys.exit(main(sys.argv[1:]))",
+         *common, "--activation", "tanh", "--epochs", "100000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        # held, and the first rows written: the second trial would otherwise mix its own in
+        while f"pid {holder.pid} " not in ((out / TRIAL_LOCK).read_text() if (out / TRIAL_LOCK).exists() else "") or not list(out.glob("mi/*.parquet")):
+            assert holder.poll() is None and time.time() < deadline, "the first trial never took the lock"
+            time.sleep(0.1)
+        assert main([*common, "--activation", "relu", "--epochs", "5"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"pid {holder.pid} " in err and str(out) in err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the refused run wrote nothing: every row and the trial record are the first trial's
+    assert pl.read_parquet(out / "mi" / "*.parquet")["activation"].unique().to_list() == ["tanh"]
+    assert "tanh" in json.loads((out / "trial.json").read_text())["trial"]
+    with trial_lock(out):  # a killed holder frees the lock at once
+        assert f"pid {os.getpid()} " in (out / TRIAL_LOCK).read_text()
