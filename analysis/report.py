@@ -24,6 +24,7 @@ import re
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -435,8 +436,7 @@ def build_report(paths: list[str | Path], out: str | Path = "report.html", png_d
     page = render(sections, "ibray report", intro)
     page = page.replace("{seconds}", f"{time.time() - started:.1f}", 1)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    write_atomically(out, page.encode("utf-8"))
     if png_dir is not None:
         write_pngs(figures, Path(png_dir))
     return out
@@ -445,13 +445,32 @@ def build_report(paths: list[str | Path], out: str | Path = "report.html", png_d
 def write_pngs(figures: list[Figure], folder: Path) -> list[Path]:
     import vl_convert
 
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for figure in figures:
         path = folder / f"{figure.slug}.png"
-        path.write_bytes(vl_convert.vegalite_to_png(figure.chart.to_dict(), scale=2))
+        write_atomically(path, vl_convert.vegalite_to_png(figure.chart.to_dict(), scale=2))
         written.append(path)
     return written
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Make `path` hold `data`, or leave it as it was: written to a temporary file beside it,
+    flushed to disk, then renamed over it. A failure (a full disk) raises OutputError naming
+    the file, with the temporary file removed and an earlier file at `path` untouched."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        raise OutputError(
+            f"{path}: cannot be written ({error.strerror or error}); nothing was changed there, free space or pick another path"
+        ) from None
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", metavar="DIR", default=None, help="also write each chart as a PNG into DIR")
     args = parser.parse_args(argv)
     try:
-        check_outputs(args.output, args.png)
+        check_outputs(args.output, args.png, args.results)
         out = build_report(args.results, args.output, args.png)
     except (ResultsError, OutputError) as error:
         print(f"ibray report: error: {error}", file=sys.stderr)
@@ -474,10 +493,15 @@ class OutputError(Exception):
     """An output path the report cannot write; the message names it and what to give instead."""
 
 
-def check_outputs(output: str, png_dir: str | None) -> None:
+def check_outputs(output: str, png_dir: str | None, inputs: list[str] = ()) -> None:
     """Refuse -o and --png paths that cannot be written, before the report is built: either both
-    can be written or nothing is (the HTML would otherwise be written before a bad --png fails)."""
+    can be written or nothing is (the HTML would otherwise be written before a bad --png fails);
+    and any that is one of the `inputs` or lies inside an input folder: the report would
+    replace results it reads (a Parquet part, trial.json) or add files among them."""
     out = Path(output)
+    for option, given in (("-o", output), ("--png", png_dir)):
+        if given is not None:
+            _refuse_inside_inputs(option, given, inputs)
     try:
         if out.is_dir() or output.endswith(("/", os.sep)):
             raise OutputError(f"-o {output}: names a folder; give the HTML file to write, e.g. {out / 'report.html'}")
@@ -494,6 +518,20 @@ def check_outputs(output: str, png_dir: str | None) -> None:
         _check_writable_place("--png", png_dir, png if png.is_dir() else _nearest_existing(png.absolute()))
     except OSError as error:
         raise OutputError(f"{error.filename or output}: cannot be read ({error.strerror or error}); pick another output path") from None
+
+
+def _refuse_inside_inputs(option: str, given: str, inputs: list[str]) -> None:
+    target = Path(os.path.realpath(given))
+    for source in inputs:
+        if "://" in str(source):  # read from a remote store: a local output cannot be in it
+            continue
+        folder = Path(os.path.realpath(source))
+        if target == folder or folder in target.parents:
+            raise OutputError(
+                f"{option} {given}: is inside the results {source} that the report reads, and would replace or add "
+                f"files among them; write it outside, e.g. {option} {Path(source).name or 'results'}-report"
+                + (".html" if option == "-o" else "-png")
+            )
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -154,3 +154,54 @@ def test_phases_leave_out_epochs_where_repetitions_are_missing(built):
     train = tables.phases.filter(pl.col("phase") == "train")
     last = dict(train.group_by("estimator").agg(pl.col("last_epoch").max()).rows())
     assert last == {"exact": 30, "bin30": 120}  # exact: seed 9 stops at 30; bin30 has no seed 9
+
+
+def small_sweep(tmp_path) -> Path:
+    return write_sweep(tmp_path / "results", "small", 1, 2, 20, layers=2)
+
+
+def test_outputs_inside_the_results_read_are_refused(tmp_path, capsys):
+    folder = small_sweep(tmp_path)
+    part = sorted(folder.glob("trials/*/mi/*.parquet"))[0]
+    record = sorted(folder.glob("trials/*/trial.json"))[0]
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    for args in (
+        ["-o", str(part)],  # a Parquet part
+        ["-o", str(record)],  # the trial record
+        ["-o", str(folder / "sweep.yaml")],
+        ["-o", str(folder / "trials" / "new.html")],  # a new name among them
+        ["-o", str(tmp_path / "fine.html"), "--png", str(folder / "charts")],
+        ["-o", str(tmp_path / "results" / ".." / "results" / "small" / "r.html")],  # the same place, spelled otherwise
+    ):
+        assert report.main([str(folder), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("ibray report: error: ") and err.count("\n") == 1 and "inside the results" in err
+    after = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    assert after == before  # nothing replaced, nothing added
+    assert not (tmp_path / "fine.html").exists()
+    # a trial folder given as input guards itself too; a report beside the results is fine
+    trial = record.parent
+    assert report.main([str(trial), "-o", str(trial / "r.html")]) == 2
+    assert report.main([str(folder), "-o", str(tmp_path / "beside.html")]) == 0
+
+
+def test_a_report_that_cannot_be_written_leaves_the_old_one(tmp_path, capsys):
+    import subprocess
+
+    folder = small_sweep(tmp_path)
+    full = tmp_path / "full"
+    full.mkdir()
+    # a real full disk: a 256 KiB tmpfs, far smaller than a report (about 1 MB of inlined JavaScript)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (not root?): {mounted.stderr.decode().strip()}")
+    try:
+        old = full / "report.html"
+        old.write_bytes(b"<html>the old report</html>")
+        assert report.main([str(folder), "-o", str(old)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "report.html" in err and "No space left" in err
+        assert old.read_bytes() == b"<html>the old report</html>"
+        assert sorted(p.name for p in full.iterdir()) == ["report.html"]  # no temporary file left
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
