@@ -10,6 +10,7 @@ Only `sweep` imports Ray, once its file is known to be good.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -159,8 +160,21 @@ def _bench_parser(sub) -> None:
     p.set_defaults(handler=_run_bench)
 
 
+def _require_positive(option: str, value: float, whole: bool = False) -> None:
+    """Refuse a flag's value that is not a positive finite number (a whole one with `whole`):
+    0 seeds hang a benchmark's worker processes, a live line every 0 or NaN seconds spins."""
+    from ibray.config import ConfigError
+
+    if not (math.isfinite(value) and value > 0 and (not whole or float(value).is_integer())):
+        kind = "a whole number of 1 or more" if whole else "a positive number of seconds"
+        raise ConfigError(f"{option} {value:g}: is not allowed; give {kind}")
+
+
 def _run_bench(args) -> int:
     from ibray.bench import mnist_benchmarks, run_benchmarks
+
+    for option, value in (("--epochs", args.epochs), ("--seeds", args.seeds), ("--trial-seeds", args.trial_seeds)):
+        _require_positive(option, value, whole=True)
 
     if args.mnist:
         mnist_benchmarks(engine=args.engine, data_dir=args.data_dir, as_json=args.json)
@@ -249,6 +263,7 @@ def _run_sweep(args) -> int:
 
     if args.resume and args.overwrite:
         raise SweepError("--resume and --overwrite contradict each other; pass one of them")
+    _require_positive("--view-every", args.view_every)
     spec = load_sweep(args.file)
     print(spec.describe(), flush=True)
     from ibray.launch import (

@@ -27,6 +27,7 @@ says so and starts the sweep fresh.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -226,11 +227,31 @@ def _check_resources(spec: SweepSpec, available: dict, embedded: bool, where: st
     return False
 
 
+ADDRESS_TIMEOUT_S = 10.0  # to reach a head's port before Ray's own endless retries
+
+
+def _refuse_silent_address(address: str) -> None:
+    """A HOST:PORT where nothing answers is refused at once (Ray would retry it forever,
+    saying nothing); `auto` and ray:// addresses are left to Ray, which fails fast on them."""
+    host, colon, port = address.rpartition(":")
+    if not colon or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise SweepError(
+            f"--address {address}: nothing answers there ({reason}); start the cluster's head there "
+            f"(`ray start --head --port {port}`), give its address, or leave --address out for a local Ray"
+        ) from None
+
+
 def _connect(address: str | None) -> bool:
     """Join `address`, or start an embedded local Ray; True when this call started Ray."""
     if ray.is_initialized():
         return False
     if address:
+        _refuse_silent_address(address)
         ray.init(address=address)
     else:
         ray.init(address="local", include_dashboard=False)  # a new instance, never someone else's

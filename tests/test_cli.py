@@ -264,3 +264,37 @@ def test_a_second_trial_on_the_same_out_is_refused_naming_the_first(tmp_path, ca
     assert "tanh" in json.loads((out / "trial.json").read_text())["trial"]
     with trial_lock(out):  # a killed holder frees the lock at once
         assert f"pid {os.getpid()} " in (out / TRIAL_LOCK).read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["bench", "--trial-seeds", "0"], "--trial-seeds 0"),
+        (["bench", "--epochs", "-5"], "--epochs -5"),
+        (["bench", "--seeds", "0"], "--seeds 0"),
+        (["sweep", "sweeps/quickstart.yaml", "--view-every", "0"], "--view-every 0"),
+        (["sweep", "sweeps/quickstart.yaml", "--view-every", "nan"], "--view-every nan"),
+        (["sweep", "sweeps/quickstart.yaml", "--view-every", "inf"], "--view-every inf"),
+    ],
+)
+def test_flags_that_would_hang_are_refused_at_once(argv, option, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    started = time.time()
+    assert main([*argv, "--results", str(tmp_path)] if argv[0] == "sweep" else argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and option in err
+    assert time.time() - started < 10 and not list(tmp_path.iterdir())  # nothing started or written
+
+
+def test_a_sweep_address_where_nothing_answers_is_refused_at_once(tmp_path, capsys, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    started = time.time()
+    code = main(["sweep", "sweeps/quickstart.yaml", "--address", f"127.0.0.1:{port}", "--results", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"--address 127.0.0.1:{port}: nothing answers there" in err
+    assert time.time() - started < 30 and not list(tmp_path.iterdir())
