@@ -180,16 +180,21 @@ def trial_lock(folder: str | Path):
     TrialStateError naming the holder (host, pid, since when).
 
     An exclusive flock on a local file: the kernel frees it when its process ends, however
-    (kill -9 included), so a dead writer never blocks a rerun. The file stays; its contents
-    only describe the last holder."""
+    (kill -9 included), so a dead writer never blocks a rerun. The file stays beside the
+    trial's results, its contents describing the last holder; a holder that wrote no
+    trial.json (bad input, refused before anything started) removes the lock file and the
+    folder it made, so that a failed command leaves nothing behind."""
     import fcntl
     import socket
     import time
 
     folder = Path(folder)
+    made_folder = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / TRIAL_LOCK
+    made_file = not path.exists()
     handle = open(path, "a+", encoding="utf-8")
+    held = False
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -205,8 +210,13 @@ def trial_lock(folder: str | Path):
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
         handle.write(f"ibray trial (pid {os.getpid()} on {socket.gethostname()}, since {since})")
         handle.flush()
+        held = True
         yield
     finally:
+        if held and made_file and not (folder / TRIAL_FILE).exists():
+            path.unlink(missing_ok=True)
+            if made_folder and not any(folder.iterdir()):
+                folder.rmdir()
         handle.close()  # closing releases the lock
 
 
