@@ -71,6 +71,9 @@ DEFAULT_RESOURCES = {"cpu": 1.0, "gpu": 0.0}
 DEFAULT_MAX_FAILURES = 3
 # Far beyond the study (under 10^3 trials, under 10^8 seed-epochs), yet low enough that a typo
 # is refused at once instead of starting a sweep that cannot finish; a file may raise them.
+MAX_SWEEP_FILE_BYTES = 1 << 20  # a sweep file is a few dozen lines; larger is a mistake (or an attack)
+MAX_YAML_NODES = 100_000  # values a file may hold once its aliases are expanded
+MAX_SHOWN_CHARACTERS = 1000  # of one problem's line (paths included): longer ones, a long value echoed, are cut in the middle
 DEFAULT_MAX_TRIALS = 100_000
 DEFAULT_MAX_SEED_EPOCHS = 1_000_000_000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -183,6 +186,12 @@ def load_sweep(path: str | Path) -> SweepSpec:
     try:
         if path.exists() and not path.is_file():  # a folder, or a device that reads forever
             raise SweepError(f"{path}: not a file; give a sweep file such as sweeps/quickstart.yaml")
+        size = path.stat().st_size
+        if size > MAX_SWEEP_FILE_BYTES:
+            raise SweepError(
+                f"{path}: {size:,} bytes is too large for a sweep file (at most {MAX_SWEEP_FILE_BYTES:,}); "
+                f"give the axes and what departs from the defaults (see sweeps/quickstart.yaml)"
+            )
         data = path.read_bytes()
     except OSError as error:
         raise SweepError(f"{path}: cannot read the sweep file ({error.strerror or error})") from error
@@ -199,6 +208,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
 def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep") -> SweepSpec:
     try:
         values = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _TooLarge as error:
+        raise SweepError(f"{source}: {error}; write the values out, with fewer aliases") from None
     except _DuplicateKey as error:
         raise SweepError(
             f"{source}: line {error.line}: key {error.key!r} is given twice (first on line {error.first_line}); keep one"
@@ -221,9 +232,43 @@ class _DuplicateKey(yaml.YAMLError):
         self.key, self.first_line, self.line = key, first_line, line
 
 
+class _TooLarge(yaml.YAMLError):
+    pass
+
+
+def _expanded_size(node, sizes: dict, open_nodes: set) -> int:
+    """Values under a composed YAML node with every alias expanded, counted once per node
+    (`sizes`), so that nested aliases, which multiply, are counted without expanding them."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise _TooLarge("an alias refers to a value that contains it (a value without end)")
+    open_nodes.add(key)
+    children = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, open_nodes)
+        if total > MAX_YAML_NODES:
+            raise _TooLarge(f"its aliases expand to more than {MAX_YAML_NODES:,} values")
+    open_nodes.discard(key)
+    sizes[key] = total
+    return total
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML
-    keeps the last, so the first would be silently ignored."""
+    keeps the last, so the first would be silently ignored; and a document whose aliases
+    expand beyond MAX_YAML_NODES values is refused before it is built (nine nested aliases of
+    nine make 387 million)."""
+
+    def construct_document(self, node):
+        _expanded_size(node, {}, set())
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         first_lines: dict = {}
@@ -259,6 +304,15 @@ def _yaml_problem(error: yaml.YAMLError, text: str) -> str:
     return " ".join(message.split())
 
 
+def _readable(line: str) -> str:
+    """`line` cut in the middle to MAX_SHOWN_CHARACTERS: a long value echoed in it (a string of
+    megabytes) would bury what is wrong and the fix, which stand at its ends."""
+    if len(line) <= MAX_SHOWN_CHARACTERS:
+        return line
+    keep = MAX_SHOWN_CHARACTERS // 2
+    return f"{line[:keep]} ... ({len(line) - 2 * keep:,} characters cut) ... {line[-keep:]}"
+
+
 class _Validator:
     """Collects every problem of a file, then raises them together."""
 
@@ -269,7 +323,7 @@ class _Validator:
         self.errors: list[str] = []
 
     def error(self, key: str, message: str) -> None:
-        self.errors.append(f"{self.source}: {key}: {message}")
+        self.errors.append(_readable(f"{self.source}: {key}: {message}"))
 
     def spec(self, text: str) -> SweepSpec:
         allowed = set(TRIAL_KEYS) | set(SWEEP_KEYS)

@@ -297,3 +297,32 @@ def test_a_data_file_pinned_by_hand_is_checked_when_it_loads(tmp_path):
 def test_a_sweep_folder_without_trials_has_nothing_to_compare(tmp_path):
     np.savez(tmp_path / "a.npz", x=np.arange(60.0).reshape(30, 2), y=np.arange(30) % 3)
     check_data_unchanged(parse_sweep(f"dataset: {tmp_path}/a.npz\n"), str(tmp_path / "absent"))
+
+
+def test_unbounded_sweep_files_are_refused_quickly_in_one_readable_line(tmp_path, capsys):
+    import time
+
+    nine = ", ".join(["x"] * 9)
+    levels = [f"l0: &l0 [{nine}]"] + [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 9)]
+    bomb = write(tmp_path, "name: bomb\n" + "\n".join(levels) + "\nactivation: [" + ", ".join(["*l8"] * 9) + "]\n", "bomb.yaml")
+    loop = write(tmp_path, "name: loop\nactivation: &a [tanh, *a]\n", "loop.yaml")
+    huge = write(tmp_path, "name: huge\nactivation: " + "x" * 2_000_000 + "\n", "huge.yaml")
+    long_value = write(tmp_path, "name: long\nactivation: " + "x" * 200_000 + "\n", "long.yaml")
+    cases = {
+        bomb: "aliases expand to more than 100,000 values",  # 9^9 values: 3.4 GB and a MemoryError before
+        loop: "an alias refers to a value that contains it",
+        huge: "2,000,024 bytes is too large for a sweep file",
+        long_value: "activation: unknown value",
+    }
+    for path, problem in cases.items():
+        started = time.time()
+        assert main(["validate", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and problem in err and len(err) < 1100, (path.name, err[:500])
+        assert time.time() - started < 5, path.name
+    # the long value is cut in the middle; the fix at the end of the line stays
+    err_long = (main(["validate", str(long_value)]), capsys.readouterr().err)[1]
+    assert "characters cut" in err_long and err_long.rstrip().endswith("allowed: tanh, relu, sigmoid, elu, leaky_relu, linear")
+    # aliases within the bound still load: the activations reused as an anchor's values
+    fine = parse_sweep("name: ok\nactivation: &acts [tanh, relu]\nestimators: [exact]\n<<: {architecture: syn}\n", "ok.yaml")
+    assert sorted({t.activation for t in fine.trials}) == ["relu", "tanh"]
