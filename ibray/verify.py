@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from ibray.config import TrialConfig
 from ibray.models import layer_count
+from ibray.sweep_folder import SWEEP_FILE, TRIALS, TUNE, trial_statuses
 from ibray.records import (  # noqa: F401 (VerifyError: also imported from here)
     TABLES,
     TrialStateError,
@@ -35,6 +36,7 @@ from ibray.records import (  # noqa: F401 (VerifyError: also imported from here)
     join,
     list_parts,
     part_write,
+    read_text,
     read_trial_info,
     resolve,
 )
@@ -95,19 +97,41 @@ def _epochs_text(points: pl.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def _read(folder: str | Path, table: str, columns: list[str]) -> tuple[pl.DataFrame, list]:
+def _schema_problem(table: str, name: str, schema: pa.Schema) -> str | None:
+    """How a part's columns differ from the declared schema (records.TABLES), or None."""
+    declared = TABLES[table]
+    missing = [f.name for f in declared if f.name not in schema.names]
+    extra = [name for name in schema.names if name not in declared.names]
+    retyped = [
+        f"{f.name} ({schema.field(f.name).type}, declared {f.type})"
+        for f in declared if f.name in schema.names and not schema.field(f.name).type.equals(f.type)
+    ]
+    found = [f"missing {', '.join(missing)}"] * bool(missing) + [f"extra {', '.join(extra)}"] * bool(extra)
+    found += [f"other types: {', '.join(retyped)}"] * bool(retyped)
+    return f"{table}: {name}: columns differ from the declared schema: {'; '.join(found)}" if found else None
+
+
+def _read(folder: str | Path, table: str, columns: list[str], last_write: int | None = None) -> tuple[pl.DataFrame, list, list[str]]:
+    """The key columns of a table's parts, the parts, and the parts' schema problems. Parts
+    newer than `last_write` (a write in progress) are listed but not read."""
     parts = list_parts(join(folder, table))
-    tables = []
+    tables, problems = [], []
     for part in parts:
-        if is_uri(part):
-            filesystem, inner = resolve(part)
-            tables.append(pq.read_table(inner, columns=columns, filesystem=filesystem))
-        else:
-            tables.append(pq.read_table(part, columns=columns))
+        name = str(part).rsplit("/", 1)[-1]
+        if last_write is not None and (part_write(name) or 0) > last_write:
+            continue
+        filesystem, inner = resolve(part) if is_uri(part) else (None, part)
+        problem = _schema_problem(table, name, pq.read_schema(inner, filesystem=filesystem))
+        if problem:
+            problems.append(problem)
+            continue
+        tables.append(pq.read_table(inner, columns=columns, filesystem=filesystem))
+    if problems:
+        return pl.DataFrame(), parts, problems
     if not tables:
         schema = TABLES[table]
-        return pl.from_arrow(pa.schema([schema.field(c) for c in columns]).empty_table()), parts
-    return pl.from_arrow(pa.concat_tables(tables)), parts
+        return pl.from_arrow(pa.schema([schema.field(c) for c in columns]).empty_table()), parts, []
+    return pl.from_arrow(pa.concat_tables(tables)), parts, []
 
 
 def verify_trial(folder: str | Path) -> TrialCheck:
@@ -123,13 +147,20 @@ def verify_trial(folder: str | Path) -> TrialCheck:
     check.epochs = len(measured_epochs(config))
 
     tables = {}
+    complete = info.get("status") == "complete"
+    # A trial still running writes its parts, then trial.json: parts newer than trial.json's
+    # last write are its write in progress (left unread), and a fault only once it is complete.
+    in_progress = None if complete else info.get("parts")
     for table, columns in (("mi", MI_COLUMNS), ("metrics", METRICS_COLUMNS)):
         try:
-            tables[table], parts = _read(folder, table, columns)
+            tables[table], parts, problems = _read(folder, table, columns, in_progress)
         except (OSError, pa.ArrowException) as error:
-            check.problems.append(f"{table}: unreadable part file ({error})")
+            check.problems.append(f"{table}: unreadable part file ({' '.join(str(error).split())[:300]})")
             return check
-        if "parts" in info:
+        if problems:
+            check.problems += problems
+            return check
+        if "parts" in info and complete:
             newer = [str(p).rsplit("/", 1)[-1] for p in parts if (part_write(str(p).rsplit("/", 1)[-1]) or 0) > info["parts"]]
             if newer:
                 check.problems.append(f"{table}: part files newer than trial.json's last write ({info['parts']}): {', '.join(newer)}")
@@ -145,7 +176,6 @@ def verify_trial(folder: str | Path) -> TrialCheck:
         check.problems.append(f"trial.json: attempts recorded for seeds {sorted(kept)}, config trains {sorted(config.seeds)}")
     attempts = pl.DataFrame({"seed": list(kept), "kept": list(kept.values())}, schema={"seed": pl.Int64, "kept": pl.Int32})
 
-    complete = info.get("status") == "complete"
     up_to = None if complete else int(info.get("epochs_run", 0))
     grid = measured_epochs(config)
     due = pl.DataFrame(measured_epochs(config, up_to), schema={"phase": pl.String, "epoch": pl.Int32}, orient="row")
@@ -212,11 +242,52 @@ def find_trials(location: str | Path) -> list[str | Path]:
     return [join(location, *t.split("/")) if t else location for t in trials]
 
 
+def find_sweeps(location: str | Path) -> list[str | Path]:
+    """Sweep folders (those holding a sweep.yaml) at or below a path or URI, sorted."""
+    filesystem, inner = resolve(location)
+    if filesystem.get_file_info(inner).type != pafs.FileType.Directory:
+        return []
+    found = [""] if filesystem.get_file_info(f"{inner.rstrip('/')}/{SWEEP_FILE}").type == pafs.FileType.File else []
+    for entry in filesystem.get_file_info(pafs.FileSelector(inner, recursive=True)):
+        relative = entry.path[len(inner):].strip("/").split("/")
+        if entry.base_name == SWEEP_FILE and not any(p.startswith(".") or p in (TRIALS, TUNE) for p in relative[:-1]):
+            found.append("/".join(relative[:-1]))
+    return [join(location, *s.split("/")) if s else location for s in sorted(set(found))]
+
+
+def missing_trials(folder: str | Path) -> list[TrialCheck]:
+    """A failed check for each trial of a sweep folder's grid (its sweep.yaml) that has no
+    trial.json: it never started (or its folder was deleted). Verify would otherwise pass a
+    sweep of which some trials failed before writing anything."""
+    from ibray.data import DataError
+    from ibray.sweep import SweepError, parse_sweep
+
+    source = f"{folder}/{SWEEP_FILE}"
+    try:
+        spec = parse_sweep(read_text(join(folder, SWEEP_FILE)) or "", source, Path(str(folder)).name)
+        statuses = trial_statuses(spec, str(folder))
+    except (SweepError, DataError) as error:
+        return [TrialCheck(str(folder), SWEEP_FILE, "unreadable", problems=[
+            f"its grid cannot be checked here ({' '.join(str(error).split())[:300]}); run verify where the sweep ran, "
+            f"or verify {join(folder, TRIALS)} alone"
+        ])]
+    return [
+        TrialCheck(str(join(folder, TRIALS, trial)), trial, "absent", problems=[
+            f"in the grid of {source} but no trial.json: it never started, or its folder is gone; "
+            f"run the sweep again with --resume"
+        ])
+        for trial, status in statuses.items() if status == "absent"
+    ]
+
+
 def verify(paths: list[str | Path]) -> list[TrialCheck]:
-    """Check every trial at or below `paths`; raises VerifyError when a path holds none."""
+    """Check every trial at or below `paths`, and that every sweep folder among them holds a
+    trial for each point of its grid; raises VerifyError when a path holds no trial."""
     checks = []
     for location in paths:
         checks += [verify_trial(trial) for trial in find_trials(location)]
+        for sweep in find_sweeps(location):
+            checks += missing_trials(sweep)
     return checks
 
 

@@ -114,3 +114,54 @@ def test_a_sweep_folder_is_searched_and_a_path_without_trials_refused(capsys, co
     assert "no trial here" in err and str(tmp_path / "empty") in err
     assert main(["verify", str(tmp_path / "nowhere")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_a_sweep_folder_is_checked_against_its_grid(capsys, complete, tmp_path):
+    from ibray.sweep import parse_sweep
+
+    text = "name: grid\nseeds: 2\nseeds_per_trial: 2\nepochs: 6\nmi_every: 2\nwrite_every: 2\nlearning_rate: 0.01\nactivation: [tanh, relu]\n"
+    spec = parse_sweep(text, "grid.yaml")
+    ran, never = sorted((t.trial_id() for t in spec.trials), key=lambda t: "relu" in t)  # tanh ran, relu did not
+    assert ran == CONFIG.trial_id()
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / "sweep.yaml").write_text(text)
+    shutil.copytree(complete, tmp_path / "grid" / "trials" / ran)
+    code, out = run_verify(capsys, tmp_path / "grid")
+    assert code == 1 and f"FAILED   {never}" in out and "in the grid of" in out and "no trial.json" in out
+    assert "verified 2 trial(s): 1 complete" in out
+    code, out = run_verify(capsys, tmp_path)  # found from the results root too
+    assert code == 1 and f"FAILED   {never}" in out
+    # the trials folder alone, as the sweep verifies itself at its end: no grid to check there
+    code, out = run_verify(capsys, tmp_path / "grid" / "trials")
+    assert code == 0 and "verified 1 trial(s): 1 complete" in out
+
+
+@pytest.mark.parametrize("change", ["missing h_t", "extra column", "other type"])
+def test_a_part_off_the_declared_schema_is_named_with_its_columns(capsys, complete, tmp_path, change):
+    folder = copy(complete, tmp_path)
+    part = sorted((folder / "mi").glob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    if change == "missing h_t":
+        table = table.drop(["h_t"])
+    elif change == "extra column":
+        table = table.append_column("bogus", pa.array([1] * table.num_rows))
+    else:
+        table = table.set_column(table.schema.get_field_index("mi_xt"), "mi_xt", table.column("mi_xt").cast(pa.float32()))
+    pq.write_table(table, part)
+    code, out = run_verify(capsys, folder)
+    expected = {"missing h_t": "missing h_t", "extra column": "extra bogus", "other type": "mi_xt (float, declared double)"}[change]
+    line = next(line for line in out.splitlines() if line.startswith("FAILED"))
+    assert code == 1 and part.name in line and "columns differ from the declared schema" in line and expected in line
+    assert len(line) < 400
+
+
+def test_a_write_in_progress_of_a_running_trial_is_not_a_fault(capsys, complete, tmp_path):
+    folder = copy(complete, tmp_path)
+    info = json.loads((folder / "trial.json").read_text())
+    info.update(status="running", epochs_run=4, parts=2)  # the third write's parts are on disk, trial.json not yet
+    (folder / "trial.json").write_text(json.dumps(info))
+    check = verify_trial(folder)
+    assert check.problems == [] and not check.ok
+    info.update(status="complete", epochs_run=6)  # once complete, the same newer parts are a fault
+    (folder / "trial.json").write_text(json.dumps(info))
+    assert any("newer than trial.json's last write (2)" in p for p in verify_trial(folder).problems)
