@@ -12,6 +12,7 @@ can fix raises `DataError`, whose message says what is wrong and how to fix it.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -343,11 +344,18 @@ def download(
     default_url, folder, file_names = _sources(name, _resolve_data_dir(data_dir))
     table = {**CHECKSUMS, **(checksums or {})}
     url_root = (base_url if base_url is not None else default_url).rstrip("/")
+    made = [] if folder.exists() else [f for f in (folder, *folder.parents) if not f.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for file_name in file_names:
-        target = folder / file_name
-        if not (target.is_file() and _sha256(target) == table[file_name]):
-            _fetch(f"{url_root}/{file_name}", target, table[file_name])
-        paths.append(target)
+    try:
+        for file_name in file_names:
+            target = folder / file_name
+            if not (target.is_file() and _sha256(target) == table[file_name]):
+                _fetch(f"{url_root}/{file_name}", target, table[file_name])
+            paths.append(target)
+    except BaseException:
+        for created in made:  # a failed download leaves no empty folders it made behind
+            with contextlib.suppress(OSError):
+                created.rmdir()  # only if empty: files fetched before the failure stay
+        raise
     return paths

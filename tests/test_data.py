@@ -393,14 +393,18 @@ def test_download_unreachable_server_raises_and_leaves_nothing(tmp_path, small_m
         pass  # the port is closed again once the block ends
     with pytest.raises(DataError, match="could not download"):
         data.download("mnist", tmp_path / "data", base_url=base_url, checksums=checksums)
-    assert list((tmp_path / "data" / "mnist").iterdir()) == []
+    assert not (tmp_path / "data").exists()  # not even the empty folders it made (the data dir, mnist/)
 
 
 def test_download_missing_remote_file_raises(tmp_path):
     (tmp_path / "served").mkdir()
     with serve_directory(tmp_path / "served") as base_url, pytest.raises(DataError, match="404"):
         data.download("szt", tmp_path / "data", base_url=base_url)
-    assert list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "data").exists()  # the data directory it made is gone again
+    (tmp_path / "mine").mkdir()  # one that was there before stays
+    with serve_directory(tmp_path / "served") as base_url, pytest.raises(DataError, match="404"):
+        data.download("szt", tmp_path / "mine", base_url=base_url)
+    assert (tmp_path / "mine").is_dir() and list((tmp_path / "mine").iterdir()) == []
 
 
 @needs_var_u
