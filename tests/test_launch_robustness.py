@@ -289,3 +289,26 @@ def test_the_live_line_moves_between_far_apart_writes(ray_cluster, tmp_path, cap
     lines = [line for line in capsys.readouterr().out.splitlines() if "1 running" in line]
     moving = [int(m.group(1).replace(",", "")) for m in (re.search(r"seed-epochs ([\d,]+)/300", line) for line in lines) if m]
     assert any(0 < done < 300 for done in moving), lines
+
+
+def test_checkpoint_folders_of_killed_workers_are_removed_at_the_next_start(tmp_path):
+    import subprocess
+    import sys
+
+    from ibray.trainable import CHECKPOINT_PREFIX, remove_orphaned_checkpoint_folders
+
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed.kill()
+    killed.wait()  # its pid is gone now, as a worker's after SIGKILL
+    folders = {
+        "killed": tmp_path / f"{CHECKPOINT_PREFIX}{killed.pid}-abc",
+        "mine": tmp_path / f"{CHECKPOINT_PREFIX}{os.getpid()}-def",
+        "alive": tmp_path / f"{CHECKPOINT_PREFIX}{os.getppid()}-ghi",
+        "older name": tmp_path / f"{CHECKPOINT_PREFIX}xyz",
+    }
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "checkpoint.pt").write_bytes(b"x" * 1000)
+    assert remove_orphaned_checkpoint_folders(tmp_path) == [folders["killed"]]
+    assert not folders["killed"].exists()
+    assert all(folders[name].is_dir() for name in ("mine", "alive", "older name"))
