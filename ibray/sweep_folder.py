@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import yaml
 
 from ibray.driver_lock import LOCK_FILE
 from ibray.records import TrialStateError, is_uri, join, read_text, read_trial_info, resolve
@@ -48,6 +49,19 @@ def trial_infos(spec: SweepSpec, folder: str) -> dict[str, dict | None]:
         except TrialStateError:
             infos[trial.trial_id()] = None
     return infos
+
+
+def changed_keys(earlier: str, now: str) -> str:
+    """The keys whose values differ between two sweep files' texts, for a message."""
+    try:
+        before, after = yaml.safe_load(earlier) or {}, yaml.safe_load(now) or {}
+    except yaml.YAMLError:
+        return "its stored copy is not readable YAML"
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return "its stored copy is not a mapping"
+    keys = sorted({*before, *after} - {"name"}, key=str)
+    changed = [str(key) for key in keys if before.get(key, "(unset)") != after.get(key, "(unset)")]
+    return f"keys changed: {', '.join(changed)}" if changed else "the same keys, read otherwise"
 
 
 def trial_statuses(spec: SweepSpec, folder: str) -> dict[str, str]:
@@ -103,13 +117,15 @@ def check_existing(spec: SweepSpec, folder: str, resume: bool, overwrite: bool) 
         return {}
     check_data_unchanged(spec, folder)  # before the grids are compared: it says what changed
     try:
-        same = parse_sweep(stored, f"{folder}/{SWEEP_FILE}", spec.name).param_space() == spec.param_space()
+        earlier = parse_sweep(stored, f"{folder}/{SWEEP_FILE}", spec.name)
+        same = earlier.param_space() == spec.param_space()
     except SweepError:
-        same = False
+        earlier, same = None, False
     if not same:
+        name = earlier.name if earlier is not None else spec.name
         raise SweepError(
-            f"{folder} holds sweep {spec.name!r} from a different sweep file; give this one another "
-            f"name (the `name:` key), another --results root, or pass --overwrite to replace it"
+            f"{folder} holds sweep {name!r} from a different sweep file ({changed_keys(stored, spec.text)}); "
+            f"give this one another name (the `name:` key), another --results root, or pass --overwrite to replace it"
         )
     statuses = trial_statuses(spec, folder)
     done = sum(s == "complete" for s in statuses.values())

@@ -251,7 +251,8 @@ def test_sweep_end_to_end_on_a_uri_root(ray_cluster, tmp_path, capsys):
     # the same name from a different file is refused before anything is written
     clash = sweep_file(tmp_path / "elsewhere", "e2e", epochs=20)
     assert main(["sweep", str(clash), "--results", uri]) == 2
-    assert "holds sweep 'e2e' from a different sweep file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds sweep 'e2e' from a different sweep file (keys changed: epochs" in err
     assert snapshot(root) == after
 
     # --overwrite starts over

@@ -312,3 +312,17 @@ def test_checkpoint_folders_of_killed_workers_are_removed_at_the_next_start(tmp_
     assert remove_orphaned_checkpoint_folders(tmp_path) == [folders["killed"]]
     assert not folders["killed"].exists()
     assert all(folders[name].is_dir() for name in ("mine", "alive", "older name"))
+
+
+def test_a_folder_of_another_sweep_is_named_by_its_own_name_and_what_changed(tmp_path):
+    from ibray.sweep import SweepError, parse_sweep
+    from ibray.sweep_folder import check_existing
+
+    folder = tmp_path / "good"  # renamed by hand: it holds sweep gpu1
+    folder.mkdir()
+    (folder / "sweep.yaml").write_text("name: gpu1\nepochs: 5\nseeds: 2\nactivation: [tanh, relu]\n")
+    spec = parse_sweep("name: good\nepochs: 6\nseeds: 2\nactivation: [tanh, relu]\nmi_every: 2\n", "good.yaml")
+    with pytest.raises(SweepError) as refused:
+        check_existing(spec, str(folder), resume=True, overwrite=False)
+    message = str(refused.value)
+    assert "holds sweep 'gpu1' from a different sweep file (keys changed: epochs, mi_every)" in message
