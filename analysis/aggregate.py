@@ -210,3 +210,17 @@ def progress(mi: pl.LazyFrame, trials: pl.DataFrame) -> pl.LazyFrame:
         .with_columns(pl.col("status").fill_null("unknown"), pl.col("seeds_written").fill_null(0))
         .sort("sweep", "trial")
     )
+
+
+def repeated_seeds(metrics: pl.LazyFrame) -> pl.LazyFrame:
+    """Seeds of one NETWORK written by more than one (sweep, trial): each counts as a
+    repetition, although the same config and seed give the same run. One row per such seed:
+    NETWORK, seed, `places` (their number) and `where` ('sweep/trial, ...')."""
+    return (
+        metrics.select(*NETWORK, "seed", "sweep", "trial")
+        .unique()
+        .group_by(*NETWORK, "seed")
+        .agg(pl.len().alias("places"), pl.format("{}/{}", "sweep", "trial").sort().str.join(", ").alias("where"))
+        .filter(pl.col("places") > 1)
+        .sort(*NETWORK, "seed")
+    )

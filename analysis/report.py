@@ -76,6 +76,7 @@ class Tables:
     final: pl.DataFrame
     progress: pl.DataFrame
     completeness: pl.DataFrame
+    repeated_seeds: pl.DataFrame
 
 
 def compute(results: Results, threshold: float = phases.DEFAULT_THRESHOLD) -> Tables:
@@ -107,6 +108,7 @@ def compute(results: Results, threshold: float = phases.DEFAULT_THRESHOLD) -> Ta
             aggregate.final_metrics(metrics),
             aggregate.progress(mi, results.trials),
             aggregate.completeness(stats),
+            aggregate.repeated_seeds(metrics),
         ]
     )
     return Tables(*(frame.with_columns(pl.col(pl.Categorical).cast(pl.String)) for frame in frames))
@@ -186,6 +188,18 @@ def summary_sections(tables: Tables, results: Results) -> list[Section]:
             row_class="incomplete",
         )
     )
+    repeated = tables.repeated_seeds
+    if repeated.height:
+        seeds = "; ".join(
+            f"seed {row['seed']} of {'/'.join(str(row[c]) for c in NETWORK)} in {row['places']} places ({row['where']})"
+            for row in repeated.head(10).iter_rows(named=True)
+        )
+        more = f" and {repeated.height - 10} more" if repeated.height > 10 else ""
+        trials_body.append(
+            f'<p class="warn">{repeated.height} seed(s) were written by more than one sweep or trial, and each '
+            f"counts as a repetition in the means and variances below, although the same config and seed give "
+            f"the same run: {esc(seeds)}{more}. Report those sweeps apart, or give them other seeds.</p>"
+        )
     sections.append(Section("trials", "Trials", 2, trials_body))
     sections.append(completeness_section(tables))
 

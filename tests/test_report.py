@@ -205,3 +205,18 @@ def test_a_report_that_cannot_be_written_leaves_the_old_one(tmp_path, capsys):
         assert sorted(p.name for p in full.iterdir()) == ["report.html"]  # no temporary file left
     finally:
         subprocess.run(["umount", str(full)], check=True)
+
+
+def test_a_seed_written_by_two_sweeps_is_said_to_count_twice(tmp_path):
+    root = tmp_path / "results"
+    write_sweep(root, "first", 1, 2, 20, layers=2)
+    write_sweep(root, "again", 1, 2, 20, layers=2)  # the same network and seeds 0 and 1
+    write_sweep(root, "other", 1, 2, 20, layers=2, bits=4)  # another network: its seeds are its own
+    page = report.build_report([root], tmp_path / "r.html").read_text(encoding="utf-8")
+    warning = re.search(r'<p class="warn">(2 seed\(s\) were written by more than one sweep or trial[^<]*)</p>', page)
+    assert warning, "no warning about the repeated seeds"
+    text = warning.group(1)
+    assert "seed 0 of " in text and "seed 1 of " in text and "in 2 places (again/" in text and "first/" in text
+    assert "other/" not in text
+    lone = report.build_report([root / "first"], tmp_path / "lone.html").read_text(encoding="utf-8")
+    assert "written by more than one sweep" not in lone
