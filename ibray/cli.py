@@ -19,6 +19,7 @@ from pathlib import Path
 EXIT_USAGE = 2
 EXIT_FAILED_TRIALS = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_STORAGE = 3  # the results root is full or read-only: free it, then --resume
 DEFAULT_RESULTS = "results"
 
 
@@ -289,6 +290,14 @@ def _run_sweep(args) -> int:
     if outcome.interrupted:  # Tune stopped on the first Ctrl-C and saved its state
         print(interrupted, file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    if outcome.storage:  # every trial was stopped: one line says why and what to do
+        trial, fault = sorted(outcome.storage.items())[0]
+        print(
+            f"ibray: error: cannot write the results ({fault}, trial {trial}); what was written is intact: make room "
+            f"(or make {outcome.folder} writable), then run `ibray sweep {args.file} --resume`",
+            file=sys.stderr, flush=True,
+        )
+        return EXIT_STORAGE
     print(outcome.summary(args.file), flush=True)
     # A sweep succeeds when its results verify: every trial complete, every row exactly once.
     return 0 if (outcome.verified or not outcome.ran) else EXIT_FAILED_TRIALS

@@ -41,7 +41,7 @@ from ibray.dataset import Dataset
 from ibray.driver_lock import DriverLock
 # LiveView and trial_dirname are also looked up here by the Tuner state (tuner.pkl) of runs
 # started before they moved to their own modules: --resume of such a run still loads it.
-from ibray.live_view import VIEW_EVERY_S, LiveView, clock, final_line, most_running
+from ibray.live_view import VIEW_EVERY_S, LiveView, StopOnStorageFault, clock, final_line, most_running
 from ibray.records import join, resolve, write_text_atomic
 from ibray.storage_probe import SHARED_STORAGE_FIX, check_shared
 from ibray.sweep import SweepError, SweepSpec
@@ -56,7 +56,7 @@ from ibray.sweep_folder import (
     trial_infos,
     trial_statuses,
 )
-from ibray.trainable import DATA_ERROR, data_key, grid_key, train_trial
+from ibray.trainable import DATA_ERROR, STORAGE_ERROR, data_key, grid_key, train_trial
 from ibray.tune_state import TuneMessages, is_stray, last_line, trial_dirname, trial_of, tune_state_problem
 from ibray.verify import TrialCheck, verify
 from ibray.verify import summary as verify_summary
@@ -80,6 +80,7 @@ class SweepOutcome:
     rebuilt: bool = False  # Tune's state was unusable and the run was rebuilt from sweep.yaml
     checks: list[TrialCheck] = field(default_factory=list)  # `ibray verify` of its trials at the end
     at_once: int = 0  # the most trials that were running at the same time
+    storage: dict[str, str] = field(default_factory=dict)  # trial id -> its storage fault (full, read-only)
 
     def summary(self, sweep_file: str) -> str:
         if not self.ran:
@@ -169,7 +170,7 @@ def run_sweep(
         if started_ray:
             ray.shutdown()
     grid = {trial.trial_id() for trial in spec.trials}
-    failed, nodes = {}, {}
+    failed, nodes, storage = {}, {}, {}
     for result in results:
         trial_id = trial_of(result, grid)
         if not trial_id or is_stray(result):
@@ -178,6 +179,8 @@ def run_sweep(
             failed[trial_id] = last_line(result.error)
         elif (result.metrics or {}).get(DATA_ERROR):
             failed[trial_id] = result.metrics[DATA_ERROR]
+        elif (result.metrics or {}).get(STORAGE_ERROR):
+            failed[trial_id] = storage[trial_id] = result.metrics[STORAGE_ERROR]
         if (result.metrics or {}).get("node"):
             nodes[trial_id] = result.metrics["node"]
     infos = trial_infos(spec, folder)
@@ -186,12 +189,13 @@ def run_sweep(
     failed = {t: m for t, m in failed.items() if statuses.get(t) != "complete"}
     # Tune ends a run early only when stopped (Ctrl-C, SIGUSR1): then some trials are neither
     # complete nor failed, although Tune may call them terminated.
-    interrupted = any(statuses[t] != "complete" and t not in failed for t in statuses)
+    interrupted = not storage and any(statuses[t] != "complete" and t not in failed for t in statuses)
     seconds = time.perf_counter() - started
     print(final_line(spec, infos, seconds, interrupted, len(failed), at_once), flush=True)
     checks = verify([join(folder, TRIALS)]) if any(infos.values()) else []
     return SweepOutcome(
-        spec.name, folder, len(spec.trials), complete, True, seconds, failed, nodes, interrupted, rebuilt, checks, at_once
+        spec.name, folder, len(spec.trials), complete, True, seconds, failed, nodes, interrupted, rebuilt, checks, at_once,
+        storage,
     )
 
 
@@ -334,6 +338,7 @@ def _tuner(
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[LiveView(spec.name, view_every)],
+            stop=StopOnStorageFault(),
             verbose=0,
         ),
     ), how

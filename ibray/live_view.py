@@ -15,7 +15,7 @@ import time
 from ray import tune
 
 from ibray.sweep import SweepSpec
-from ibray.trainable import DATA_ERROR
+from ibray.trainable import DATA_ERROR, STORAGE_ERROR
 from ibray.tune_state import trial_dirname
 
 VIEW_EVERY_S = 10.0
@@ -28,6 +28,21 @@ _MOST_RUNNING: dict[str, int] = {}
 def most_running(sweep: str) -> int:
     """The most trials the latest run of `sweep` in this process had running at once."""
     return _MOST_RUNNING.get(sweep, 0)
+
+
+class StopOnStorageFault(tune.Stopper):
+    """Stops every trial once one reports that the results root is full or read-only: the
+    others write to the same storage and would fail alike, each after its retries."""
+
+    def __init__(self) -> None:
+        self.fault = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.fault = self.fault or bool(result.get(STORAGE_ERROR))
+        return self.fault
+
+    def stop_all(self) -> bool:
+        return self.fault
 
 
 class LiveView(tune.Callback):
@@ -51,6 +66,10 @@ class LiveView(tune.Callback):
         _MOST_RUNNING[self.sweep] = 0
 
     def on_trial_result(self, iteration, trials, trial, result, **_info) -> None:
+        if result.get(STORAGE_ERROR):
+            print(f"[{self.sweep}] trial {trial_dirname(trial)} cannot write its results: {result[STORAGE_ERROR]}; "
+                  f"stopping the sweep (no retry can succeed until there is room)", flush=True)
+            return
         if result.get(DATA_ERROR):
             print(f"[{self.sweep}] trial {trial_dirname(trial)} cannot load its data on node {result.get('node', '?')}: "
                   f"{result[DATA_ERROR]} (not retried: it fails the same way every time)", flush=True)

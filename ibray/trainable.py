@@ -35,9 +35,11 @@ record of it is older than the results. A config that is not one of the sweep's 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -56,6 +58,29 @@ from ibray.records import TrialStateError, is_uri, join, read_trial_info, replac
 from ibray.run import CHECKPOINT_FILE, load_checkpoint, run_trial, save_checkpoint
 
 DATA_ERROR = "data_error"  # the key of the one report of a trial that cannot load its data
+STORAGE_ERROR = "storage_error"  # ... and of one whose results root is full or read-only
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+_STORAGE_MESSAGES = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+
+
+def storage_fault(error: BaseException, where: str | None = None) -> str | None:
+    """'<path>: No space left on device' when `error` (or what caused it) is a full, read-only
+    or over-quota disk, else None: a fault no retry can mend while the disk stays as it is.
+    `where`: the folder named when the error names no file (pyarrow's do not)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+            named = error.filename2 or error.filename
+            if named:  # the file being written, not its temporary name beside it (records.replace_atomically)
+                named = re.sub(r"(^|/)\.([^/]+)\.[0-9a-f]{32}\.tmp$", r"\1\2", str(named))
+                return f"{named}: {error.strerror}"
+        text = " ".join(str(error).split())
+        for message in _STORAGE_MESSAGES:
+            if message in text:
+                return f"{where}: {text[:300]}" if where else text[:300]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class StrayTrialError(TrialStateError):
@@ -165,9 +190,17 @@ def train_trial(
         reporting[0] += time.perf_counter() - started
 
     extra = {"progress_every": progress_every} if progress_every is not None else {}
-    run_trial(
-        trial, out, sweep=sweep, dataset=dataset, state=state, on_write=report, on_progress=progress, threads=threads, **extra
-    )
+    try:
+        run_trial(
+            trial, out, sweep=sweep, dataset=dataset, state=state, on_write=report, on_progress=progress, threads=threads, **extra
+        )
+    except Exception as error:
+        fault = storage_fault(error, str(out))
+        if fault is None:
+            raise  # Tune retries it from its last checkpoint
+        # Reported once, not raised: a retry on a disk that stays full fails the same way.
+        # What was written stays whole (every write is atomic); --resume continues from it.
+        tune.report({**fixed, STORAGE_ERROR: fault})
 
 
 def honour_allocation(assigned: dict[str, float]) -> int:

@@ -326,3 +326,28 @@ def test_a_folder_of_another_sweep_is_named_by_its_own_name_and_what_changed(tmp
         check_existing(spec, str(folder), resume=True, overwrite=False)
     message = str(refused.value)
     assert "holds sweep 'gpu1' from a different sweep file (keys changed: epochs, mi_every)" in message
+
+
+def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(ray_cluster, tmp_path):
+    root = tmp_path / "small"
+    root.mkdir()
+    # a real full disk: a tmpfs of 640 KiB, about half of what this sweep writes
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=640k", "tmpfs", str(root)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (not root?): {mounted.stderr.strip()}")
+    try:
+        path = sweep_file(tmp_path, "full", seeds_per_trial=1, epochs=200, mi_every=1, write_every=10)
+        command = [*CLI, str(path), "--results", str(root), "--address", ray_cluster.address, "--view-every", "60"]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 3, run.stdout[-3000:] + run.stderr[-3000:]
+        lines = own_lines(run.stderr)
+        assert len(lines) == 1 and "No space left on device" in lines[0] and f"ibray sweep {path} --resume" in lines[0]
+        assert str(root / "full") in lines[0]  # the place is named
+        assert not driver_tracebacks(run.stdout + run.stderr)
+        assert "retries it" not in run.stdout  # no retry on a disk that stays full
+        subprocess.run(["mount", "-o", "remount,size=16m", str(root)], check=True)
+        again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "2 complete with every row exactly once" in again.stdout
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
