@@ -252,7 +252,8 @@ def test_sweep_end_to_end_on_a_uri_root(ray_cluster, tmp_path, capsys):
     clash = sweep_file(tmp_path / "elsewhere", "e2e", epochs=20)
     assert main(["sweep", str(clash), "--results", uri]) == 2
     err = capsys.readouterr().err
-    assert "holds sweep 'e2e' from a different sweep file (keys changed: epochs" in err
+    assert "holds sweep 'e2e' from a different sweep file (keys changed: " in err
+    assert "epochs" in err.split("keys changed: ", 1)[1].split(")", 1)[0]  # the clash's epochs: 20
     assert snapshot(root) == after
 
     # --overwrite starts over
