@@ -37,6 +37,9 @@ class StopOnStorageFault(tune.Stopper):
     def __init__(self) -> None:
         self.fault = False
 
+    def __getstate__(self) -> dict:  # a run restored by --resume starts without the old fault
+        return {"fault": False}
+
     def __call__(self, trial_id: str, result: dict) -> bool:
         self.fault = self.fault or bool(result.get(STORAGE_ERROR))
         return self.fault

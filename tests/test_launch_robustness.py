@@ -351,3 +351,16 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(ray_clus
         assert "2 complete with every row exactly once" in again.stdout
     finally:
         subprocess.run(["umount", str(root)], check=True)
+
+
+def test_the_storage_stopper_stops_every_trial_once_one_faults_but_not_a_resumed_run():
+    import pickle
+
+    from ibray.live_view import StopOnStorageFault
+    from ibray.trainable import STORAGE_ERROR
+
+    stopper = StopOnStorageFault()
+    assert not stopper("a", {"epoch": 3}) and not stopper.stop_all()
+    assert stopper("b", {STORAGE_ERROR: "/r/x: No space left on device"}) and stopper.stop_all()
+    assert stopper("a", {"epoch": 4})  # the others stop too
+    assert not pickle.loads(pickle.dumps(stopper)).stop_all()  # Tune's saved state, restored by --resume
