@@ -81,6 +81,7 @@ class SweepOutcome:
     checks: list[TrialCheck] = field(default_factory=list)  # `ibray verify` of its trials at the end
     at_once: int = 0  # the most trials that were running at the same time
     storage: dict[str, str] = field(default_factory=dict)  # trial id -> its storage fault (full, read-only)
+    tune_fault: str = ""  # the storage fault that kept Tune from saving its own state, if any
 
     def summary(self, sweep_file: str) -> str:
         if not self.ran:
@@ -99,6 +100,11 @@ class SweepOutcome:
             f"results: {self.folder} (Parquet: {TRIALS}/*/mi/*.parquet, {TRIALS}/*/metrics/*.parquet; "
             f"every row carries its axes)"
         )
+        if self.tune_fault:
+            lines.append(
+                f"warning: Tune could not save its own state ({self.tune_fault}); nothing of the results is lost "
+                f"(each trial's folder holds what --resume needs)"
+            )
         if self.complete < self.trials:
             lines.append(f"unfinished: run `ibray sweep {sweep_file} --resume` to finish the remaining trials")
         for check in self.checks:
@@ -165,7 +171,7 @@ def run_sweep(
             if overwrite and existing is not None:
                 clear_sweep_folder(folder)
             write_text_atomic(spec.text, join(folder, SWEEP_FILE))
-            results, rebuilt, at_once = _fit(spec, folder, resume and existing is not None, data_dir, shared, view_every)
+            results, rebuilt, at_once, tune_fault = _fit(spec, folder, resume and existing is not None, data_dir, shared, view_every)
     finally:
         if started_ray:
             ray.shutdown()
@@ -195,7 +201,7 @@ def run_sweep(
     checks = verify([join(folder, TRIALS)]) if any(infos.values()) else []
     return SweepOutcome(
         spec.name, folder, len(spec.trials), complete, True, seconds, failed, nodes, interrupted, rebuilt, checks, at_once,
-        storage,
+        storage, tune_fault,
     )
 
 
@@ -264,7 +270,7 @@ def _connect(address: str | None) -> bool:
 
 def _fit(spec: SweepSpec, folder: str, resume: bool, data_dir: str | None, datasets: dict | None, view_every: float):
     """Run Tune's experiment; returns (ResultGrid, whether the run had to be rebuilt, the most
-    trials running at once)."""
+    trials running at once, the storage fault that kept Tune from saving its state or '')."""
     experiment = str(join(folder, TUNE))
     messages = TuneMessages(experiment)
     with messages.attached():
@@ -281,7 +287,7 @@ def _fit(spec: SweepSpec, folder: str, resume: bool, data_dir: str | None, datas
             tuner, how = _tuner(spec, folder, False, data_dir, datasets, view_every)
             results = tuner.fit()
             at_once = max(at_once, most_running(spec.name))
-    return results, how == "rebuilt" or messages.restore_failed or bool(strays), at_once
+    return results, how == "rebuilt" or messages.restore_failed or bool(strays), at_once, messages.storage_fault
 
 
 def _tuner(

@@ -22,7 +22,7 @@ from ray import tune
 from ibray.config import TrialConfig
 from ibray.records import join, read_text, resolve
 from ibray.sweep import SweepSpec
-from ibray.trainable import StrayTrialError, grid_key
+from ibray.trainable import StrayTrialError, grid_key, storage_fault
 
 
 def tune_state_problem(spec: SweepSpec, experiment: str, statuses: dict[str, str]) -> str | None:
@@ -91,10 +91,18 @@ def _missing_checkpoint(filesystem, runtime_json: str) -> str | None:
 
 class TuneMessages(logging.Filter):
     """Tune's log lines that the live view and the driver's own lines replace: they tell a user
-    to call Tuner.restore() or repeat what the summary says. Also notes a failed restore (Tune
-    then restarts the grid it was given, and says so with a traceback)."""
+    to call Tuner.restore() or repeat what the summary says, and tracebacks of Tune failing to save
+    its own state on a full or read-only disk (noted in `storage_fault`; the trials report the same
+    fault themselves). Also notes a failed restore (Tune then restarts the grid it was given, and
+    says so with a traceback)."""
 
-    LOGGERS = ("ray.tune.tune", "ray.tune.execution.tune_controller", "ray.tune.analysis.experiment_analysis")
+    LOGGERS = (
+        "ray.tune.tune",
+        "ray.tune.execution.tune_controller",
+        "ray.tune.analysis.experiment_analysis",
+        "ray.tune.execution.experiment_state",  # its copy of the state to storage_path
+        "ray.train._internal.storage",
+    )
     DROPPED = (
         "Failed to fetch metrics",  # trials stopped before their first report
         "Stop signal received",
@@ -109,6 +117,7 @@ class TuneMessages(logging.Filter):
         super().__init__()
         self.experiment = experiment
         self.restore_failed = False
+        self.storage_fault = ""  # Tune could not save its state on a full or read-only disk
 
     @contextlib.contextmanager
     def attached(self):
@@ -123,6 +132,10 @@ class TuneMessages(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        fault = storage_fault(record.exc_info[1], self.experiment) if record.exc_info else None
+        if fault:  # a traceback of a fault that the trials or the summary name in one line
+            self.storage_fault = self.storage_fault or fault
+            return False
         if message.startswith("Failed to restore the run state"):
             self.restore_failed = True
             error = record.exc_info[1] if record.exc_info else None

@@ -343,7 +343,8 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(ray_clus
         lines = own_lines(run.stderr)
         assert len(lines) == 1 and "No space left on device" in lines[0] and f"ibray sweep {path} --resume" in lines[0]
         assert str(root / "full") in lines[0]  # the place is named
-        assert not driver_tracebacks(run.stdout + run.stderr)
+        output = run.stdout + run.stderr
+        assert not driver_tracebacks(output), output[output.find("Traceback") - 300 :][:3000]
         assert "retries it" not in run.stdout  # no retry on a disk that stays full
         subprocess.run(["mount", "-o", "remount,size=16m", str(root)], check=True)
         again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
@@ -364,3 +365,39 @@ def test_the_storage_stopper_stops_every_trial_once_one_faults_but_not_a_resumed
     assert stopper("b", {STORAGE_ERROR: "/r/x: No space left on device"}) and stopper.stop_all()
     assert stopper("a", {"epoch": 4})  # the others stop too
     assert not pickle.loads(pickle.dumps(stopper)).stop_all()  # Tune's saved state, restored by --resume
+
+
+def test_tune_failing_to_save_its_state_on_a_full_disk_prints_no_traceback():
+    # Tune copies its experiment state to storage_path in a background thread; on a full disk it
+    # logs the copy's traceback (ray.tune.execution.experiment_state), which the trials' own
+    # one-line storage fault replaces. Other errors still reach the log.
+    import errno
+    import logging
+
+    from ibray.launch import SweepOutcome
+    from ibray.tune_state import TuneMessages
+
+    logger = logging.getLogger("ray.tune.execution.experiment_state")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger.addHandler(handler)
+    messages = TuneMessages("/r/sweep/tune")
+    try:
+        with messages.attached():
+            for error in (
+                OSError(errno.ENOSPC, "No space left on device", "/r/sweep/tune/experiment_state.json"),
+                OSError("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"),
+                RuntimeError("connection reset"),
+            ):
+                try:
+                    raise error
+                except Exception:
+                    logger.error("Saving experiment state to storage at '/r/sweep/tune' failed with exception: ", exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    assert [record.exc_info[1].args[0] for record in seen] == ["connection reset"]
+    assert messages.storage_fault == "/r/sweep/tune/experiment_state.json: No space left on device"
+    outcome = SweepOutcome("s", "/r/sweep", 2, 2, True, tune_fault=messages.storage_fault)
+    assert "warning: Tune could not save its own state (/r/sweep/tune/experiment_state.json: No space left" in outcome.summary("s.yaml")
+    assert "warning" not in SweepOutcome("s", "/r/sweep", 2, 2, True).summary("s.yaml")
