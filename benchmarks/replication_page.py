@@ -10,12 +10,16 @@ results, whoever rebuilds it.
 from __future__ import annotations
 
 import datetime
+import json
+import math
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -39,7 +43,13 @@ EXPERIMENTS = [
     Experiment("appendix-a-binning", "Appendix A: binning the float networks (30, 100, 256 bins)", "50 seeds x 8000 epochs"),
     Experiment("appendix-d-prefit", "Appendix D: 1000 epochs on shuffled labels, then 8000", "20 seeds x 1000 + 8000 epochs"),
 ]
-MNIST = ["mnist-bottleneck2", "appendix-e-mnist", "appendix-e-mnist-wide"]
+MNIST_EXPERIMENTS = [
+    Experiment("mnist-bottleneck2", "Section 4.2: MNIST, Bottleneck-2 (16-8-4-2, ReLU, 8-bit)", "20 seeds x 3000 epochs"),
+    Experiment("appendix-e-mnist", "Appendix E: MNIST, Bottleneck-4 and HourGlass", "20 seeds x 3000 epochs"),
+    Experiment("appendix-e-mnist-wide", "Appendix E: MNIST, 4x10 and Conv", "10 seeds x 3000 epochs"),
+]
+LOG2_MNIST = math.log2(70_000)  # I(X;T) of a layer that tells every MNIST digit apart
+NEAR_TRIVIAL = 0.5  # bits below log2 N that still count as "almost completely trivial"
 
 
 # --- numbers --------------------------------------------------------------------------------
@@ -79,6 +89,7 @@ class Numbers:
     tables: report.Tables
     points: pl.DataFrame
     layers: dict  # (activation, bits, estimator) -> number of layers
+    architectures: dict  # architecture -> number of layers (exact MI)
 
     def phase_rows(self, **where) -> pl.DataFrame:
         frame = self.tables.phases
@@ -114,11 +125,15 @@ def numbers(folder: Path) -> Numbers:
         (a, b, e): n
         for a, b, e, n in tables.mi_stats.group_by("activation", "bits", "estimator").agg(pl.col("layer").max()).rows()
     }
-    return Numbers(tables, curve_points(tables.mi_stats.filter(pl.col("complete"))), layers)
+    architectures = dict(
+        tables.mi_stats.filter(pl.col("estimator") == "exact").group_by("architecture").agg(pl.col("layer").max()).rows()
+    )
+    return Numbers(tables, curve_points(tables.mi_stats.filter(pl.col("complete"))), layers, architectures)
 
 
 # --- page sections --------------------------------------------------------------------------
-def layer_table(n: Numbers, estimator: str | None = None) -> str:
+def layer_table(n: Numbers, estimator: str | None = None, lead: str = "activation") -> str:
+    """Per (network, estimator, phase, layer) curve points; `lead` names the network column."""
     points = n.points if estimator is None else n.points.filter(pl.col("estimator") == estimator)
     joined = points.join(
         n.tables.phases.select(*aggregate.PLANE_PHASE, "layer", "compress_bits", "fit_bits"),
@@ -127,7 +142,7 @@ def layer_table(n: Numbers, estimator: str | None = None) -> str:
     ).sort(*aggregate.PLANE_PHASE, "layer")
     rows = [
         [
-            r["activation"], report.bits_label(r["bits"]), r["estimator"], r["phase"], r["layer"],
+            r[lead], report.bits_label(r["bits"]), r["estimator"], r["phase"], r["layer"],
             pm(r["mi_xt_start"]), f"{pm(r['mi_xt_peak'])} @{r['mi_xt_peak_epoch']}", pm(r["mi_xt_end"]),
             pm(r["mi_ty_start"]), f"{pm(r['mi_ty_peak'])} @{r['mi_ty_peak_epoch']}", pm(r["mi_ty_end"]),
             f"{r['fit_bits']:.3f}", f"{r['compress_bits']:.3f}",
@@ -135,7 +150,7 @@ def layer_table(n: Numbers, estimator: str | None = None) -> str:
         for r in joined.iter_rows(named=True)
     ]
     headers = [
-        "activation", "bits", "estimator", "phase", "layer",
+        lead, "bits", "estimator", "phase", "layer",
         "I(X;T) start", "I(X;T) peak @epoch", "I(X;T) end", "I(T;Y) start", "I(T;Y) peak @epoch", "I(T;Y) end",
         "fitting (bits)", "compression (bits)",
     ]
@@ -151,13 +166,13 @@ def accuracy_table(n: Numbers) -> str:
     return markdown_table(["activation", "bits", "repetitions", "train accuracy", "test accuracy", "at"], rows)
 
 
-def dpi_table(n: Numbers) -> str:
-    frame = n.tables.dpi.group_by("activation", "bits", "estimator").agg(pl.col("dpi").sum(), pl.col("checked").sum())
+def dpi_table(n: Numbers, lead: str = "activation") -> str:
+    frame = n.tables.dpi.group_by(lead, "bits", "estimator").agg(pl.col("dpi").sum(), pl.col("checked").sum())
     rows = [
-        [r["activation"], report.bits_label(r["bits"]), r["estimator"], f"{r['dpi']:,} of {r['checked']:,}"]
-        for r in frame.sort("activation", "bits", "estimator").iter_rows(named=True)
+        [r[lead], report.bits_label(r["bits"]), r["estimator"], f"{r['dpi']:,} of {r['checked']:,}"]
+        for r in frame.sort(lead, "bits", "estimator").iter_rows(named=True)
     ]
-    return markdown_table(["activation", "bits", "estimator", "DPI violations (repetition-epochs)"], rows)
+    return markdown_table([lead, "bits", "estimator", "DPI violations (repetition-epochs)"], rows)
 
 
 def verdict(holds: bool, partly: bool = False) -> str:
@@ -352,19 +367,216 @@ def claims_prefit(n: Numbers) -> list[list[str]]:
     return rows
 
 
-def figures(n: Numbers, folder: Path, docs: Path) -> list[str]:
-    """Information planes and MI curves (exact or the experiment's estimators), scale-1 PNGs."""
+# --- MNIST (Section 4.2, Appendices B and E) ---------------------------------------------------
+def best_test_accuracy(n: Numbers, architecture: str) -> tuple[float, int]:
+    """The highest mean test accuracy over epochs and its epoch."""
+    curve = n.tables.metrics_stats.filter(pl.col("architecture") == architecture, pl.col("phase") == "train")
+    if not curve.height:
+        return float("nan"), 0
+    best = curve.row(int(curve["test_acc_mean"].arg_max()), named=True)
+    return best["test_acc_mean"], best["epoch"]
+
+
+def final_accuracy(n: Numbers, architecture: str) -> float:
+    rows = n.tables.final.filter(pl.col("architecture") == architecture)
+    return rows["test_acc_mean"][0] if rows.height else float("nan")
+
+
+def median_phases(n: Numbers, **where) -> tuple[list[int], list[int]]:
+    """(fitting layers, compressing layers) of the median-deviating repetition's own curves."""
+    rows = n.tables.median_rows
+    for key, value in where.items():
+        rows = rows.filter(pl.col(key) == value)
+    own = phases.phases(rows.lazy().rename({"mi_xt": "mi_xt_mean", "mi_ty": "mi_ty_mean"}), THRESHOLD).collect()
+    fit = own.filter(pl.col("fit_bits") > THRESHOLD)["layer"].to_list()
+    compressed = own.filter(pl.col("compress_bits") > THRESHOLD)["layer"].to_list()
+    return sorted(fit), sorted(compressed)
+
+
+def claims_variance(n: Numbers, architecture: str) -> list[list[str]]:
+    """Appendix B, for one MNIST network: spread against the mean, and the median repetition."""
+    where = dict(architecture=architecture, estimator="exact", phase="train")
+    stats = n.tables.mi_stats.filter(*[pl.col(k) == v for k, v in where.items()], pl.col("complete"))
+    rho = stats.select(pl.corr("mi_xt_mean", "mi_xt_std", method="spearman")).item()
+    rows = [[
+        "Appendix B: \"when the mean MI is large, the variance is usually low\".",
+        f"{architecture}: Spearman correlation of mean and standard deviation of I(X;T) over layers and epochs: {rho:+.2f}",
+        verdict(rho is not None and rho < -0.3, rho is not None and rho < 0),
+    ]]
+    median = n.tables.median.filter(*[pl.col(k) == v for k, v in where.items() if k != "phase"])
+    fit, compressed = n.fitting(**where), n.compressed(**where)
+    own_fit, own_compressed = median_phases(n, **where)
+    who = ""
+    if median.height:
+        chosen = median.row(0, named=True)
+        who = f" (seed {chosen['seed']}, L2 distance {chosen['distance']:.1f}, of {chosen['repetitions']})"
+    rows.append([
+        "Appendix B: the mean information plane \"represents individual repetitions fairly well\" "
+        "(the median-deviating repetition, ranked by L2 distance from the mean).",
+        f"{architecture}: fitting layers mean {layers_text(fit)}, median repetition{who} {layers_text(own_fit)}; "
+        f"compressing layers mean {layers_text(compressed)}, median repetition {layers_text(own_compressed)}",
+        verdict(fit == own_fit and compressed == own_compressed, fit == own_fit),
+    ])
+    return rows
+
+
+def claims_mnist_b2(n: Numbers) -> list[list[str]]:
+    where = dict(architecture="bottleneck2", estimator="exact", phase="train")
+    output = n.architectures["bottleneck2"]
+    wanted = list(range(output - 3, output + 1))  # the three last hidden layers and the output
+    fits = n.fitting(**where)
+    rows = [[
+        "Section 4.2: \"a clear fitting phase in the output layer and the three last hidden layers\".",
+        f"layers with I(T;Y) rising > {THRESHOLD} bits: {layers_text(fits)} (output: {output})",
+        verdict(set(wanted) <= set(fits), output in fits and bool(set(wanted[:-1]) & set(fits))),
+    ]]
+    sizes = n.compression_sizes(**where)
+    hidden = [l for l in n.compressed(**where) if l < output]
+    peaks = {
+        r["layer"]: r["mi_xt_peak_epoch"]
+        for r in n.points.filter(*[pl.col(k) == v for k, v in where.items()]).iter_rows(named=True)
+    }
+    around = [l for l in hidden if 1000 <= peaks[l] <= 2000]
+    detail = ", ".join(f"{l} from epoch {peaks[l]}: {sizes[l][0]:.2f} of {sizes[l][1]:.2f} bits" for l in hidden)
+    rows.append([
+        "Section 4.2: \"Small compression phases are also observed in the ReLU layers around 1500 epochs\".",
+        f"hidden layers whose I(X;T) falls > {THRESHOLD} bits after its peak: {detail or 'none'} "
+        f"(around 1500: peak within epochs 1000-2000; small: under {SLIGHT:.0%} of the peak)",
+        verdict(bool(around) and around == hidden and all(slight(sizes[l]) for l in hidden), bool(hidden)),
+    ])
+    best, epoch = best_test_accuracy(n, "bottleneck2")
+    rows.append([
+        "Section 4.2: \"a maximum accuracy of around 90%\".",
+        f"highest mean test accuracy {best:.3f} (epoch {epoch}); at the end {final_accuracy(n, 'bottleneck2'):.3f}",
+        verdict(abs(best - 0.90) <= 0.03, abs(best - 0.90) <= 0.06),
+    ])
+    violations, checked = n.dpi(estimator="exact")
+    rows.append([
+        "Section 2 (eq. 2): exact MI obeys the data-processing inequality.",
+        f"{violations} violations in {checked:,} repetition-epoch-layer pairs",
+        verdict(violations == 0),
+    ])
+    return rows + claims_variance(n, "bottleneck2")
+
+
+def final_mi(n: Numbers, architecture: str) -> float:
+    """Mean over layers of the final mean I(X;T) (exact, training phase)."""
+    return mean_end(n, "mi_xt_end", architecture=architecture, estimator="exact", phase="train")
+
+
+def claims_mnist_e(n: Numbers, b2: Numbers | None) -> list[list[str]]:
+    rows = []
+    train = dict(estimator="exact", phase="train")
+    if "bottleneck4" in n.architectures:
+        if b2 is None:
+            rows.append(["Appendix E: Bottleneck-4 is \"similar in shape to the Bottleneck-2, but with higher MI\".",
+                         "Section 4.2's results are not in this build", "**not testable**"])
+        else:
+            same = n.fitting(architecture="bottleneck4", **train) == b2.fitting(architecture="bottleneck2", **train)
+            four, two = final_mi(n, "bottleneck4"), final_mi(b2, "bottleneck2")
+            rows.append([
+                "Appendix E: Bottleneck-4 is \"similar in shape to the Bottleneck-2, but with higher MI\".",
+                f"fitting layers: Bottleneck-4 {layers_text(n.fitting(architecture='bottleneck4', **train))}, Bottleneck-2 "
+                f"{layers_text(b2.fitting(architecture='bottleneck2', **train))}; final I(X;T), mean over layers: "
+                f"{four:.2f} against {two:.2f} bits",
+                verdict(same and four > two, four > two),
+            ])
+    if "hourglass" in n.architectures:
+        stats = n.tables.mi_stats.filter(pl.col("architecture") == "hourglass", pl.col("estimator") == "exact", pl.col("complete"))
+        wide = stats.pivot(on="layer", index=["phase", "epoch"], values=["mi_xt_mean", "mi_ty_mean"])
+        # HourGlass 16-8-4-2-4-8: layer 4 is the bottleneck (width 2), layers 5 and 6 expand it
+        gap = max(
+            float((wide[f"{value}_{layer}"] - wide[f"{value}_4"]).abs().max())
+            for value in ("mi_xt_mean", "mi_ty_mean") for layer in (5, 6)
+        )
+        rows.append([
+            "Appendix E: HourGlass: \"the two expanding layers of widths 4 and 8 almost coincide completely with the "
+            "bottleneck layer\".",
+            f"largest gap between layer 5 or 6 and the bottleneck layer 4, over epochs, in mean I(X;T) or I(T;Y): {gap:.3f} bits",
+            verdict(gap <= 0.1, gap <= 0.5),
+        ])
+    for architecture in ("4x10", "conv"):
+        if architecture not in n.architectures:
+            continue
+        output = n.architectures[architecture]
+        lows = {
+            r["layer"]: r["mi_xt_min"]
+            for r in n.tables.mi_stats.filter(pl.col("architecture") == architecture, pl.col("estimator") == "exact", pl.col("complete"))
+            .group_by("layer").agg(pl.col("mi_xt_mean").min().alias("mi_xt_min")).iter_rows(named=True)
+        }
+        trivial = [l for l in sorted(lows) if l < output and lows[l] >= LOG2_MNIST - NEAR_TRIVIAL]
+        hidden = [l for l in sorted(lows) if l < output]
+        rows.append([
+            "Appendix E: 4x10 and Conv give \"almost completely trivial information curves\" in the hidden layers.",
+            f"{architecture}: hidden layers whose mean I(X;T) stays within {NEAR_TRIVIAL} bits of log2 70000 = "
+            f"{LOG2_MNIST:.2f} at every epoch: {layers_text(trivial)} of {layers_text(hidden)} "
+            f"(lowest: {min(lows[l] for l in hidden):.2f} bits)",
+            verdict(trivial == hidden, len(trivial) * 2 >= len(hidden)),
+        ])
+        compressing = output in n.compressed(architecture=architecture, **train)
+        size = n.compression_sizes(architecture=architecture, **train).get(output, (0.0, 0.0))
+        rows.append([
+            "Appendix E: with \"compression in the output layers\".",
+            f"{architecture}: the output layer's I(X;T) falls {size[0]:.2f} bits after its peak of {size[1]:.2f}",
+            verdict(compressing),
+        ])
+    for architecture in sorted(n.architectures):
+        final = final_accuracy(n, architecture)
+        if architecture == "hourglass":
+            rows.append([
+                "Appendix E: accuracies \"close to or above 95% for all networks except the HourGlass network\".",
+                f"hourglass: final mean test accuracy {final:.3f}",
+                verdict(final < 0.94),
+            ])
+        else:
+            rows.append([
+                "Appendix E: accuracies \"close to or above 95% for all networks except the HourGlass network\".",
+                f"{architecture}: final mean test accuracy {final:.3f}",
+                verdict(final >= 0.94, final >= 0.92),
+            ])
+    violations, checked = n.dpi(estimator="exact")
+    rows.append([
+        "Section 2 (eq. 2): exact MI obeys the data-processing inequality.",
+        f"{violations} violations in {checked:,} repetition-epoch-layer pairs",
+        verdict(violations == 0),
+    ])
+    return rows
+
+
+def mnist_accuracy_table(n: Numbers) -> str:
+    rows = []
+    for r in n.tables.final.sort("architecture").iter_rows(named=True):
+        best, epoch = best_test_accuracy(n, r["architecture"])
+        rows.append([
+            r["architecture"], r["repetitions"], pm((r["train_acc_mean"], r["train_acc_std"])),
+            pm((r["test_acc_mean"], r["test_acc_std"])), f"{best:.3f} @{epoch}", f"{r['last_phase']} {r['last_epoch']}",
+        ])
+    headers = ["architecture", "repetitions", "train accuracy", "test accuracy", "best mean test accuracy @epoch", "at"]
+    return markdown_table(headers, rows)
+
+
+def figures(n: Numbers, folder: Path, docs: Path, median: bool = False) -> list[str]:
+    """Information planes and MI curves (exact or the experiment's estimators), scale-1 PNGs;
+    with `median`, also the plane of each group's median-deviating repetition (Appendix B)."""
     import vl_convert
 
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     stats = n.tables.mi_stats
+    several = stats["architecture"].n_unique() > 1
     for key in stats.select(aggregate.PLANE).unique().sort(aggregate.PLANE).to_dicts():
-        group = stats.filter(*[pl.col(k) == v for k, v in key.items()])
+        where = [pl.col(k) == v for k, v in key.items()]
+        group = stats.filter(*where)
         label = f"{report.network_label(key)} · {key['estimator']}"
-        slug = report.slugify(key["activation"], key["bits"], key["estimator"])
-        for kind, chart in (("plane", charts.information_plane(group, f"Information plane: {label}")),
-                            ("mi", charts.mi_over_epochs(group, f"MI per layer: {label}"))):
+        slug = report.slugify(*([key["architecture"]] if several else []), key["activation"], key["bits"], key["estimator"])
+        drawn = [("plane", charts.information_plane(group, f"Information plane: {label}")),
+                 ("mi", charts.mi_over_epochs(group, f"MI per layer: {label}"))]
+        chosen = n.tables.median.filter(*where)
+        if median and chosen.height:
+            who = chosen.row(0, named=True)
+            title = f"Median-deviating repetition (seed {who['seed']}, of {who['repetitions']}): {label}"
+            drawn.append(("median", charts.information_plane(n.tables.median_rows.filter(*where), title, "mi_xt", "mi_ty")))
+        for kind, chart in drawn:
             path = folder / f"{slug}-{kind}.png"
             path.write_bytes(vl_convert.vegalite_to_png(chart.to_dict(), scale=1))
             lines.append(f"![{kind}: {label}]({path.relative_to(docs).as_posix()})")
@@ -377,15 +589,92 @@ def verify(folder: Path) -> tuple[bool, str]:
     return result.returncode == 0, lines[-1] if lines else result.stderr.strip()
 
 
+def wall_time(folder: Path) -> str:
+    """'1 h 52 min over 1 run of `ibray sweep` on 2 CPUs', from replicate.py's record."""
+    record = folder / "wall_times.jsonl"
+    if not record.exists():
+        return "not recorded"
+    runs = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+    minutes = round(sum(run["seconds"] for run in runs) / 60)
+    cpus = sorted({run.get("cpus") for run in runs if run.get("cpus")})
+    where = f" on {'/'.join(map(str, cpus))} CPUs" if cpus else ""
+    return f"{minutes // 60} h {minutes % 60:02d} min over {len(runs)} run(s) of `ibray sweep`{where}"
+
+
+def kept_sections(page: Path) -> tuple[dict[str, str], str]:
+    """The sections of an existing page by heading, and the date that page was built."""
+    if not page.exists():
+        return {}, ""
+    text = page.read_text()
+    built = re.search(r"on (\d{4}-\d{2}-\d{2}) from the results", text)
+    sections = {}
+    for part in re.split(r"(?m)^(?=## )", text)[1:]:
+        sections[part.splitlines()[0][3:].strip()] = part.rstrip() + "\n"
+    return sections, built.group(1) if built else ""
+
+
+def built_line(date: str) -> str:
+    return f"Section built on {date}."
+
+
+def section(experiment: Experiment, folder: Path, line: str, n: Numbers, docs: Path, baselines: dict) -> str:
+    spec = (folder / "sweep.yaml").read_text()
+    seeds = n.tables.final["repetitions"].max()
+    epochs = yaml.safe_load(spec)["epochs"]
+    mnist = experiment in MNIST_EXPERIMENTS
+    body = [
+        f"## {experiment.title}",
+        "",
+        built_line(datetime.date.today().isoformat()),
+        "",
+        f"The study: {experiment.study}. Here: {seeds} repetitions per network x {epochs} epochs (sweep file below); "
+        f"`ibray verify`: {line}. Wall time: {wall_time(folder)}.",
+        "",
+        "```yaml\n" + spec.strip() + "\n```",
+        "",
+    ]
+    claims = {
+        "syn-8bit": lambda: claims_syn(n),
+        "appendix-c-precision": lambda: claims_precision(n, baselines.get("syn-8bit")),
+        "appendix-a-binning": lambda: claims_binning(n),
+        "appendix-d-prefit": lambda: claims_prefit(n),
+        "mnist-bottleneck2": lambda: claims_mnist_b2(n),
+        "appendix-e-mnist": lambda: claims_mnist_e(n, baselines.get("mnist-bottleneck2")),
+        "appendix-e-mnist-wide": lambda: claims_mnist_e(n, baselines.get("mnist-bottleneck2")),
+    }[experiment.sweep]()
+    lead = "architecture" if mnist else "activation"
+    body += ["### The paper's statements", "", markdown_table(["statement", "here", "verdict"], claims), ""]
+    body += ["### Per layer", "", "Mean ± standard deviation over repetitions; epochs within the phase; "
+             f"fitting and compression in bits on the mean curves (threshold {THRESHOLD} bits).", "",
+             layer_table(n, lead=lead), ""]
+    accuracies = mnist_accuracy_table(n) if mnist else accuracy_table(n)
+    body += ["### Data-processing inequality", "", dpi_table(n, lead), "", "### Final accuracies", "", accuracies, ""]
+    if mnist:
+        body += ["The median-deviating repetition's plane (Appendix B: ranked by L2 distance from the mean curves) "
+                 "follows each mean plane.", ""]
+    body += ["### Figures", ""] + figures(n, docs / "replication" / experiment.sweep, docs, median=mnist) + [""]
+    return "\n".join(body)
+
+
 def write_page(results: Path, docs: Path, partial: bool = False) -> int:
     """Write docs/replication.md; refuses (exit code 1) when an experiment's results are
-    incomplete, unless `partial`, which leaves such experiments out and says so."""
-    sections, missing = [], []
-    baseline = None
-    for experiment in EXPERIMENTS:
+    incomplete, unless `partial`, which leaves such experiments out and says so. An experiment
+    whose results folder is absent keeps its section of the existing page, if it has one."""
+    page = docs / "replication.md"
+    old, old_date = kept_sections(page)
+    sections, missing, kept = [], [], []
+    baselines = {}
+    for experiment in EXPERIMENTS + MNIST_EXPERIMENTS:
         folder = results / experiment.sweep
         if not folder.exists():
-            missing.append(experiment)
+            if experiment.title in old:
+                text = old[experiment.title]
+                if "\nSection built on " not in text and old_date:  # a section from before sections were dated
+                    text = text.replace("\n\n", f"\n\n{built_line(old_date)}\n\n", 1)
+                sections.append(text)
+                kept.append(experiment)
+            else:
+                missing.append(experiment)
             continue
         ok, line = verify(folder)
         if not ok and not partial:
@@ -395,35 +684,8 @@ def write_page(results: Path, docs: Path, partial: bool = False) -> int:
             print(f"replication: {folder}: incomplete results ({line}); left out of the page", file=sys.stderr)
             missing.append(experiment)
             continue
-        n = numbers(folder)
-        if experiment.sweep == "syn-8bit":
-            baseline = n
-        spec = (folder / "sweep.yaml").read_text()
-        seeds = n.tables.final["repetitions"].max()
-        body = [
-            f"## {experiment.title}",
-            "",
-            f"The study: {experiment.study}. Here: {seeds} repetitions per network (sweep file below); "
-            f"`ibray verify`: {line}.",
-            "",
-            "```yaml\n" + spec.strip() + "\n```",
-            "",
-        ]
-        if experiment.sweep == "syn-8bit":
-            claims = claims_syn(n)
-        elif experiment.sweep == "appendix-c-precision":
-            claims = claims_precision(n, baseline)
-        elif experiment.sweep == "appendix-a-binning":
-            claims = claims_binning(n)
-        else:
-            claims = claims_prefit(n)
-        body += ["### The paper's statements", "", markdown_table(["statement", "here", "verdict"], claims), ""]
-        body += ["### Per layer", "", "Mean ± standard deviation over repetitions; epochs within the phase; "
-                 f"fitting and compression in bits on the mean curves (threshold {THRESHOLD} bits).", "",
-                 layer_table(n), ""]
-        body += ["### Data-processing inequality", "", dpi_table(n), "", "### Final accuracies", "", accuracy_table(n), ""]
-        body += ["### Figures", ""] + figures(n, docs / "replication" / experiment.sweep, docs) + [""]
-        sections.append("\n".join(body))
+        n = baselines[experiment.sweep] = numbers(folder)
+        sections.append(section(experiment, folder, line, n, docs, baselines))
     head = [
         "# Replication of Lorenzen, Igel & Nielsen (ICLR 2022)",
         "",
@@ -434,12 +696,12 @@ def write_page(results: Path, docs: Path, partial: bool = False) -> int:
         f"after its peak (compression, I(X;T)) by more than {THRESHOLD} bits; where the paper allows \"very little\" "
         f"compression, a compression under {SLIGHT:.0%} of the layer's peak I(X;T) makes the verdict *partly*.",
         "",
-        "Not run here: the MNIST experiments (" + ", ".join(MNIST) + "), whose data this machine cannot fetch; their "
-        "sweep files are ready and `replicate.py run` runs them once `ibray data download mnist` has worked.",
-        "",
     ]
+    if kept:
+        head += ["Kept from an earlier build, whose results are not on the machine that built this page (each section "
+                 "says when it was built): " + "; ".join(e.title for e in kept) + ".", ""]
     if missing:
         head += ["Not run to completion yet, so not shown: " + "; ".join(e.title for e in missing) + ".", ""]
-    (docs / "replication.md").write_text("\n".join(head + sections))
-    print(f"wrote {docs / 'replication.md'}")
+    page.write_text("\n".join(head + sections))
+    print(f"wrote {page}")
     return 0
