@@ -42,6 +42,7 @@ from ibray.driver_lock import DriverLock
 # LiveView and trial_dirname are also looked up here by the Tuner state (tuner.pkl) of runs
 # started before they moved to their own modules: --resume of such a run still loads it.
 from ibray.live_view import VIEW_EVERY_S, LiveView, StopOnStorageFault, clock, final_line, most_running
+from ibray.ray_leftovers import leftover_note, leftover_ray_processes
 from ibray.records import join, resolve, write_text_atomic
 from ibray.storage_probe import SHARED_STORAGE_FIX, check_shared
 from ibray.sweep import SweepError, SweepSpec
@@ -260,6 +261,9 @@ def _connect(address: str | None) -> bool:
     """Join `address`, or start an embedded local Ray; True when this call started Ray."""
     if ray.is_initialized():
         return False
+    note = leftover_note(leftover_ray_processes())
+    if note:
+        print(note, flush=True)
     if address:
         _refuse_silent_address(address)
         ray.init(address=address)

@@ -6,6 +6,7 @@ left. Real files, real processes, the session's real Ray; every sweep is tiny.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -401,3 +402,55 @@ def test_tune_failing_to_save_its_state_on_a_full_disk_prints_no_traceback():
     outcome = SweepOutcome("s", "/r/sweep", 2, 2, True, tune_fault=messages.storage_fault)
     assert "warning: Tune could not save its own state (/r/sweep/tune/experiment_state.json: No space left" in outcome.summary("s.yaml")
     assert "warning" not in SweepOutcome("s", "/r/sweep", 2, 2, True).summary("s.yaml")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = (task / "children").read_text().split() if (task / "children").exists() else []
+        found += [int(c) for c in children]
+    return found
+
+
+def test_the_next_start_names_what_a_killed_drivers_local_ray_left_behind(tmp_path):
+    from ibray.ray_leftovers import leftover_note, leftover_ray_processes
+
+    if not Path("/proc").is_dir():
+        pytest.skip("no /proc: leftovers are looked for on Linux only")
+    before = {leftover.pid for leftover in leftover_ray_processes()}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", "import ray, time; ray.init(num_cpus=1, include_dashboard=False); print('up', flush=True); time.sleep(300)"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    agents, found = [], []
+    try:
+        assert driver.stdout.readline().strip() == "up"
+        raylets = [p for p in _children(driver.pid) if "raylet" in Path(f"/proc/{p}/cmdline").read_text()]
+        wait_for(lambda: len([c for r in raylets for c in _children(r) if "Agent" in Path(f"/proc/{c}/cmdline").read_text()]) == 2,
+                 60, "the raylet's two agents")
+        agents = [c for r in raylets for c in _children(r) if "Agent" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert not set(agents) & {leftover.pid for leftover in leftover_ray_processes()}  # alive: not leftovers
+        driver.kill()
+        driver.wait(30)
+        wait_for(lambda: set(agents) <= {leftover.pid for leftover in leftover_ray_processes()}, 60, "the agents to be orphaned")
+        found = [leftover for leftover in leftover_ray_processes() if leftover.pid not in before]
+        assert {leftover.pid for leftover in found} >= set(agents)
+        assert {leftover.name for leftover in found if leftover.pid in agents} == {"ray::DashboardAgent", "ray::RuntimeEnvAgent"}
+        assert all(leftover.rss_mb > 1 for leftover in found)
+        note = leftover_note(found)
+        assert note.startswith(f"note: {len(found)} process(es) of an earlier local Ray outlived their killed driver")
+        assert note.endswith("end them with `kill -9 " + " ".join(str(leftover.pid) for leftover in found) + "`")
+        # the next `ibray sweep` says so first (here it is then refused: nothing listens at the address)
+        path = sweep_file(tmp_path, "next")
+        run = subprocess.run([*CLI, str(path), "--results", str(tmp_path / "r"), "--address", "127.0.0.1:9"],
+                             capture_output=True, text=True, timeout=120)
+        said = [line for line in run.stdout.splitlines() if line.startswith("note: ")]
+        assert run.returncode == 2 and len(said) == 1 and "of an earlier local Ray outlived their killed driver" in said[0]
+        assert all(f"{pid} ray::" in said[0] and f" {pid}" in said[0].split("kill -9")[1] for pid in agents)
+    finally:
+        driver.kill()
+        driver.wait(30)
+        for pid in agents + [leftover.pid for leftover in found]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not set(agents) & {leftover.pid for leftover in leftover_ray_processes()}, 30, "the agents to end")
