@@ -92,7 +92,7 @@ def main() -> None:
     if core is not None:
         print(f"core benchmark (ibray bench, {len(spec.trials[0].seeds)} seeds, MI every epoch): {core:.1f} seed-epochs/s", flush=True)
 
-    from ibray.launch import run_sweep
+    from ibray.launch.launcher import run_sweep
 
     root = args.keep or tempfile.mkdtemp(prefix="ibray-bench-")
     started = time.perf_counter()

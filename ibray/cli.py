@@ -267,7 +267,7 @@ def _run_sweep(args) -> int:
     _require_positive("--view-every", args.view_every)
     spec = load_sweep(args.file)
     print(spec.describe(), flush=True)
-    from ibray.launch import (
+    from ibray.launch.launcher import (
         run_sweep,  # imports ray: only once the file is known to be good
     )
 

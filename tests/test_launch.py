@@ -122,7 +122,7 @@ class _Pickled:
 def test_checkpoints_load_without_running_pickled_code(tmp_path):
     from ray import tune
 
-    from ibray.trainable import restore_state
+    from ibray.launch.trainable import restore_state
 
     folder = tmp_path / "ckpt"
     folder.mkdir()
@@ -144,7 +144,7 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path):
 
 def test_a_trial_keeps_busy_exactly_the_cpus_ray_gave_it(synthetic):
     from ibray.measure import OVERLAP_SEEDS
-    from ibray.trainable import honour_allocation
+    from ibray.launch.trainable import honour_allocation
     from ibray.trainer import Trainer
 
     def measuring_threads() -> set[threading.Thread]:
@@ -264,7 +264,7 @@ def test_sweep_end_to_end_on_a_uri_root(ray_cluster, tmp_path, capsys):
 def test_gpu_request_on_a_cluster_without_gpus(ray_cluster, tmp_path, capsys):
     import ray
 
-    from ibray.launch import _check_resources
+    from ibray.launch.launcher import _check_resources
 
     spec = load_sweep(sweep_file(tmp_path, "gpu", resources={"cpu": 1, "gpu": 0.5}))
     with pytest.raises(SweepError, match=r"resources.gpu: 0.5 per trial, but the Ray cluster has 0 GPUs; set resources"):
@@ -276,7 +276,7 @@ def test_gpu_request_on_a_cluster_without_gpus(ray_cluster, tmp_path, capsys):
 def test_trial_killed_mid_run_resumes_from_its_checkpoint(ray_cluster, tmp_path):
     import ray
 
-    from ibray.launch import run_sweep
+    from ibray.launch.launcher import run_sweep
 
     path = sweep_file(tmp_path, "killed", activation="tanh", epochs=80, max_failures=2)
     spec = load_sweep(path)
@@ -349,7 +349,7 @@ def test_driver_killed_mid_sweep_then_resume_finishes_only_the_rest(ray_cluster,
 
 
 def test_corrupt_checkpoint_fails_the_trial_with_a_clear_message(ray_cluster, tmp_path):
-    from ibray.launch import run_sweep
+    from ibray.launch.launcher import run_sweep
 
     spec = load_sweep(sweep_file(tmp_path, "corrupt", activation="tanh", seeds=1, epochs=400, max_failures=1))
     (trial,) = spec.trials

@@ -41,7 +41,8 @@ def driver_tracebacks(text: str) -> list[str]:
 
 # -- without Ray work ---------------------------------------------------------------------------
 def test_a_config_outside_the_grid_is_refused_before_anything_is_written(tmp_path):
-    from ibray.trainable import StrayTrialError, grid_key, train_trial
+    from ibray.launch.outcome import StrayTrialError, grid_key
+    from ibray.launch.trainable import train_trial
 
     spec = load_sweep(sweep_file(tmp_path, "grid", activation=["tanh", "relu"]))
     grid = {trial.trial_id(): grid_key(trial) for trial in spec.trials}
@@ -158,7 +159,7 @@ def test_a_sweep_locked_by_a_driver_on_another_host_is_refused(tmp_path, capsys)
 
 
 def test_the_live_line_counts_restarted_seed_epochs_in_the_time_left():
-    from ibray.live_view import progress_line
+    from ibray.launch.live_view import progress_line
 
     config = {"seeds": [0, 1], "epochs": 100}
     # 2 seeds of 100 epochs: the slowest at epoch 40, but one seed restarted, so 150 are left
@@ -173,7 +174,7 @@ def test_the_live_line_counts_restarted_seed_epochs_in_the_time_left():
 # -- on the session's Ray ----------------------------------------------------------------------
 def test_a_second_driver_is_refused_then_ctrl_c_then_a_damaged_tune_state_is_rebuilt(ray_cluster, tmp_path, capsys):
     from ibray.sweep_folder import trial_statuses
-    from ibray.tune_state import tune_state_problem
+    from ibray.launch.tune_state import tune_state_problem
 
     path = sweep_file(tmp_path, "duo", activation=["tanh", "relu"], seeds=1, epochs=100, mi_every=20, write_every=20)
     spec = load_sweep(path)
@@ -282,7 +283,7 @@ def test_ctrl_c_before_any_trial_reports(ray_cluster, tmp_path):
 
 
 def test_the_live_line_moves_between_far_apart_writes(ray_cluster, tmp_path, capsys):
-    from ibray.launch import run_sweep
+    from ibray.launch.launcher import run_sweep
 
     spec = load_sweep(sweep_file(tmp_path, "sparse", activation="tanh", seeds=1, epochs=300, mi_every=50, write_every=300))
     outcome = run_sweep(spec, str(tmp_path / "root"), view_every=0.5)
@@ -296,7 +297,7 @@ def test_checkpoint_folders_of_killed_workers_are_removed_at_the_next_start(tmp_
     import subprocess
     import sys
 
-    from ibray.trainable import CHECKPOINT_PREFIX, remove_orphaned_checkpoint_folders
+    from ibray.launch.trainable import CHECKPOINT_PREFIX, remove_orphaned_checkpoint_folders
 
     killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     killed.kill()
@@ -358,8 +359,8 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(ray_clus
 def test_the_storage_stopper_stops_every_trial_once_one_faults_but_not_a_resumed_run():
     import pickle
 
-    from ibray.live_view import StopOnStorageFault
-    from ibray.trainable import STORAGE_ERROR
+    from ibray.launch.live_view import StopOnStorageFault
+    from ibray.launch.outcome import STORAGE_ERROR
 
     stopper = StopOnStorageFault()
     assert not stopper("a", {"epoch": 3}) and not stopper.stop_all()
@@ -375,8 +376,8 @@ def test_tune_failing_to_save_its_state_on_a_full_disk_prints_no_traceback():
     import errno
     import logging
 
-    from ibray.launch import SweepOutcome
-    from ibray.tune_state import TuneMessages
+    from ibray.launch.launcher import SweepOutcome
+    from ibray.launch.tune_state import TuneMessages
 
     logger = logging.getLogger("ray.tune.execution.experiment_state")
     seen = []
@@ -413,7 +414,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_the_next_start_names_what_a_killed_drivers_local_ray_left_behind(tmp_path):
-    from ibray.ray_leftovers import leftover_note, leftover_ray_processes
+    from ibray.launch.ray_leftovers import leftover_note, leftover_ray_processes
 
     if not Path("/proc").is_dir():
         pytest.skip("no /proc: leftovers are looked for on Linux only")

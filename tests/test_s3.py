@@ -2,7 +2,7 @@
 three-node Ray cluster on this machine whose nodes differ as a real cluster's do:
 
     head      no CPUs (runs no trial), and a "disk" of its own: IBRAY_TEST_NODE_DISK makes its
-              storage probe see local paths below another folder (ibray.storage_probe)
+              storage probe see local paths below another folder (ibray.launch.storage_probe)
     worker A  1 CPU, a data directory holding szt's var_u.mat
     worker B  1 CPU, an empty data directory
 
@@ -33,7 +33,7 @@ from test_launch_robustness import CLI, own_lines
 
 from ibray.cli import main
 from ibray.records import METRICS_KEY, MI_KEY, TrialStateError, read_text, read_trial_info, resolve
-from ibray.storage_probe import NODE_DISK_ENV, SHARED_STORAGE_FIX
+from ibray.launch.storage_probe import NODE_DISK_ENV, SHARED_STORAGE_FIX
 from ibray.sweep import load_sweep
 
 BUCKET = "ibray-test"

@@ -2,8 +2,8 @@
 
 Its parts live beside it: the sweep's folder and the checks of a results root
 (ibray.sweep_folder), one driver at a time (ibray.driver_lock), a results root that every node
-of a cluster shares (ibray.storage_probe), what is read of Tune's own records
-(ibray.tune_state) and the live view (ibray.live_view).
+of a cluster shares (ibray.launch.storage_probe), what is read of Tune's own records
+(ibray.launch.tune_state) and the live view (ibray.launch.live_view).
 
 Everything a user can get wrong (the results root, an earlier run, the data, the resources, a
 driver already running the sweep, a root the cluster's nodes do not share) is checked before
@@ -41,10 +41,10 @@ from ibray.dataset import Dataset
 from ibray.driver_lock import DriverLock
 # LiveView and trial_dirname are also looked up here by the Tuner state (tuner.pkl) of runs
 # started before they moved to their own modules: --resume of such a run still loads it.
-from ibray.live_view import VIEW_EVERY_S, LiveView, StopOnStorageFault, clock, final_line, most_running
-from ibray.ray_leftovers import leftover_note, leftover_ray_processes
+from ibray.launch.live_view import VIEW_EVERY_S, LiveView, StopOnStorageFault, clock, final_line, most_running
+from ibray.launch.ray_leftovers import leftover_note, leftover_ray_processes
 from ibray.records import join, resolve, write_text_atomic
-from ibray.storage_probe import SHARED_STORAGE_FIX, check_shared
+from ibray.launch.storage_probe import SHARED_STORAGE_FIX, check_shared
 from ibray.sweep import SweepError, SweepSpec
 from ibray.sweep_folder import (
     SWEEP_FILE,
@@ -57,8 +57,9 @@ from ibray.sweep_folder import (
     trial_infos,
     trial_statuses,
 )
-from ibray.trainable import DATA_ERROR, STORAGE_ERROR, data_key, grid_key, train_trial
-from ibray.tune_state import TuneMessages, is_stray, last_line, trial_dirname, trial_of, tune_state_problem
+from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, data_key, grid_key
+from ibray.launch.trainable import train_trial
+from ibray.launch.tune_state import TuneMessages, is_stray, last_line, trial_dirname, trial_of, tune_state_problem
 from ibray.verify import TrialCheck, verify
 from ibray.verify import summary as verify_summary
 

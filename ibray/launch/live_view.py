@@ -15,8 +15,8 @@ import time
 from ray import tune
 
 from ibray.sweep import SweepSpec
-from ibray.trainable import DATA_ERROR, STORAGE_ERROR
-from ibray.tune_state import trial_dirname
+from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR
+from ibray.launch.tune_state import trial_dirname
 
 VIEW_EVERY_S = 10.0
 

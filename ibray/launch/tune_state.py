@@ -22,7 +22,7 @@ from ray import tune
 from ibray.config import TrialConfig
 from ibray.records import join, read_text, resolve
 from ibray.sweep import SweepSpec
-from ibray.trainable import StrayTrialError, grid_key, storage_fault
+from ibray.launch.outcome import StrayTrialError, grid_key, storage_fault
 
 
 def tune_state_problem(spec: SweepSpec, experiment: str, statuses: dict[str, str]) -> str | None:

@@ -35,11 +35,9 @@ record of it is older than the results. A config that is not one of the sweep's 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -55,37 +53,8 @@ from ibray.config import ConfigError, TrialConfig
 from ibray.data import load_dataset
 from ibray.dataset import DataError, Dataset
 from ibray.records import TrialStateError, is_uri, join, read_trial_info, replace_atomically, resolve
+from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, StrayTrialError, data_key, grid_key, storage_fault
 from ibray.run import CHECKPOINT_FILE, load_checkpoint, run_trial, save_checkpoint
-
-DATA_ERROR = "data_error"  # the key of the one report of a trial that cannot load its data
-STORAGE_ERROR = "storage_error"  # ... and of one whose results root is full or read-only
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
-_STORAGE_MESSAGES = ("No space left on device", "Read-only file system", "Disk quota exceeded")
-
-
-def storage_fault(error: BaseException, where: str | None = None) -> str | None:
-    """'<path>: No space left on device' when `error` (or what caused it) is a full, read-only
-    or over-quota disk, else None: a fault no retry can mend while the disk stays as it is.
-    `where`: the folder named when the error names no file (pyarrow's do not)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
-            named = error.filename2 or error.filename
-            if named:  # the file being written, not its temporary name beside it (records.replace_atomically)
-                named = re.sub(r"(^|/)\.([^/]+)\.[0-9a-f]{32}\.tmp$", r"\1\2", str(named))
-                return f"{named}: {error.strerror}"
-        text = " ".join(str(error).split())
-        for message in _STORAGE_MESSAGES:
-            if message in text:
-                return f"{where}: {text[:300]}" if where else text[:300]
-        error = error.__cause__ or error.__context__
-    return None
-
-
-class StrayTrialError(TrialStateError):
-    """Tune handed the trainable a config that is not one of its sweep's grid points."""
-
 
 CHECKPOINT_PREFIX = "ibray-checkpoint-"  # temporary folders: ibray-checkpoint-<pid>-<random>
 
@@ -113,16 +82,6 @@ def remove_orphaned_checkpoint_folders(root: str | Path | None = None) -> list[P
         except PermissionError:
             continue  # another user's live process
     return removed
-
-
-def grid_key(trial: TrialConfig) -> str:
-    """The whole config as one string: two trials are the same grid point iff their keys are equal."""
-    return json.dumps(trial.to_dict(), sort_keys=True)
-
-
-def data_key(trial: TrialConfig) -> tuple:
-    """What a trial's data set depends on: trials with equal keys train on the same Dataset."""
-    return (trial.dataset, trial.train_fraction, trial.split_seed, trial.label_column)
 
 
 def train_trial(
