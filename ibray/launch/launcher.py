@@ -16,12 +16,12 @@ it runs, gets it from there: worker nodes need no data files and no download, on
 or a cluster alike. `data_on_workers` opts out (for data too large for the object store):
 trials then load their data from their own node's data directory.
 
-A finished sweep is not run again (unless `overwrite`); an unfinished one needs `resume`, which
-restores Tune's experiment (finished trials stay finished, the others continue from their last
-checkpoints). When Tune's state is missing, damaged or disagrees with the trials' own records,
-the run is rebuilt instead: a fresh Tuner over sweep.yaml's grid, where finished trials return
-at once and the others continue from their own `checkpoint.pt`. `resume` with no earlier run
-says so and starts the sweep fresh.
+A finished sweep is not run again (unless `overwrite`); an unfinished one needs `resume`. Each
+trial's folder (trial.json, checkpoint.pt, its Parquet parts) is the whole resume state: every
+run, first or resumed, is a fresh Tuner over sweep.yaml's grid, where finished trials return at
+once and the others continue from their own `checkpoint.pt`. Tune's experiment folder of an
+earlier run is deleted unread, so a damaged or foreign Tune state cannot change what runs.
+`resume` with no earlier run says so and starts the sweep fresh.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from ibray.sweep_folder import (
 )
 from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, data_key, grid_key
 from ibray.launch.trainable import train_trial
-from ibray.launch.tune_state import TuneMessages, is_stray, last_line, trial_dirname, trial_of, tune_state_problem
+from ibray.launch.tune_state import TuneMessages, last_line, trial_dirname, trial_of
 from ibray.verify import TrialCheck, verify
 from ibray.verify import summary as verify_summary
 
@@ -79,7 +79,6 @@ class SweepOutcome:
     failed: dict[str, str] = field(default_factory=dict)  # trial id -> last line of its error
     nodes: dict[str, str] = field(default_factory=dict)  # trial id -> Ray node id it last ran on
     interrupted: bool = False  # stopped (Ctrl-C) with trials neither complete nor failed
-    rebuilt: bool = False  # Tune's state was unusable and the run was rebuilt from sweep.yaml
     checks: list[TrialCheck] = field(default_factory=list)  # `ibray verify` of its trials at the end
     at_once: int = 0  # the most trials that were running at the same time
     storage: dict[str, str] = field(default_factory=dict)  # trial id -> its storage fault (full, read-only)
@@ -173,7 +172,7 @@ def run_sweep(
             if overwrite and existing is not None:
                 clear_sweep_folder(folder)
             write_text_atomic(spec.text, join(folder, SWEEP_FILE))
-            results, rebuilt, at_once, tune_fault = _fit(spec, folder, resume and existing is not None, data_dir, shared, view_every)
+            results, at_once, tune_fault = _fit(spec, folder, resume and existing is not None, data_dir, shared, view_every)
     finally:
         if started_ray:
             ray.shutdown()
@@ -181,8 +180,8 @@ def run_sweep(
     failed, nodes, storage = {}, {}, {}
     for result in results:
         trial_id = trial_of(result, grid)
-        if not trial_id or is_stray(result):
-            continue  # refused stray of a damaged Tune state: the rebuilt run ran the grid
+        if not trial_id:
+            continue
         if result.error is not None:
             failed[trial_id] = last_line(result.error)
         elif (result.metrics or {}).get(DATA_ERROR):
@@ -202,7 +201,7 @@ def run_sweep(
     print(final_line(spec, infos, seconds, interrupted, len(failed), at_once), flush=True)
     checks = verify([join(folder, TRIALS)]) if any(infos.values()) else []
     return SweepOutcome(
-        spec.name, folder, len(spec.trials), complete, True, seconds, failed, nodes, interrupted, rebuilt, checks, at_once,
+        spec.name, folder, len(spec.trials), complete, True, seconds, failed, nodes, interrupted, checks, at_once,
         storage, tune_fault,
     )
 
@@ -274,31 +273,18 @@ def _connect(address: str | None) -> bool:
 
 
 def _fit(spec: SweepSpec, folder: str, resume: bool, data_dir: str | None, datasets: dict | None, view_every: float):
-    """Run Tune's experiment; returns (ResultGrid, whether the run had to be rebuilt, the most
-    trials running at once, the storage fault that kept Tune from saving its state or '')."""
-    experiment = str(join(folder, TUNE))
-    messages = TuneMessages(experiment)
+    """Run Tune's experiment; returns (ResultGrid, the most trials running at once, the storage
+    fault that kept Tune from saving its state or '')."""
+    messages = TuneMessages(str(join(folder, TUNE)))
     with messages.attached():
-        tuner, how = _tuner(spec, folder, resume, data_dir, datasets, view_every)
-        results = tuner.fit()
-        at_once = most_running(spec.name)
-        strays = [result for result in results if is_stray(result)]
-        if how == "restored" and strays:
-            print(
-                f"Tune's state in {experiment} is unusable: it started {len(strays)} trial(s) that are not in "
-                f"the sweep's grid (refused); rebuilding the run from sweep.yaml and the trials' own checkpoints",
-                flush=True,
-            )
-            tuner, how = _tuner(spec, folder, False, data_dir, datasets, view_every)
-            results = tuner.fit()
-            at_once = max(at_once, most_running(spec.name))
-    return results, how == "rebuilt" or messages.restore_failed or bool(strays), at_once, messages.storage_fault
+        results = _tuner(spec, folder, resume, data_dir, datasets, view_every).fit()
+    return results, most_running(spec.name), messages.storage_fault
 
 
 def _tuner(
     spec: SweepSpec, folder: str, resume: bool, data_dir: str | None, datasets: dict | None, view_every: float
-) -> tuple[tune.Tuner, str]:
-    """A Tuner over the sweep's grid, and how it starts: 'restored', 'rebuilt' or 'fresh'."""
+) -> tune.Tuner:
+    """A fresh Tuner over the sweep's grid; with `resume`, its trials continue from their folders."""
     grid = {trial.trial_id(): grid_key(trial) for trial in spec.trials}
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -314,34 +300,22 @@ def _tuner(
         {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
     )
     experiment = str(join(folder, TUNE))
-    param_space = spec.param_space()  # its {"grid_search": values} is what tune.grid_search returns
-    how = "fresh"
     if resume:
-        problem = tune_state_problem(spec, experiment, trial_statuses(spec, folder))
-        if problem is None:
-            try:
-                # The grid again: Tune keeps no param_space, and restarts from this one should
-                # it fail to load its state after all.
-                tuner = tune.Tuner.restore(
-                    experiment, trainable, resume_unfinished=True, resume_errored=True, param_space=param_space
-                )
-                print(f"resuming sweep {spec.name!r} from {experiment}", flush=True)
-                return tuner, "restored"
-            except Exception as error:  # noqa: BLE001 (any failure to load means: rebuild)
-                problem = f"Tune cannot load it ({type(error).__name__}: {str(error)[:200]})"
+        statuses = trial_statuses(spec, folder)
+        done = sum(status == "complete" for status in statuses.values())
         print(
-            f"Tune's state in {experiment} is unusable ({problem}); rebuilding the run from sweep.yaml and the "
-            f"trials' own checkpoints and status",
+            f"resuming sweep {spec.name!r}: {done} of {len(spec.trials)} trials complete; the others continue from "
+            f"their own checkpoints in {join(folder, TRIALS)}",
             flush=True,
         )
-        how = "rebuilt"
     filesystem, inner = resolve(experiment)
     if filesystem.get_file_info(inner).type != pafs.FileType.NotFound:
-        # Nothing in it is used any more; left, its checkpoints would mix with the new run's.
+        # Tune's folder of an earlier run: nothing in it decides what runs, and left, its
+        # checkpoints would mix with the new run's.
         filesystem.delete_dir(inner)
     return tune.Tuner(
         trainable,
-        param_space=param_space,
+        param_space=spec.param_space(),  # its {"grid_search": values} is what tune.grid_search returns
         tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=False),
         run_config=tune.RunConfig(
             name=TUNE,
@@ -352,4 +326,4 @@ def _tuner(
             stop=StopOnStorageFault(),
             verbose=0,
         ),
-    ), how
+    )

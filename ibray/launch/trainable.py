@@ -11,8 +11,9 @@ loop offers progress callbacks, it reports the seed-epochs alone, without a chec
 sweep's live view moves even when writes are far apart. Per-layer rows never go through Tune.
 
 Each write also keeps a copy of the checkpoint beside the trial's rows
-(`<trials_root>/<trial_id>/checkpoint.pt`, the layout of `ibray trial`): when Tune's own state
-is lost or damaged, the launcher starts Tune afresh and the trial continues from that copy.
+(`<trials_root>/<trial_id>/checkpoint.pt`, the layout of `ibray trial`): that copy is what a
+resumed sweep continues from (the launcher starts a fresh Tuner every time). Within one run,
+Tune's retry of a failed trial hands it its last checkpoint, the same state.
 
 Data: the launcher loads each data set once, on the driver, and hands it over through Ray's
 object store (`datasets`: data_key -> ObjectRef), so a worker node needs no data files and no
@@ -29,7 +30,7 @@ GPU's memory, so trials that share a GPU cannot starve each other of it.
 A trial whose results folder already says "complete" returns at once without touching
 anything, so a resumed sweep never reruns or rewrites a finished trial, even when Tune's own
 record of it is older than the results. A config that is not one of the sweep's grid points
-(which only a damaged Tune state can produce) is refused before anything is written.
+(a guard: the launcher only ever hands Tune the grid) is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -205,8 +206,7 @@ def grid_point(config: dict, sweep: str, grid: dict[str, str] | None) -> TrialCo
         problem = f"trial {trial.trial_id()} is not one of its {len(grid)} grid points"
     raise StrayTrialError(
         f"sweep {sweep!r}: Tune started a trial whose config is not in sweep.yaml's grid ({problem}; config "
-        f"{json.dumps(config, sort_keys=True, default=str)[:300]}); nothing was run: Tune's experiment state "
-        f"does not match the sweep, and the launcher rebuilds the run from sweep.yaml"
+        f"{json.dumps(config, sort_keys=True, default=str)[:300]}); nothing was run"
     )
 
 
