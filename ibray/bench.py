@@ -6,7 +6,8 @@ process each, MI every 5th epoch, as a sweep runs them); in seed-epochs per seco
 (measurements in flight beside the training, as in a trial), after a warm-up (which includes
 engine 'compiled''s compilation), the data set already loaded; the median of five stretches
 of each run. MI: one exact H/I(X;T)/I(T;Y) computation of random
-8-bit codes, 4096 x 10 and 70000 x 16 (one thread), median of repeated runs.
+8-bit codes, 4096 x 10 and 70000 x 16 (one thread), median of repeated runs; and one `kde`
+estimate of 4096 x 10 float values.
 """
 
 from __future__ import annotations
@@ -121,6 +122,22 @@ def mi_milliseconds(samples: int, width: int, repeats: int = 20) -> float:
     return 1000 * statistics.median(times)
 
 
+def kde_milliseconds(samples: int = 4096, width: int = 10, repeats: int = 5) -> float:
+    """One `kde` estimate (I(X;T) and I(T;Y), one seed) of random values, on one thread."""
+    from ibray.estimators import kde_information
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    values, labels = rng.standard_normal((samples, width)), rng.integers(0, 10, size=samples)
+    kde_information(values, labels, 1e-3)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        kde_information(values, labels, 1e-3)
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
 def matmul_gflops(threads: int, size: int = 2048, repeats: int = 7) -> float:
     """This machine's float32 matrix-product rate on `threads` threads (torch, size x size),
     the median of `repeats`: the peak the MNIST figures are compared with."""
@@ -218,6 +235,7 @@ def run_benchmarks(
         ),
         "mi_ms_4096x10": mi_milliseconds(4096, 10),
         "mi_ms_70000x16": mi_milliseconds(70000, 16),
+        "kde_ms_4096x10": kde_milliseconds(4096, 10),
         "device": device,
     }
     print(f"training, syn 8-bit tanh, exact MI every epoch:  1 seed  {figures['seed_epochs_per_s_1']:8.1f} seed-epochs/s")
@@ -228,6 +246,7 @@ def run_benchmarks(
     )
     print(f"exact MI of one layer,  4096 x 10, 8-bit codes: {figures['mi_ms_4096x10']:8.2f} ms")
     print(f"exact MI of one layer, 70000 x 16, 8-bit codes: {figures['mi_ms_70000x16']:8.2f} ms")
+    print(f"kde estimate of one layer,  4096 x 10, float64: {figures['kde_ms_4096x10']:8.2f} ms")
     if as_json:
         print(json.dumps(figures))
     return figures

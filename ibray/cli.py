@@ -26,7 +26,7 @@ DEFAULT_RESULTS = "results"
 def _trial_parser(sub) -> None:
     import dataclasses
 
-    from ibray.config import TrialConfig, field_help
+    from ibray.config import TrialConfig, field_help, field_type
 
     p = sub.add_parser("trial", help="train one configuration for several seeds (no Ray) and write Parquet")
     helps = field_help()
@@ -40,7 +40,7 @@ def _trial_parser(sub) -> None:
         elif isinstance(default, tuple):
             p.add_argument(flag, type=float, nargs=len(default), default=default, metavar=("LOW", "HIGH"), help=f"{help} (default: {' '.join(map(str, default))})")
         else:
-            p.add_argument(flag, type=type(default), default=default, help=f"{help} (default: {default})")
+            p.add_argument(flag, type=field_type(field.name), default=default, help=f"{help} (default: {default})")
     p.add_argument("--data-dir", default=None, help="data directory (default: $IBRAY_DATA_DIR or ~/.cache/ibray)")
     p.add_argument("--out", default="results/trial", help="results folder")
     p.add_argument("--overwrite", action="store_true", help="replace results of another trial in --out")

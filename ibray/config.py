@@ -50,6 +50,22 @@ MAX_SEEDS = 1_000_000
 # once per value and only these across its grid.
 TIED_FIELDS = ("dataset", "architecture", "epochs", "prefit_epochs")
 _BINNING = re.compile(r"^bin(\d+)$")
+_ADAPTIVE_BINNING = re.compile(r"^abin(\d+)$")
+# Estimators by name, besides bin<n> (uniform) and abin<n> (equal-frequency) binning; see
+# ibray/estimators.py. The sampled ones cost O(N^2) and see at most estimator_samples samples.
+NAMED_ESTIMATORS = ("exact", "kde", "kde_lower", "knn", "edge")
+SAMPLED_ESTIMATORS = ("kde", "kde_lower", "knn")
+ESTIMATORS_ALLOWED = (
+    "exact, bin<n> with n >= 2 (e.g. bin30), abin<n> with n >= 2 (equal-frequency bins, e.g. abin30), "
+    "kde, kde_lower, knn, edge"
+)
+# KDE's noise variance per data set when kde_noise_var is None (Saxe et al. 2018): 1e-1 on
+# MNIST, 1e-3 on the synthetic sets and on data files.
+KDE_NOISE_VAR = {"mnist": 1e-1}
+DEFAULT_KDE_NOISE_VAR = 1e-3
+# Fields added after results existed: left out of the trial id at their defaults, so that the
+# ids of configs made before them stay as they were.
+LATER_FIELDS = ("kde_noise_var", "knn_k", "estimator_samples")
 
 # Bounds on a custom dense network. The exact MI holds for any width (mutual_information packs
 # codes into 63-bit words and replaces a full word by its rank), so these are not about
@@ -156,6 +172,12 @@ def binning_bins(estimator: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def adaptive_bins(estimator: str) -> int | None:
+    """The number of bins of an equal-frequency binning name such as 'abin30'; None otherwise."""
+    match = _ADAPTIVE_BINNING.match(estimator) if isinstance(estimator, str) else None
+    return int(match.group(1)) if match else None
+
+
 def parse_seeds(text: str | int | list | tuple) -> tuple[int, ...]:
     """'0-9', '0,3,5-7', 7 or [1, 2] -> a tuple of seeds, in order, duplicates refused."""
     if isinstance(text, int) and not isinstance(text, bool):
@@ -204,7 +226,7 @@ class TrialConfig:
     activation: str = "tanh"  # hidden-layer activation, one of ACTIVATIONS
     bits: int = 8  # quantization bits per neuron, 2..16, or 32 for the float32 network
     seeds: tuple[int, ...] = (0,)  # repetitions trained together as one batched model, e.g. 0-9 or 0,3,5-7
-    estimators: tuple[str, ...] = ("exact",)  # 'exact' and/or 'bin<n>' (e.g. bin30)
+    estimators: tuple[str, ...] = ("exact",)  # any of exact, bin<n> (e.g. bin30), abin<n> (bins of equal counts), kde, kde_lower, knn, edge
     epochs: int = 100  # training epochs on the true labels
     prefit_epochs: int = 0  # epochs on shuffled training labels before training (appendix D)
     learning_rate: float = 1e-4  # Adam step size
@@ -215,6 +237,9 @@ class TrialConfig:
     ema_decay: float = 0.999  # decay of the moving-average range (range_tracking=moving_average)
     bin_bounds: str = "global"  # binning range: per run (global), per layer and epoch, fixed
     bin_range: tuple[float, float] = (-1.0, 1.0)  # the range when bin_bounds == 'fixed'
+    kde_noise_var: float | None = None  # kde, kde_lower: noise variance s2 in squared activation units; None: 1e-1 on mnist, 1e-3 otherwise (Saxe et al.)
+    knn_k: int = 3  # knn: neighbours k
+    estimator_samples: int = 4096  # kde, kde_lower, knn: at most this many samples (one fixed random subset; all when fewer)
     min_train_acc: float = 0.55  # a seed below this training accuracy at restart_epoch reruns
     restart_epoch: int = 1000  # training epoch at which dead seeds are detected
     max_restarts: int = 10  # give up on a seed after this many restarts
@@ -301,18 +326,28 @@ class TrialConfig:
             raise ConfigError("estimators: give at least one, e.g. exact or bin30")
         for estimator in self.estimators:
             bins = binning_bins(estimator) if isinstance(estimator, str) else None
-            if estimator != "exact" and (bins is None or bins < 2):
-                raise ConfigError(f"estimators: unknown estimator {estimator!r}; allowed: exact, bin<n> with n >= 2 (e.g. bin30)")
+            bins = bins if bins is not None else adaptive_bins(estimator)
+            if estimator not in NAMED_ESTIMATORS and (bins is None or bins < 2):
+                raise ConfigError(f"estimators: unknown estimator {estimator!r}; allowed: {ESTIMATORS_ALLOWED}")
         if len(set(self.estimators)) != len(self.estimators):
             raise ConfigError(f"estimators: {list(self.estimators)} lists an estimator twice")
         for key in ("epochs", "prefit_epochs", "restart_epoch", "max_restarts", "split_seed"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{key}: {value!r} must be a non-negative integer")
-        for key in ("batch_size", "mi_every", "write_every"):
+        for key in ("batch_size", "mi_every", "write_every", "knn_k"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key}: {value!r} must be a positive integer")
+        samples = self.estimator_samples
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+            raise ConfigError(f"estimator_samples: {samples!r} is not allowed; give an integer >= 2 (e.g. 4096)")
+        noise = self.kde_noise_var
+        if noise is not None and not (_is_number(noise) and math.isfinite(noise) and noise > 0):
+            raise ConfigError(
+                f"kde_noise_var: {noise!r} is not allowed; give a finite number > 0 (a variance, e.g. 1e-3), "
+                f"or leave it out for the data set's (1e-1 on mnist, 1e-3 otherwise)"
+            )
         if self.epochs + self.prefit_epochs < 1:
             raise ConfigError("epochs: train for at least one epoch (epochs + prefit_epochs >= 1)")
         for key, (inside, allowed) in NUMBER_RULES.items():
@@ -347,12 +382,17 @@ class TrialConfig:
 
         label_column stays out of the digest: a pinned file's value already holds it, and a
         built-in set has none, so the ids of configs made before it existed stay as they were.
+        The estimators' parameters (LATER_FIELDS) enter it only where they depart from their
+        defaults, for the same reason.
         """
         values = self.to_dict()
         for key in ("device", "write_every", "label_column"):
             values.pop(key)
         if values["engine"] == "eager":  # the ids of configs made before the engine existed stay
             values.pop("engine")
+        for key in LATER_FIELDS:
+            if values[key] == default_for(key):
+                values.pop(key)
         digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
         # a file's path may hold anything; its label keeps only what any filesystem takes
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.dataset_label)[-48:].strip("-.")
@@ -362,6 +402,13 @@ class TrialConfig:
     def dataset_label(self) -> str:
         """The data set as reports name it: 'synthetic12', or 'my.npz@1a2b3c4d' for a file."""
         return dataset_label(self.dataset, self.label_column)
+
+    @property
+    def kde_variance(self) -> float:
+        """KDE's noise variance s2: kde_noise_var, or the data set's (KDE_NOISE_VAR)."""
+        if self.kde_noise_var is not None:
+            return float(self.kde_noise_var)
+        return KDE_NOISE_VAR.get(self.dataset, DEFAULT_KDE_NOISE_VAR)
 
     @property
     def quantized(self) -> bool:
@@ -404,6 +451,15 @@ def default_for(key: str):
     return next(f for f in dataclasses.fields(TrialConfig) if f.name == key).default
 
 
+def field_type(key: str) -> type:
+    """The type of a field's values: its default's, or for a field whose default is None the
+    type its annotation names first (kde_noise_var: 'float | None' -> float)."""
+    field = next(f for f in dataclasses.fields(TrialConfig) if f.name == key)
+    if field.default is not None:
+        return type(field.default)
+    return {"float": float, "int": int, "str": str}[str(field.type).split("|")[0].strip()]
+
+
 def field_help() -> dict[str, str]:
     """Each TrialConfig field's comment above (its meaning and unit): `ibray trial --help` shows
     them, so the flags and their help cannot drift from the config."""
@@ -416,4 +472,7 @@ def field_help() -> dict[str, str]:
     }
 
 
-__all__ = ["TrialConfig", "ConfigError", "DataFile", "parse_seeds", "binning_bins", "data_file", "dataset_label", "dense_widths"]
+__all__ = [
+    "TrialConfig", "ConfigError", "DataFile", "parse_seeds", "binning_bins", "adaptive_bins", "data_file", "dataset_label",
+    "dense_widths", "field_type",
+]

@@ -2,8 +2,8 @@
 
 A measurement runs every sample (train and test: MI is over the whole set) through the
 network with the quantizer ranges held fixed, reads off each layer's integer codes (or float
-values) and hands them to `mutual_information`, which knows nothing of networks. The rows are
-columnar, ready for the ResultsWriter.
+values) and hands them to `mutual_information` (exact, bin<n>) or `estimators` (the others),
+which know nothing of networks. The rows are columnar, ready for the ResultsWriter.
 
 From OVERLAP_SEEDS seeds on, and when the trial may keep a second thread busy (`overlap`), a
 measurement runs on a worker thread, on a copy of the network taken when it was asked for,
@@ -25,6 +25,7 @@ import torch
 
 from ibray.config import TrialConfig, binning_bins
 from ibray.device import compiled, pad_to_lanes
+from ibray.estimators import Settings, estimated_information
 from ibray.models import BatchedNetwork, ForwardPass
 from ibray.mutual_information import bin_codes, device_layer_information, float_codes, layer_information
 
@@ -95,19 +96,26 @@ def mi_columns(
     extremes: list[tuple[list[float], list[float]]],
     labels: np.ndarray,
     axes: dict[str, list],
+    tensors: list[torch.Tensor] | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, list]:
     """The MI table of one measurement as columns: a row per estimator, layer and seed, from
     the layers' codes (or float values), binning bounds, extremes and the labels. Codes given
-    as torch tensors are counted on their device (`device_layer_information`)."""
+    as torch tensors are counted on their device (`device_layer_information`). The other
+    estimators (kde, knn, edge, abin<n>, ...) take the layers' values as `tensors`, on their
+    device, with their `settings`."""
     seeds = len(axes["seed"])
     columns: dict[str, list] = {}
     for estimator in estimators:
         for number, spec in enumerate(layers, start=1):
+            layer_codes = None
             if estimator == "exact":
                 layer_codes = codes[number - 1] if codes is not None else float_codes(values[number - 1])
-            else:
+            elif binning_bins(estimator):
                 layer_codes = bin_codes(values[number - 1], binning_bins(estimator), *bounds[number - 1])
-            if isinstance(layer_codes, torch.Tensor):
+            if layer_codes is None:
+                info = estimated_information(estimator, tensors[number - 1], labels, settings or Settings())
+            elif isinstance(layer_codes, torch.Tensor):
                 info = device_layer_information(layer_codes, labels)
             else:
                 info = layer_information(layer_codes, labels)
@@ -223,13 +231,18 @@ class Measurer:
             return {}, metrics
         binning = any(binning_bins(e) for e in config.estimators)
         layer_values = [v.cpu().numpy() for v in values] if binning or codes is None else None
+        estimated = any(e != "exact" and not binning_bins(e) for e in config.estimators)
+        settings = Settings(config.kde_variance, config.knn_k, config.estimator_samples)
         layer_codes = None
         if codes is not None and self.count_on_device:
             layer_codes = [pick(c).to(torch.int32) for c in codes]
         elif codes is not None:
             layer_codes = [host_codes(pick(c), config.bits) for c in codes]
         bounds = [self._bin_bounds(extreme, global_bounds) for extreme in extremes] if binning else None
-        mi = mi_columns(config.estimators, model.layers, layer_codes, layer_values, bounds, extremes, self.labels_host, axes)
+        mi = mi_columns(
+            config.estimators, model.layers, layer_codes, layer_values, bounds, extremes, self.labels_host, axes,
+            tensors=values if estimated else None, settings=settings,
+        )
         return mi, metrics
 
     @torch.no_grad()

@@ -225,6 +225,14 @@ def layer_information(codes: np.ndarray, labels: np.ndarray) -> LayerInformation
     return _information(*_entropies(keys, label_bits), h_y, samples)
 
 
+def row_ids(codes: np.ndarray) -> np.ndarray:
+    """Dense ids of each seed's rows: (seeds, samples) int64, equal exactly where the rows of
+    codes are equal (the same packed keys as `layer_information`, never a hash)."""
+    codes = _check_codes(codes)
+    key, _ = _packed_keys(codes, None, 0)
+    return rank_rows(key)
+
+
 # -- on the device ------------------------------------------------------------------------------
 # The same counting with torch operations on the codes' device (a GPU's), for measurements that
 # run there: the codes never leave the device, only a few numbers per seed do. Dense,

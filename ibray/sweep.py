@@ -46,6 +46,7 @@ from ibray.config import (
     data_file,
     dataset_label,
     default_for,
+    field_type,
     parse_seeds,
 )
 from ibray.data import DataError
@@ -453,7 +454,7 @@ class _Validator:
         """One value of a TrialConfig field: type-checked, then checked by TrialConfig itself.
         A data file given as dataset comes back pinned (absolute path and SHA-256)."""
         default = default_for(key)
-        expected = type(default)
+        expected = field_type(key)  # a field whose default is None (kde_noise_var) also takes null
         if key == "architecture" and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # 'architecture: 16' is one hidden layer of 16; YAML reads it as a number
         if key == "architecture" and isinstance(value, datetime.date):
@@ -472,7 +473,7 @@ class _Validator:
                 self.error(key, f"{value!r} is not allowed; give a list (default {list(default)!r})")
                 return _BAD
             value = tuple(value)
-        elif not isinstance(value, expected) or isinstance(value, bool):
+        elif (value is not None or default is not None) and (not isinstance(value, expected) or isinstance(value, bool)):
             kind = {int: "an integer", float: "a number", str: "a string"}.get(expected, expected.__name__)
             self.error(key, f"{value!r} is not allowed; give {kind} (default {default!r})")
             return _BAD

@@ -78,7 +78,7 @@ TRIAL_CASES = [
     trial("activation", ["--activation", "swish"], "activation: unknown value 'swish'; allowed: tanh,"),
     trial("bits-low", ["--bits", "1"], "bits: 1 is not allowed; use 2..16, or 32"),
     trial("bits-between", ["--bits", "24"], "bits: 24 is not allowed"),
-    trial("estimator", ["--estimators", "exact,kde"], "estimators: unknown estimator 'kde'; allowed: exact, bin<n>"),
+    trial("estimator", ["--estimators", "exact,mine"], "estimators: unknown estimator 'mine'; allowed: exact, bin<n>"),
     trial("seeds-twice", ["--seeds", "1,1"], "seeds: [1] appear more than once"),
     trial("seeds-absurd", ["--seeds", "0-99999999999"], "seeds: '0-99999999999' gives more than 1,000,000 seeds"),
     trial("device", ["--device", "tpu"], "device: unknown value 'tpu'; allowed: auto, cpu, cuda"),

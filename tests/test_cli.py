@@ -39,7 +39,7 @@ def fails_cleanly(capsys, tmp_path, args, message):
         (["--dataset", "cifar"], "dataset: unknown value 'cifar'; allowed: synthetic12, szt, mnist"),
         (["--architecture", "resnet"], "architecture: unknown value 'resnet'"),
         (["--activation", "swish"], "activation: unknown value 'swish'"),
-        (["--estimators", "exact,kde"], "estimators: unknown estimator 'kde'"),
+        (["--estimators", "exact,mine"], "estimators: unknown estimator 'mine'"),
         (["--bits", "1"], "bits: 1 is not allowed; use 2..16, or 32"),
         (["--bits", "20"], "bits: 20 is not allowed"),
         (["--dataset", "mnist"], "architecture: 'syn' does not fit dataset 'mnist'"),
@@ -160,7 +160,7 @@ def test_bench_prints_its_figures_as_json(capsys):
     assert figures["device"] == "cpu"  # no GPU here
     # the printed table and the JSON carry the same measurements
     printed = [float(line.split()[-2]) for line in lines[1:-1]]
-    keys = ("seed_epochs_per_s_1", "seed_epochs_per_s_50", "seed_epochs_per_s_all_cores_25_mi5", "mi_ms_4096x10", "mi_ms_70000x16")
+    keys = ("seed_epochs_per_s_1", "seed_epochs_per_s_50", "seed_epochs_per_s_all_cores_25_mi5", "mi_ms_4096x10", "mi_ms_70000x16", "kde_ms_4096x10")
     assert printed == pytest.approx([figures[k] for k in keys], abs=0.051)  # printed to 1 or 2 decimals
     # 17x more rows and 1.6x more columns cost more time to count
     assert figures["mi_ms_70000x16"] > figures["mi_ms_4096x10"] > 0

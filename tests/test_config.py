@@ -37,7 +37,7 @@ def test_defaults_follow_the_protocol():
         (dict(dataset="cifar"), "dataset: unknown value 'cifar'"),
         (dict(architecture="resnet"), "architecture: unknown value 'resnet'"),
         (dict(activation="swish"), "activation: unknown value 'swish'"),
-        (dict(estimators=("kde",)), "estimators: unknown estimator 'kde'"),
+        (dict(estimators=("mine",)), "estimators: unknown estimator 'mine'"),
         (dict(estimators=("bin1",)), "estimators: unknown estimator 'bin1'"),
         (dict(bits=1), "bits: 1 is not allowed"),
         (dict(bits=17), "bits: 17 is not allowed"),
