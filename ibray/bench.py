@@ -160,14 +160,15 @@ def network_macs(architecture: str, inputs: int = 784, classes: int = 10) -> tup
     """Multiply-adds of one sample's forward pass: (all layers, the first layer alone).
 
     Conv: 3x3 kernels over 26x26 (1 -> 2 channels), then 11x11 (2 -> 2), dense 50 -> 16."""
-    from ibray.models import CONV_CHANNELS, CONV_DENSE, dense_widths
+    from ibray.config import hidden_widths
+    from ibray.models import CONV_CHANNELS, CONV_DENSE
 
     if architecture == "conv":
         first = 26 * 26 * CONV_CHANNELS * 9
         widths = [CONV_CHANNELS * 5 * 5, CONV_DENSE, classes]
         rest = 11 * 11 * CONV_CHANNELS * CONV_CHANNELS * 9 + sum(a * b for a, b in zip(widths, widths[1:]))
         return first + rest, first
-    widths = [inputs, *dense_widths(architecture), classes]
+    widths = [inputs, *hidden_widths(architecture), classes]
     macs = [a * b for a, b in zip(widths, widths[1:])]
     return sum(macs), macs[0]
 

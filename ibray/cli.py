@@ -48,14 +48,16 @@ def _trial_parser(sub) -> None:
 
 
 def _config_from_args(args):
-    """The TrialConfig of the `trial` flags: every flag named like a config field sets it."""
+    """The TrialConfig of the `trial` flags (every flag named like a config field sets it), its
+    data file pinned."""
     import dataclasses
 
     from ibray.config import TrialConfig
+    from ibray.data import pin_dataset
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrialConfig)}
     values["estimators"] = tuple(e.strip() for e in args.estimators.split(",") if e.strip())
-    return TrialConfig(**values)
+    return pin_dataset(TrialConfig(**values))
 
 
 def _run_trial(args) -> int:

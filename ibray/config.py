@@ -2,9 +2,9 @@
 
 A trial is one point of a sweep's grid: one data set, architecture, activation and bit width,
 trained for a block of seeds at once. Every name here is also a sweep-file key, a Tune config
-key and (for the axes) a Parquet column. A data file named as `dataset` is pinned here, when
-the config is made (its path and SHA-256 become part of the value), which with the per-field
-checks makes this module longer than most (about 400 lines).
+key and (for the axes) a Parquet column. A data file named as `dataset` is named by the
+grammar of ibray.data_names and pinned by ibray.data (this module reads no file); the
+per-field checks make it longer than most (about 400 lines).
 """
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-DATASETS = ("synthetic12", "szt", "mnist")
-# A data set may also be a file the user names (see data_file); these are the types read.
-DATA_FILE_TYPES = (".npz", ".parquet", ".csv")
-TABLE_TYPES = (".parquet", ".csv")  # these take a label column; a .npz has arrays x and y
-DEFAULT_LABEL_COLUMN = "label"
+from ibray.data_names import (
+    DATA_FILE_TYPES,
+    DATASETS,
+    DEFAULT_LABEL_COLUMN,
+    DataFile,
+    data_file,
+    dataset_label,
+)
+
 # architecture -> the data-set family it fits ("synthetic": 12 binary inputs, "mnist": images).
 # Dense networks of any shape are named by their hidden widths ('10-7-5-4-3') and fit every
 # data set; conv needs images and so fits mnist only.
@@ -76,62 +80,9 @@ MAX_WIDTH = 1024  # neurons per hidden layer
 MAX_HIDDEN_LAYERS = 32
 MAX_HIDDEN_WEIGHTS = 2**20  # weights between consecutive hidden layers, summed (per seed)
 _WIDTHS = re.compile(r"^\d+(-\d+)*$")
-_SHA256 = re.compile(r"^(?P<rest>.*)@(?P<sha256>[0-9a-fA-F]{64})$")
 
 
-@dataclass(frozen=True)
-class DataFile:
-    """A data set given as a file: the parts of its `dataset` value (see TrialConfig)."""
-
-    path: str  # as given (made absolute when the config is made)
-    label_column: str | None  # the label column named in the value (tables), None if not named
-    sha256: str | None  # SHA-256 of the file's bytes when pinned, else None
-
-    def identity(self, label_column: str) -> str:
-        """The pinned value: absolute path, a table's non-default label column, the content hash."""
-        return f"{self.path}{self.column_suffix(label_column)}@{self.sha256}"
-
-    def label(self, label_column: str) -> str:
-        """A short name for reports: file name, a table's non-default label column, 8 hex digits."""
-        digest = f"@{self.sha256[:8]}" if self.sha256 else ""
-        return f"{os.path.basename(self.path)}{self.column_suffix(label_column)}{digest}"
-
-    def column_suffix(self, label_column: str) -> str:
-        """'#<column>' for a table whose labels are not in 'label'; '' otherwise."""
-        return f"#{label_column}" if self.suffix in TABLE_TYPES and label_column != DEFAULT_LABEL_COLUMN else ""
-
-    @property
-    def suffix(self) -> str:
-        return os.path.splitext(self.path)[1].lower()
-
-
-def data_file(value) -> DataFile | None:
-    """The file a `dataset` value names, or None for a built-in name (or something that is
-    neither). A value names a file when it holds a path separator or a file extension; it may
-    end in '#<label column>' (tables) and '@<SHA-256>' (pinned), as pinned values do."""
-    if not isinstance(value, str) or value in DATASETS:
-        return None
-    sha256 = None
-    pinned = _SHA256.match(value)
-    if pinned:
-        value, sha256 = pinned.group("rest"), pinned.group("sha256").lower()
-    column = None
-    # '#' only separates a label column after a known file type: 'data#1.csv' is a file name
-    match = re.match(r"^(?P<path>.*\.(?:parquet|csv))#(?P<column>[^#@]+)$", value, re.IGNORECASE)
-    if match:
-        value, column = match.group("path"), match.group("column")
-    if "/" not in value and os.sep not in value and not os.path.splitext(value)[1]:
-        return None
-    return DataFile(value, column, sha256)
-
-
-def dataset_label(dataset: str, label_column: str = DEFAULT_LABEL_COLUMN) -> str:
-    """How reports name a data set: a built-in's name, or 'file.npz@1a2b3c4d' for a file."""
-    file = data_file(dataset)
-    return dataset if file is None else file.label(file.label_column or label_column)
-
-
-def dense_widths(architecture: str) -> tuple[int, ...]:
+def custom_widths(architecture: str) -> tuple[int, ...]:
     """The hidden widths of a custom dense architecture such as '10-7-5-4-3', checked against
     the bounds above; raises ConfigError naming the problem."""
     if not isinstance(architecture, str) or not _WIDTHS.match(architecture):
@@ -164,6 +115,29 @@ def dense_widths(architecture: str) -> tuple[int, ...]:
 
 class ConfigError(ValueError):
     """A configuration value is not allowed; the message says which and what is allowed."""
+
+
+# The study's dense networks by name: hidden-layer widths (the softmax output comes on top);
+# conv's layers are described in ibray.models. Any other dense network is named by its widths.
+DENSE_WIDTHS = {
+    "syn": (10, 7, 5, 4, 3),
+    "bottleneck2": (16, 8, 4, 2),
+    "bottleneck4": (16, 12, 8, 4),
+    "hourglass": (16, 8, 4, 2, 4, 8),
+    "4x10": (10, 10, 10, 10),
+}
+CONV_HIDDEN_LAYERS = 3  # conv: two convolutions (each pooled) and a dense layer
+
+
+def hidden_widths(architecture: str) -> tuple[int, ...]:
+    """Hidden widths of a dense network: a named one of the study's, or '10-7-5-4-3' alike."""
+    return DENSE_WIDTHS[architecture] if architecture in DENSE_WIDTHS else custom_widths(architecture)
+
+
+def layer_count(architecture: str) -> int:
+    """Layers whose output T is measured: the hidden layers and the softmax output."""
+    hidden = CONV_HIDDEN_LAYERS if architecture == "conv" else len(hidden_widths(architecture))
+    return hidden + 1
 
 
 def binning_bins(estimator: str) -> int | None:
@@ -215,11 +189,12 @@ def parse_seeds(text: str | int | list | tuple) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """One trial. A data file given as `dataset` is pinned when the config is made: the value
-    becomes the file's absolute path (relative paths are taken from the working directory),
-    its label column when not 'label', and the SHA-256 of its bytes, e.g.
-    '/home/me/my.csv#target@<64 hex digits>'. The file is read and checked then (DataError
-    when it is not usable); a pinned value is taken as it is, and loading it checks the hash."""
+    """One trial. A data file given as `dataset` becomes its absolute path (relative paths are
+    taken from the working directory) with its label column when not 'label'. Pinning it, the
+    SHA-256 of its bytes appended ('/home/me/my.csv#target@<64 hex digits>'), is a separate,
+    explicit step that reads the file (`ibray.data.pin_dataset`, taken by the sweep loader and
+    `ibray trial`): the config reads no file. A pinned value is taken as it is, and loading it
+    checks the hash; only a config whose file is pinned has a trial id."""
 
     dataset: str = "synthetic12"  # synthetic12 (offline), szt, mnist, or a .npz (x, y) / .parquet / .csv file
     architecture: str = "syn"  # one of ARCHITECTURES, or hidden widths such as '10-7-5-4-3'
@@ -261,12 +236,6 @@ class TrialConfig:
         if file is not None:
             object.__setattr__(self, "dataset", self._normalised(file))
         self.validate()
-        file = data_file(self.dataset)
-        if file is not None and file.sha256 is None:
-            from ibray.data import load_dataset  # reads the file: only configs that name one pay
-
-            pinned = load_dataset(self.dataset, None, self.train_fraction, self.split_seed, self.label_column)
-            object.__setattr__(self, "dataset", pinned.name)
 
     def _normalised(self, file: DataFile) -> str:
         """The value with an absolute path and the label column folded in (before checks)."""
@@ -300,7 +269,7 @@ class TrialConfig:
         if not isinstance(self.label_column, str) or not self.label_column or set(self.label_column) & set("#@"):
             raise ConfigError(f"label_column: {self.label_column!r} is not allowed; give a column name without '#' or '@' (default 'label')")
         if self.architecture not in ARCHITECTURES:
-            dense_widths(self.architecture)
+            custom_widths(self.architecture)
         one_of("activation", self.activation, ACTIVATIONS)
         one_of("init", self.init, INITS)
         one_of("range_tracking", self.range_tracking, RANGE_TRACKING)
@@ -385,6 +354,12 @@ class TrialConfig:
         The estimators' parameters (LATER_FIELDS) enter it only where they depart from their
         defaults, for the same reason.
         """
+        file = data_file(self.dataset)
+        if file is not None and file.sha256 is None:
+            raise ConfigError(
+                f"dataset: {self.dataset!r} is not pinned, so the trial has no id yet; pin it first "
+                f"(ibray.data.pin_dataset reads the file and appends its SHA-256)"
+            )
         values = self.to_dict()
         for key in ("device", "write_every", "label_column"):
             values.pop(key)
@@ -474,5 +449,5 @@ def field_help() -> dict[str, str]:
 
 __all__ = [
     "TrialConfig", "ConfigError", "DataFile", "parse_seeds", "binning_bins", "adaptive_bins", "data_file", "dataset_label",
-    "dense_widths", "field_type",
+    "custom_widths", "hidden_widths", "layer_count", "field_type",
 ]

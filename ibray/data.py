@@ -13,6 +13,7 @@ can fix raises `DataError`, whose message says what is wrong and how to fix it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -22,13 +23,16 @@ import urllib.request
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from ibray.config import DATA_FILE_TYPES, DATASETS, DEFAULT_LABEL_COLUMN, data_file
+from ibray.data_names import DATA_FILE_TYPES, DATASETS, DEFAULT_LABEL_COLUMN, data_file
 from ibray.data_files import load_file
 from ibray.dataset import DataError, Dataset, stratified_split
 from ibray.records import replace_atomically
+
+ConfigT = TypeVar("ConfigT")  # a TrialConfig: this module stands below the config
 
 __all__ = ["DataError", "Dataset", "data_dir", "download", "load_dataset", "stratified_split"]
 
@@ -116,6 +120,18 @@ def load_dataset(
         x, y = synthetic12()
     train_idx, test_idx = stratified_split(y, train_fraction, split_seed)
     return Dataset(name, x, y, train_idx, test_idx, n_classes=2, image_shape=None)
+
+
+def pin_dataset(config: ConfigT) -> ConfigT:
+    """`config` (a TrialConfig) with its data file pinned: the file is read and checked
+    (DataError when it is not usable) and its value gets the SHA-256 of its bytes. A built-in
+    data set, or a value pinned already, comes back as it is, without reading anything. The
+    sweep loader and `ibray trial` take this step; the config itself reads no file."""
+    file = data_file(config.dataset)
+    if file is None or file.sha256 is not None:
+        return config
+    loaded = load_dataset(config.dataset, None, config.train_fraction, config.split_seed, config.label_column)
+    return dataclasses.replace(config, dataset=loaded.name)
 
 
 # ---------------------------------------------------------------- synthetic12

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ibray.config import DATA_FILE_TYPES, DEFAULT_LABEL_COLUMN, DataFile
+from ibray.data_names import DATA_FILE_TYPES, DEFAULT_LABEL_COLUMN, DataFile
 from ibray.dataset import DataError, Dataset, stratified_split
 
 # Data files. The output layer has a neuron per class, so labels are a small set 0..K-1.

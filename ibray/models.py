@@ -17,33 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ibray.config import FLOAT_BITS
-from ibray.config import dense_widths as custom_widths
+from ibray.config import FLOAT_BITS, hidden_widths
 from ibray.device import LANES, pad_to_lanes
 from ibray.quantization import Quantizer, straight_through
 
-# Hidden-layer widths (softmax output added on top); conv is described by CONV_LAYERS. Any
-# other dense network is named by its widths, e.g. '10-7-5-4-3' (see dense_widths).
-DENSE_WIDTHS = {
-    "syn": (10, 7, 5, 4, 3),
-    "bottleneck2": (16, 8, 4, 2),
-    "bottleneck4": (16, 12, 8, 4),
-    "hourglass": (16, 8, 4, 2, 4, 8),
-    "4x10": (10, 10, 10, 10),
-}
 CONV_CHANNELS = 2  # both conv layers: 3x3 kernels, 2 channels, ReLU, then 2x2 max-pooling
 CONV_DENSE = 16  # the dense layer after the convolutions (16 in the authors' code; 20 in the text)
-
-
-def dense_widths(architecture: str) -> tuple[int, ...]:
-    """Hidden widths of a dense network: a named one of the study's, or '10-7-5-4-3' alike."""
-    return DENSE_WIDTHS[architecture] if architecture in DENSE_WIDTHS else custom_widths(architecture)
-
-
-def layer_count(architecture: str) -> int:
-    """Layers whose output T is measured: the hidden layers and the softmax output."""
-    hidden = 3 if architecture == "conv" else len(dense_widths(architecture))  # conv: 2 conv + dense
-    return hidden + 1
 
 
 def _identity(values: torch.Tensor) -> torch.Tensor:
@@ -203,7 +182,7 @@ class BatchedNetwork(nn.Module):
                 self.layers[-1] = LayerSpec(f"conv{number}", "conv", CONV_CHANNELS * side_h * side_w)
             widths, previous = (CONV_DENSE,), CONV_CHANNELS * side_h * side_w
         else:
-            widths, previous = dense_widths(architecture), inputs
+            widths, previous = hidden_widths(architecture), inputs
         for number, width in enumerate(widths, start=1):
             self._add_dense(f"dense{number}", previous, width)
             previous = width

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ibray.config import TrialConfig, binning_bins
-from ibray.data import Dataset, load_dataset
+from ibray.data import Dataset, load_dataset, pin_dataset
 from ibray.measure import Measurement
 from ibray.records import (
     TRIAL_FILE,
@@ -120,6 +120,7 @@ def run_trial(
     started = time.perf_counter()
     out = out if is_uri(out) else Path(out)
     if dataset is None:
+        config = pin_dataset(config)  # a data file named but not pinned yet: read and pinned here
         dataset = load_dataset(config.dataset, data_dir, config.train_fraction, config.split_seed)
     if state is not None:
         ranges = state.get("global_ranges")
@@ -226,6 +227,7 @@ def run_resumable(
     Returns None when `out` already holds this trial, complete (nothing is redone).
     """
     out = Path(out)
+    config = pin_dataset(config)
     dataset = load_dataset(config.dataset, data_dir, config.train_fraction, config.split_seed)
     info = read_trial_info(out)
     state = None

@@ -49,7 +49,7 @@ from ibray.config import (
     field_type,
     parse_seeds,
 )
-from ibray.data import DataError
+from ibray.data import DataError, pin_dataset
 from ibray.records import TrialStateError, join, read_trial_info, resolve
 
 # Sweep-level keys (not TrialConfig fields): what each means and its default.
@@ -485,6 +485,8 @@ class _Validator:
             probe.update({k: self.constants[k] if k in self.constants else self.axes[k][0] for k in DATA_READ_FIELDS if k in self.values})
         try:
             config = TrialConfig.from_dict(probe)
+            if key == "dataset":
+                config = pin_dataset(config)  # reads the file once, here, for every trial
         except DataError as error:
             self.error(key, str(error))
             return _BAD

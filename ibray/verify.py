@@ -25,8 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ibray.config import TrialConfig
-from ibray.models import layer_count
+from ibray.config import TrialConfig, layer_count
 from ibray.sweep_folder import SWEEP_FILE, TRIALS, TUNE, trial_statuses
 from ibray.records import (  # noqa: F401 (VerifyError: also imported from here)
     TABLES,

@@ -8,6 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 
+from ibray.data import pin_dataset
 from ibray.config import (
     MAX_HIDDEN_LAYERS,
     MAX_HIDDEN_WEIGHTS,
@@ -19,7 +20,7 @@ from ibray.config import (
     TrialConfig,
     data_file,
     dataset_label,
-    dense_widths,
+    custom_widths,
     parse_seeds,
 )
 
@@ -135,7 +136,7 @@ def test_the_built_in_trial_ids_are_as_before():
 def test_dense_widths_name_a_network_that_fits_every_data_set(dataset):
     config = TrialConfig(dataset=dataset, architecture="10-7-5-4-3")
     assert config.trial_id().startswith(f"{dataset}-10-7-5-4-3-tanh-8b-")
-    assert dense_widths("10-7-5-4-3") == (10, 7, 5, 4, 3) and dense_widths("1") == (1,)
+    assert custom_widths("10-7-5-4-3") == (10, 7, 5, 4, 3) and custom_widths("1") == (1,)
     assert TrialConfig(dataset=dataset, architecture="16").architecture == "16"
 
 
@@ -159,10 +160,10 @@ def test_dense_widths_outside_the_bounds_are_refused_with_the_reason(architectur
 
 
 def test_the_largest_allowed_networks_are_accepted():
-    assert dense_widths(f"{MAX_WIDTH}-1-{MAX_WIDTH}") == (MAX_WIDTH, 1, MAX_WIDTH)
+    assert custom_widths(f"{MAX_WIDTH}-1-{MAX_WIDTH}") == (MAX_WIDTH, 1, MAX_WIDTH)
     # exactly MAX_HIDDEN_WEIGHTS between the two layers
     assert TrialConfig(architecture=f"{MAX_WIDTH}-{MAX_HIDDEN_WEIGHTS // MAX_WIDTH}").architecture == "1024-1024"
-    assert len(dense_widths("-".join(["3"] * MAX_HIDDEN_LAYERS))) == MAX_HIDDEN_LAYERS
+    assert len(custom_widths("-".join(["3"] * MAX_HIDDEN_LAYERS))) == MAX_HIDDEN_LAYERS
 
 
 def write_table(path, rows: int = 30) -> None:
@@ -173,11 +174,16 @@ def test_a_data_file_is_pinned_to_its_absolute_path_and_sha256(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     np.savez(tmp_path / "my.npz", x=np.arange(40.0).reshape(20, 2), y=np.arange(20) % 2)
     sha = hashlib.sha256((tmp_path / "my.npz").read_bytes()).hexdigest()
-    config = TrialConfig(dataset="my.npz", architecture="4-2")
+    named = TrialConfig(dataset="my.npz", architecture="4-2")
+    assert named.dataset == f"{tmp_path}/my.npz"  # the config reads no file: not pinned yet
+    with pytest.raises(ConfigError, match=r"is not pinned, so the trial has no id yet; pin it first"):
+        named.trial_id()
+    config = pin_dataset(named)
     assert config.dataset == f"{tmp_path}/my.npz@{sha}"
     assert config.dataset_label == f"my.npz@{sha[:8]}"
     assert config.trial_id().startswith(f"my.npz-{sha[:8]}-4-2-tanh-8b-")
-    assert TrialConfig(dataset="./my.npz", architecture="4-2") == config  # the same file, however named
+    assert pin_dataset(TrialConfig(dataset="./my.npz", architecture="4-2")) == config  # the same file, however named
+    assert pin_dataset(config) is config and pin_dataset(TrialConfig()) == TrialConfig()  # nothing to read
     # a pinned value is taken as it is: a worker or `ibray verify` need not have the file
     (tmp_path / "my.npz").unlink()
     again = TrialConfig.from_dict(config.to_dict())
@@ -187,7 +193,7 @@ def test_a_data_file_is_pinned_to_its_absolute_path_and_sha256(tmp_path, monkeyp
 def test_a_tables_label_column_is_part_of_its_pinned_value(tmp_path):
     write_table(tmp_path / "t.csv")
     sha = hashlib.sha256((tmp_path / "t.csv").read_bytes()).hexdigest()
-    config = TrialConfig(dataset=str(tmp_path / "t.csv"), label_column="target")
+    config = pin_dataset(TrialConfig(dataset=str(tmp_path / "t.csv"), label_column="target"))
     assert config.dataset == f"{tmp_path}/t.csv#target@{sha}"
     assert config.dataset_label == f"t.csv#target@{sha[:8]}"
     assert TrialConfig.from_dict(config.to_dict()) == config
@@ -195,7 +201,7 @@ def test_a_tables_label_column_is_part_of_its_pinned_value(tmp_path):
         TrialConfig(dataset=config.dataset)
     # a .npz has arrays x and y: a sweep's label_column (for its tables) leaves it alone
     np.savez(tmp_path / "n.npz", x=np.arange(40.0).reshape(20, 2), y=np.arange(20) % 2)
-    assert "#" not in TrialConfig(dataset=str(tmp_path / "n.npz"), label_column="target").dataset
+    assert "#" not in pin_dataset(TrialConfig(dataset=str(tmp_path / "n.npz"), label_column="target")).dataset
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import yaml
 
 from ibray.cli import main
 from ibray.config import TrialConfig
-from ibray.data import DataError, load_dataset
+from ibray.data import DataError, load_dataset, pin_dataset
 from ibray.sweep import SweepError, check_data_unchanged, load_sweep
 from ibray.run import run_trial
 
@@ -151,7 +151,7 @@ def test_a_custom_network_seed_does_not_depend_on_its_batch_mates(tmp_path, monk
 
 def test_a_trial_refuses_a_file_that_changed_since_it_was_set_up(tmp_path):
     write_npz(tmp_path / "blobs.npz")
-    config = TrialConfig(dataset=str(tmp_path / "blobs.npz"), architecture="4-2", epochs=1)
+    config = pin_dataset(TrialConfig(dataset=str(tmp_path / "blobs.npz"), architecture="4-2", epochs=1))
     before = config.dataset.rsplit("@", 1)[1]
     write_npz(tmp_path / "blobs.npz", seed=3)
     with pytest.raises(DataError) as refused:

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from ibray.models import DENSE_WIDTHS, BatchedNetwork, activation_function, dense_widths, layer_count
+from ibray.config import DENSE_WIDTHS, hidden_widths, layer_count
+from ibray.models import BatchedNetwork, activation_function
 
 MNIST = dict(inputs=784, classes=10, image_shape=(28, 28))
 
@@ -130,7 +131,7 @@ def test_a_custom_dense_network_has_the_widths_it_is_named_by():
     assert layer_count("9-5-3-2") == 5 and layer_count("1") == 2
     # the study's networks keep their names and widths
     assert [layer_count(a) for a in ("syn", "bottleneck2", "hourglass", "conv")] == [6, 5, 7, 4]
-    assert dense_widths("syn") == DENSE_WIDTHS["syn"] == (10, 7, 5, 4, 3)
+    assert hidden_widths("syn") == DENSE_WIDTHS["syn"] == (10, 7, 5, 4, 3)
 
 
 def test_custom_slots_are_independent_networks():

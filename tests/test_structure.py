@@ -36,3 +36,49 @@ def test_only_the_launch_wing_imports_ray():
 def test_analysis_never_imports_ibray():
     offenders = [p.name for p in modules("analysis") if any(n == "ibray" or n.startswith("ibray.") for n in imports(p))]
     assert offenders == []
+
+
+def module_graph() -> dict[str, set[str]]:
+    """ibray's and analysis' modules and the project modules each imports."""
+    names = {}
+    for path in modules("ibray") + modules("analysis"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        names[name] = path
+    graph = {}
+    for name, path in names.items():
+        targets = set()
+        for imported in imports(path):
+            while imported and imported not in names:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name and imported not in ("ibray", "analysis"):
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def test_no_import_circle():
+    graph = module_graph()
+    state, circles = {}, []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                circles.append(path[path.index(target) :] + [target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert circles == []
+
+
+def test_verify_and_the_sweep_loader_start_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, ibray.verify, ibray.sweep, ibray.config; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert loaded.stdout.strip() == "[]"
