@@ -26,7 +26,7 @@ import torch
 from ibray.config import TrialConfig, binning_bins
 from ibray.device import compiled, pad_to_lanes
 from ibray.estimators import Settings, estimated_information
-from ibray.models import BatchedNetwork, ForwardPass
+from ibray.models import BatchedNetwork
 from ibray.mutual_information import bin_codes, device_layer_information, float_codes, layer_information
 
 OVERLAP_SEEDS = 8  # from this many seeds on, measurements run beside the training

@@ -141,88 +141,52 @@ class ForwardPass:
 
 
 class BatchedNetwork(nn.Module):
+    """What every engine shares: the seeds' parameters in one row, per-seed initialisation,
+    the quantizers and their calibration. `batched_network` builds the engine an architecture
+    needs: DenseNetwork (features-major, a hand-written backward pass) or ConvNetwork."""
+
+    features_major = False  # dense networks run (seeds, neurons, samples); see DenseNetwork
+
     def __init__(
         self,
-        architecture: str,
         activation: str,
-        inputs: int,
         classes: int,
         bits: int,
         seeds: int,
         init: str = "truncated_normal",
         tracking: str = "epoch",
         ema_decay: float = 0.999,
-        image_shape: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
-        self.architecture = architecture
         self.activation = activation_function(activation)
         self.derivative = activation_derivative(activation)
-        # Dense networks run features-major, (seeds, neurons, samples): a layer is then a
-        # batched product of a small weight matrix with a long one, which MKL does several
-        # times faster than the samples-major product; and they train with a hand-written
-        # backward pass (`gradient`) instead of autograd's graph of many small operations.
-        self.features_major = architecture != "conv"
         self.seeds = seeds
         self.classes = classes
         self.init = init
         self.quantized = bits != FLOAT_BITS
-        self.image_shape = image_shape
         self._shapes: list[tuple[int, ...]] = []  # per layer: weight shape, then bias shape
         self.layers: list[LayerSpec] = []
-        if architecture == "conv":
-            if image_shape is None:
-                raise ValueError("the conv network needs image inputs")
-            side_h, side_w = image_shape
-            channels_in = 1
-            for number in (1, 2):
-                self._add_conv(f"conv{number}", channels_in, CONV_CHANNELS)
-                side_h, side_w = (side_h - 2) // 2, (side_w - 2) // 2
-                channels_in = CONV_CHANNELS
-                self.layers[-1] = LayerSpec(f"conv{number}", "conv", CONV_CHANNELS * side_h * side_w)
-            widths, previous = (CONV_DENSE,), CONV_CHANNELS * side_h * side_w
-        else:
-            widths, previous = hidden_widths(architecture), inputs
-        for number, width in enumerate(widths, start=1):
-            self._add_dense(f"dense{number}", previous, width)
-            previous = width
-        self._add_dense("output", previous, classes)
+        self._bits, self._tracking, self._ema_decay = bits, tracking, ema_decay
+
+    def _finish(self) -> None:
+        """Once the engine added its layers: the parameter row and the quantizers."""
         # All of a seed's weights and biases in one row: the optimizer updates one tensor, not
         # two per layer (per-tensor overhead dominates small networks).
         self._sizes = [math.prod(shape) for shape in self._shapes]
-        self.flat = nn.Parameter(torch.zeros(seeds, sum(self._sizes)))
+        self.flat = nn.Parameter(torch.zeros(self.seeds, sum(self._sizes)))
         self._kept_tensors: tuple | None = None
-        self._patches: dict = {}  # the conv layers' patches, by shape (see _kept_patches)
+        self._patches: dict = {}  # the conv layers' patches, by shape (see ConvNetwork._kept_patches)
         self.quantizers = nn.ModuleList(
-            Quantizer(bits, seeds, tracking, ema_decay) for _ in self.layers
+            Quantizer(self._bits, self.seeds, self._tracking, self._ema_decay) for _ in self.layers
         ) if self.quantized else None
 
     def _add_dense(self, name: str, fan_in: int, fan_out: int) -> None:
         self._shapes += [(fan_in, fan_out), (1, fan_out)]
         self.layers.append(LayerSpec(name, "dense", fan_out))
 
-    def _add_conv(self, name: str, channels_in: int, channels_out: int) -> None:
-        self._shapes += [(channels_out, channels_in, 3, 3), (channels_out,)]
-        self.layers.append(LayerSpec(name, "conv", 0))
-
     def _views(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per layer, the weights and biases as (seeds, ...) views of the one parameter row."""
         return self._kept("views", lambda: self._views_of(self.flat))
-
-    def _transposed_views(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per layer, the weights (seeds, out, in) and biases (seeds, out, 1) as the
-        features-major pass multiplies with them: transposed views of the parameter row."""
-        return self._kept("transposed", lambda: tuple([t.transpose(1, 2) for t in part] for part in self._views_of(self.flat)))
-
-    def _gradient_buffer(self) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """A tensor shaped like the parameter row for `gradient` to write (every entry, every
-        step), with its per-layer weight views and bias views (seeds, out, 1)."""
-        def make():
-            buffer = torch.empty_like(self.flat)
-            weights, biases = self._views_of(buffer)
-            return buffer, weights, [bias.transpose(1, 2) for bias in biases]
-
-        return self._kept("gradient", make)
 
     def _kept(self, name: str, make):
         """`make()`'s tensors, made once per parameter storage and kept where that is safe:
@@ -284,21 +248,6 @@ class BatchedNetwork(nn.Module):
             for quantizer in self.quantizers:
                 quantizer.reset(torch.tensor([slot], device=quantizer.low.device))
 
-    def eval_chunk(self, features: int, limit: int = 8192) -> int:
-        """Samples per forward chunk of a pass over a whole data set, a multiple of LANES.
-
-        Dense networks: as many as keep the widest layer's output over all seeds near 2^21
-        floats (8 MB), so that each of a chunk's tensors stays in the caches and below glibc's
-        mmap threshold (a fresh tensor of 45 MB, MNIST's first layer over 70,000 samples and 10
-        seeds, is paid for in page faults by every operation that makes one: the whole data set
-        at once took 0.60 s against 0.37 s in chunks, at 10 seeds). Conv: at most `limit`, and a chunk's 3x3 patches of the input
-        near 2^24 floats over all seeds (nine times its pixels)."""
-        if self.features_major:
-            per_sample = self.seeds * max(spec.width for spec in self.layers)
-            return max(LANES, 2**21 // per_sample // LANES * LANES)
-        per_sample = features * 9 * self.seeds
-        return max(LANES, min(limit, (2**24 // per_sample) // LANES * LANES))
-
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor, slots: list[int], chunk: int | None = None) -> None:
         """Set the quantizer ranges of seed `slots` to their layers' min/max over `x` (the
@@ -340,62 +289,64 @@ class BatchedNetwork(nn.Module):
             return values, None
         return self.quantizers[index](values, valid, batch_dim=batch_dim)
 
-    def _kept_patches(self, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """A tensor for a conv layer's patches, kept per shape (a fresh one of tens of MB each
-        mini-batch costs more in page faults than filling it). Its contents last until the next
-        pass of the same shape: the backward pass of a training step, which needs them, comes
-        first."""
-        key = (shape, dtype, device)
-        if key not in self._patches:
-            self._patches[key] = torch.empty(shape, dtype=dtype, device=device)
-        return self._patches[key]
-
-    def _conv(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """3x3 'valid' convolution of (S, C, B, H, W), channels first, with per-seed kernels
-        (S, out, C, 3, 3): (S, out, B, H-2, W-2).
-
-        As patches times kernels, one batched matrix product (like the dense layers), rather
-        than a grouped convolution, whose kernels round a seed's sums differently by its group.
-        Channels first, the nine shifted views stack straight into the product's layout and its
-        result is already the next layer's: F.unfold's per-sample loop and the transposing
-        copies around it were most of a conv epoch.
-        """
-        _, channels, batch, side_h, side_w = hidden.shape  # images shared by all seeds: (1, C, B, H, W)
-        seeds = weight.shape[0]
-        taps = [hidden[..., di : di + side_h - 2, dj : dj + side_w - 2] for di in range(3) for dj in range(3)]
-        if hidden.requires_grad:
-            patches = torch.stack(taps, dim=2)  # (S or 1, C, 9, B, H-2, W-2)
-        else:  # nine copies into a kept tensor: torch.stack of strided views is several times slower
-            patches = self._kept_patches(hidden.shape[:2] + (9,) + taps[0].shape[2:], hidden.dtype, hidden.device)
-            for tap, view in zip(taps, patches.unbind(2)):
-                view.copy_(tap)
-        if patches.shape[0] == 1 and seeds > 1:  # patches shared by all seeds
-            out = _shared_input_layer(weight.reshape(seeds, weight.shape[1], -1), bias.unsqueeze(-1), patches.view(channels * 9, -1))
-        else:
-            out = torch.baddbmm(bias.unsqueeze(-1), weight.reshape(seeds, weight.shape[1], -1), patches.view(seeds, channels * 9, -1))
-        return out.view(seeds, weight.shape[1], batch, side_h - 2, side_w - 2)
-
-    @staticmethod
-    def _pool(hidden: torch.Tensor) -> torch.Tensor:
-        """2x2 max-pooling of (S, C, B, H, W) (odd sides: the last row or column dropped).
-
-        Where no gradient is taken, as the larger of four strided views: the same values, at a
-        fraction of the cost of torch's pooling kernel on many tiny planes. With a gradient,
-        torch's (it routes each window's gradient to its first maximum, as the study's)."""
-        seeds, channels, batch, side_h, side_w = hidden.shape
-        if hidden.requires_grad:
-            pooled = F.max_pool2d(hidden.reshape(seeds * channels * batch, side_h, side_w), 2)
-            return pooled.view(seeds, channels, batch, *pooled.shape[1:])
-        high, wide = side_h // 2 * 2, side_w // 2 * 2
-        rows = torch.maximum(hidden[..., 0:high:2, :wide], hidden[..., 1:high:2, :wide])
-        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
-
     def _loss_log_probs(self, log_probs: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """What the loss sees: the log of the quantized probabilities `probs`, with the gradient
         of the float log-softmax (straight-through); the float ones for a float network."""
         if self.quantizers is None:
             return log_probs
         return straight_through(log_probs, torch.log(probs.detach().clamp_min(_LOG_EPSILON)))
+
+    def eval_chunk(self, features: int, limit: int = 8192) -> int:
+        """Samples per forward chunk of a pass over a whole data set (a multiple of LANES)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, valid: int | None = None) -> ForwardPass:
+        raise NotImplementedError
+
+
+class DenseNetwork(BatchedNetwork):
+    """Dense networks (the study's named ones and any hidden widths), features-major,
+    (seeds, neurons, samples): a layer is then a batched product of a small weight matrix with
+    a long one, which MKL does several times faster than the samples-major product; they train
+    with a hand-written backward pass (`gradient`) instead of autograd's graph of many small
+    operations."""
+
+    features_major = True
+
+    def __init__(self, architecture: str, activation: str, inputs: int, classes: int, bits: int, seeds: int, **options) -> None:
+        super().__init__(activation, classes, bits, seeds, **options)
+        self.architecture = architecture
+        previous = inputs
+        for number, width in enumerate(hidden_widths(architecture), start=1):
+            self._add_dense(f"dense{number}", previous, width)
+            previous = width
+        self._add_dense("output", previous, classes)
+        self._finish()
+
+    def _transposed_views(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, the weights (seeds, out, in) and biases (seeds, out, 1) as the
+        features-major pass multiplies with them: transposed views of the parameter row."""
+        return self._kept("transposed", lambda: tuple([t.transpose(1, 2) for t in part] for part in self._views_of(self.flat)))
+
+    def _gradient_buffer(self) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """A tensor shaped like the parameter row for `gradient` to write (every entry, every
+        step), with its per-layer weight views and bias views (seeds, out, 1)."""
+        def make():
+            buffer = torch.empty_like(self.flat)
+            weights, biases = self._views_of(buffer)
+            return buffer, weights, [bias.transpose(1, 2) for bias in biases]
+
+        return self._kept("gradient", make)
+
+    def eval_chunk(self, features: int, limit: int = 8192) -> int:
+        """Samples per forward chunk of a pass over a whole data set, a multiple of LANES: as
+        many as keep the widest layer's output over all seeds near 2^21 floats (8 MB), so that
+        each of a chunk's tensors stays in the caches and below glibc's mmap threshold (a fresh
+        tensor of 45 MB, MNIST's first layer over 70,000 samples and 10 seeds, is paid for in
+        page faults by every operation that makes one: the whole data set at once took 0.60 s
+        against 0.37 s in chunks, at 10 seeds)."""
+        per_sample = self.seeds * max(spec.width for spec in self.layers)
+        return max(LANES, 2**21 // per_sample // LANES * LANES)
 
     def _dense_trace(
         self, x: torch.Tensor, valid: int | None, quantize_output: bool = True, keep: bool = True
@@ -473,43 +424,143 @@ class BatchedNetwork(nn.Module):
 
         valid: only the first `valid` samples of the batch count for the quantizer ranges
         (the rest is padding)."""
-        if self.features_major:
-            trace = self._dense_trace(x, valid, keep=False)
-            return ForwardPass(
-                trace.log_probs.transpose(1, 2),
-                [v.transpose(1, 2) for v in trace.values],
-                [c.transpose(1, 2) if c is not None else None for c in trace.codes],
-            )
+        trace = self._dense_trace(x, valid, keep=False)
+        return ForwardPass(
+            trace.log_probs.transpose(1, 2),
+            [v.transpose(1, 2) for v in trace.values],
+            [c.transpose(1, 2) if c is not None else None for c in trace.codes],
+        )
+
+
+class ConvNetwork(BatchedNetwork):
+    """The study's conv network on images: two 3x3 convolutions of CONV_CHANNELS channels, each
+    followed by the activation, its quantizer and 2x2 max-pooling, a dense layer of CONV_DENSE
+    and the softmax output; channels first, (S, C, B, H, W), trained by autograd."""
+
+    def __init__(
+        self, activation: str, classes: int, bits: int, seeds: int, image_shape: tuple[int, int] | None, **options
+    ) -> None:
+        super().__init__(activation, classes, bits, seeds, **options)
+        if image_shape is None:
+            raise ValueError("the conv network needs image inputs")
+        self.architecture = "conv"
+        self.image_shape = image_shape
+        side_h, side_w = image_shape
+        channels_in = 1
+        for number in (1, 2):
+            self._add_conv(f"conv{number}", channels_in, CONV_CHANNELS)
+            side_h, side_w = (side_h - 2) // 2, (side_w - 2) // 2
+            channels_in = CONV_CHANNELS
+            self.layers[-1] = LayerSpec(f"conv{number}", "conv", CONV_CHANNELS * side_h * side_w)
+        self._add_dense("dense1", CONV_CHANNELS * side_h * side_w, CONV_DENSE)
+        self._add_dense("output", CONV_DENSE, classes)
+        self._finish()
+
+    def _add_conv(self, name: str, channels_in: int, channels_out: int) -> None:
+        self._shapes += [(channels_out, channels_in, 3, 3), (channels_out,)]
+        self.layers.append(LayerSpec(name, "conv", 0))
+
+    def eval_chunk(self, features: int, limit: int = 8192) -> int:
+        """Samples per forward chunk of a pass over a whole data set, a multiple of LANES: at
+        most `limit`, and a chunk's 3x3 patches of the input near 2^24 floats over all seeds
+        (nine times its pixels)."""
+        per_sample = features * 9 * self.seeds
+        return max(LANES, min(limit, (2**24 // per_sample) // LANES * LANES))
+
+    def _kept_patches(self, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A tensor for a conv layer's patches, kept per shape (a fresh one of tens of MB each
+        mini-batch costs more in page faults than filling it). Its contents last until the next
+        pass of the same shape: the backward pass of a training step, which needs them, comes
+        first."""
+        key = (shape, dtype, device)
+        if key not in self._patches:
+            self._patches[key] = torch.empty(shape, dtype=dtype, device=device)
+        return self._patches[key]
+
+    def _conv(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """3x3 'valid' convolution of (S, C, B, H, W), channels first, with per-seed kernels
+        (S, out, C, 3, 3): (S, out, B, H-2, W-2).
+
+        As patches times kernels, one batched matrix product (like the dense layers), rather
+        than a grouped convolution, whose kernels round a seed's sums differently by its group.
+        Channels first, the nine shifted views stack straight into the product's layout and its
+        result is already the next layer's: F.unfold's per-sample loop and the transposing
+        copies around it were most of a conv epoch.
+        """
+        _, channels, batch, side_h, side_w = hidden.shape  # images shared by all seeds: (1, C, B, H, W)
+        seeds = weight.shape[0]
+        taps = [hidden[..., di : di + side_h - 2, dj : dj + side_w - 2] for di in range(3) for dj in range(3)]
+        if hidden.requires_grad:
+            patches = torch.stack(taps, dim=2)  # (S or 1, C, 9, B, H-2, W-2)
+        else:  # nine copies into a kept tensor: torch.stack of strided views is several times slower
+            patches = self._kept_patches(hidden.shape[:2] + (9,) + taps[0].shape[2:], hidden.dtype, hidden.device)
+            for tap, view in zip(taps, patches.unbind(2)):
+                view.copy_(tap)
+        if patches.shape[0] == 1 and seeds > 1:  # patches shared by all seeds
+            out = _shared_input_layer(weight.reshape(seeds, weight.shape[1], -1), bias.unsqueeze(-1), patches.view(channels * 9, -1))
+        else:
+            out = torch.baddbmm(bias.unsqueeze(-1), weight.reshape(seeds, weight.shape[1], -1), patches.view(seeds, channels * 9, -1))
+        return out.view(seeds, weight.shape[1], batch, side_h - 2, side_w - 2)
+
+    @staticmethod
+    def _pool(hidden: torch.Tensor) -> torch.Tensor:
+        """2x2 max-pooling of (S, C, B, H, W) (odd sides: the last row or column dropped).
+
+        Where no gradient is taken, as the larger of four strided views: the same values, at a
+        fraction of the cost of torch's pooling kernel on many tiny planes. With a gradient,
+        torch's (it routes each window's gradient to its first maximum, as the study's)."""
+        seeds, channels, batch, side_h, side_w = hidden.shape
+        if hidden.requires_grad:
+            pooled = F.max_pool2d(hidden.reshape(seeds * channels * batch, side_h, side_w), 2)
+            return pooled.view(seeds, channels, batch, *pooled.shape[1:])
+        high, wide = side_h // 2 * 2, side_w // 2 * 2
+        rows = torch.maximum(hidden[..., 0:high:2, :wide], hidden[..., 1:high:2, :wide])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+    def forward(self, x: torch.Tensor, valid: int | None = None) -> ForwardPass:
+        """x: (S, B, pixels), or (B, pixels) shared by all seeds (the MI pass).
+
+        valid: only the first `valid` samples of the batch count for the quantizer ranges
+        (the rest is padding)."""
         seeds, batch = self.seeds, x.shape[-2]
+        weights, biases = self._views()
         values: list[torch.Tensor] = []
         codes: list[torch.Tensor | None] = []
-        hidden = x
+        # flat images -> (S, 1, B, H, W), channels first; shared by all seeds: (1, 1, B, H, W)
+        hidden = x.reshape(-1, 1, batch, *self.image_shape)
+        for index in (0, 1):  # the convolutions, each quantized, then pooled
+            out = self.activation(self._conv(hidden, weights[index], biases[index]))
+            out, code = self._quantize(index, out, valid, batch_dim=2)
+            # Max-pooling commutes with the monotone quantizer: the pooled values' codes are the
+            # pooled codes.
+            hidden = self._pool(out)
+            values.append(hidden.transpose(1, 2).reshape(seeds, batch, -1))  # (S, B, C x H x W)
+            pooled_codes = self.quantizers[index].codes_of(hidden.detach()) if code is not None else None
+            codes.append(pooled_codes.transpose(1, 2).reshape(seeds, batch, -1) if code is not None else None)
+        hidden = values[-1]
+        hidden, code = self._quantize(2, self.activation(torch.baddbmm(biases[2], hidden, weights[2])), valid)
+        values.append(hidden)
+        codes.append(code)
+        log_probs = torch.log_softmax(torch.baddbmm(biases[3], hidden, weights[3]), dim=-1)
+        probs, code = self._quantize(3, log_probs.exp(), valid)
+        values.append(probs)
+        codes.append(code)
+        return ForwardPass(self._loss_log_probs(log_probs, probs), values, codes)
 
-        def flat(images: torch.Tensor) -> torch.Tensor:  # (S, C, B, H, W) -> (S, B, C x H x W)
-            return images.transpose(1, 2).reshape(seeds, batch, -1)
-
-        for index, (spec, weight, bias) in enumerate(zip(self.layers, *self._views())):
-            if spec.kind == "conv":
-                if hidden.dim() <= 3:  # flat images -> (S, 1, B, H, W), channels first; shared: (1, 1, B, H, W)
-                    hidden = hidden.reshape(-1, 1, batch, *self.image_shape)
-                out = self.activation(self._conv(hidden, weight, bias))
-                out, code = self._quantize(index, out, valid, batch_dim=2)
-                # Max-pooling commutes with the monotone quantizer: the pooled values' codes are
-                # the pooled codes.
-                hidden = self._pool(out)
-                values.append(flat(hidden))
-                codes.append(flat(self.quantizers[index].codes_of(hidden.detach())) if code is not None else None)
-                continue
-            if hidden.dim() > 3:
-                hidden = flat(hidden)
-            pre = torch.baddbmm(bias, hidden, weight)
-            if spec.name == "output":
-                log_probs = torch.log_softmax(pre, dim=-1)
-                probs, code = self._quantize(index, log_probs.exp(), valid)
-                values.append(probs)
-                codes.append(code)
-                return ForwardPass(self._loss_log_probs(log_probs, probs), values, codes)
-            hidden, code = self._quantize(index, self.activation(pre), valid)
-            values.append(hidden)
-            codes.append(code)
-        raise AssertionError("the output layer is always last")
+def batched_network(
+    architecture: str,
+    activation: str,
+    inputs: int,
+    classes: int,
+    bits: int,
+    seeds: int,
+    init: str = "truncated_normal",
+    tracking: str = "epoch",
+    ema_decay: float = 0.999,
+    image_shape: tuple[int, int] | None = None,
+) -> BatchedNetwork:
+    """The engine for `architecture`: ConvNetwork for 'conv', DenseNetwork for every other."""
+    options = dict(init=init, tracking=tracking, ema_decay=ema_decay)
+    if architecture == "conv":
+        return ConvNetwork(activation, classes, bits, seeds, image_shape, **options)
+    return DenseNetwork(architecture, activation, inputs, classes, bits, seeds, **options)

@@ -12,7 +12,7 @@ A Trainer keeps at most `threads` CPU threads busy: one trains, and with two or 
 measures while the next epoch trains (from measure.OVERLAP_SEEDS seeds on); with one, every
 measurement runs inline. The numbers are the same either way, bit for bit.
 
-Dense networks train through their hand-written backward pass (`BatchedNetwork.gradient`) and
+Dense networks train through their hand-written backward pass (`DenseNetwork.gradient`) and
 Adam's update, one call per mini-batch: with engine 'compiled' that call is compiled
 (`device.compiled`); the conv network trains through autograd.
 """
@@ -26,7 +26,7 @@ from ibray.config import TrialConfig
 from ibray.data import Dataset
 from ibray.device import LANES, compiled, pad_to_lanes, pick_device
 from ibray.measure import Measurement, Measurer
-from ibray.models import BatchedNetwork
+from ibray.models import batched_network
 from ibray.optim import SeedAdam
 
 DEFAULT_THREADS = 2  # one thread trains, one measures: `ibray trial` on a machine of its own
@@ -72,7 +72,7 @@ class Trainer:
             config, x, labels, self.train_idx, test_idx, global_ranges, measure_mi, overlap=self.threads >= 2
         )
         seeds = len(config.seeds)
-        self.model = BatchedNetwork(
+        self.model = batched_network(
             config.architecture,
             config.activation,
             inputs=dataset.x.shape[1],

@@ -18,7 +18,7 @@ import torch
 
 from ibray.config import TrialConfig
 from ibray.device import compiled
-from ibray.models import BatchedNetwork
+from ibray.models import batched_network
 from ibray.run import run_trial
 
 COMPILED = dict(engine="compiled", learning_rate=0.01, batch_size=113, epochs=3, write_every=3)
@@ -33,7 +33,7 @@ def test_the_compiled_step_computes_the_eager_gradient():
     x, targets, valid = torch.randn(3, 128, 12) * 2, torch.randint(0, 2, (3, 113)), 113
     nets = []
     for _ in range(2):
-        net = BatchedNetwork("syn", "tanh", 12, 2, bits=8, seeds=3).train()
+        net = batched_network("syn", "tanh", 12, 2, bits=8, seeds=3).train()
         for slot in range(3):
             net.init_slot(slot, torch.Generator().manual_seed(slot))
         nets.append(net)

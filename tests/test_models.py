@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from ibray.config import DENSE_WIDTHS, hidden_widths, layer_count
-from ibray.models import BatchedNetwork, activation_function
+from ibray.models import ConvNetwork, DenseNetwork, activation_function, batched_network
 
 MNIST = dict(inputs=784, classes=10, image_shape=(28, 28))
 
 
 def network(architecture, bits=8, seeds=2, **kwargs):
     shape = MNIST if architecture != "syn" else dict(inputs=12, classes=2)
-    net = BatchedNetwork(architecture, "relu" if architecture != "syn" else "tanh", bits=bits, seeds=seeds, **shape, **kwargs)
+    net = batched_network(architecture, "relu" if architecture != "syn" else "tanh", bits=bits, seeds=seeds, **shape, **kwargs)
     for slot in range(seeds):
         net.init_slot(slot, torch.Generator().manual_seed(slot))
     return net
@@ -84,7 +84,7 @@ def test_slots_are_independent_networks():
     x = torch.rand(3, 50, 12)
     together = network("syn", seeds=3).train()(x)
     for slot in range(3):
-        alone = BatchedNetwork("syn", "tanh", 12, 2, bits=8, seeds=1)
+        alone = batched_network("syn", "tanh", 12, 2, bits=8, seeds=1)
         alone.init_slot(0, torch.Generator().manual_seed(slot))
         result = alone.train()(x[slot : slot + 1])
         assert torch.equal(result.log_probs[0], together.log_probs[slot])
@@ -121,7 +121,7 @@ def test_calibrated_ranges_do_not_depend_on_the_chunk_size(architecture):
 
 
 def test_a_custom_dense_network_has_the_widths_it_is_named_by():
-    net = BatchedNetwork("9-5-3-2", "relu", inputs=7, classes=3, bits=4, seeds=2)
+    net = batched_network("9-5-3-2", "relu", inputs=7, classes=3, bits=4, seeds=2)
     for slot in range(2):
         net.init_slot(slot, torch.Generator().manual_seed(slot))
     result = net.train()(torch.rand(2, 40, 7))
@@ -137,12 +137,12 @@ def test_a_custom_dense_network_has_the_widths_it_is_named_by():
 def test_custom_slots_are_independent_networks():
     torch.manual_seed(1)
     x = torch.rand(3, 50, 6)
-    together = BatchedNetwork("12-3", "tanh", 6, 4, bits=8, seeds=3)
+    together = batched_network("12-3", "tanh", 6, 4, bits=8, seeds=3)
     for slot in range(3):
         together.init_slot(slot, torch.Generator().manual_seed(slot))
     shared = together.train()(x)
     for slot in range(3):
-        alone = BatchedNetwork("12-3", "tanh", 6, 4, bits=8, seeds=1)
+        alone = batched_network("12-3", "tanh", 6, 4, bits=8, seeds=1)
         alone.init_slot(0, torch.Generator().manual_seed(slot))
         result = alone.train()(x[slot : slot + 1])
         assert torch.equal(result.log_probs[0], shared.log_probs[slot])
@@ -158,7 +158,7 @@ def test_the_hand_written_backward_pass_equals_autograd(activation, bits):
     x, targets, valid = torch.randn(3, 48, 12) * 2, torch.randint(0, 2, (3, 40)), 40
     nets = []
     for _ in range(2):
-        net = BatchedNetwork("syn", activation, 12, 2, bits=bits, seeds=3)
+        net = batched_network("syn", activation, 12, 2, bits=bits, seeds=3)
         for slot in range(3):
             net.init_slot(slot, torch.Generator().manual_seed(slot))
         nets.append(net.train())
@@ -173,3 +173,15 @@ def test_the_hand_written_backward_pass_equals_autograd(activation, bits):
         for mine, theirs in zip(by_hand.quantizers, by_autograd.quantizers):
             assert torch.equal(mine.low, theirs.low) and torch.equal(mine.high, theirs.high)
             assert torch.isfinite(mine.low).all()
+
+
+def test_each_architecture_gets_its_engine():
+    dense = batched_network("bottleneck2", "relu", 784, 10, bits=8, seeds=2)
+    conv = batched_network("conv", "relu", 784, 10, bits=8, seeds=2, image_shape=(28, 28))
+    assert type(dense) is DenseNetwork and dense.features_major and hasattr(dense, "gradient")
+    assert type(conv) is ConvNetwork and not conv.features_major and not hasattr(conv, "gradient")
+    assert [spec.name for spec in conv.layers] == ["conv1", "conv2", "dense1", "output"]
+    assert [spec.width for spec in conv.layers] == [2 * 13 * 13, 2 * 5 * 5, 16, 10]
+    assert [spec.width for spec in dense.layers] == [16, 8, 4, 2, 10]
+    with pytest.raises(ValueError, match="the conv network needs image inputs"):
+        batched_network("conv", "relu", 784, 10, bits=8, seeds=1)
