@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -187,6 +186,12 @@ def parse_seeds(text: str | int | list | tuple) -> tuple[int, ...]:
     return tuple(seeds)
 
 
+def described(default, meaning: str):
+    """A config field with its default and its meaning (with units), which `ibray trial --help`
+    shows: one place, so the flags' help cannot drift from the config."""
+    return dataclasses.field(default=default, metadata={"help": meaning})
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """One trial. A data file given as `dataset` becomes its absolute path (relative paths are
@@ -196,34 +201,34 @@ class TrialConfig:
     `ibray trial`): the config reads no file. A pinned value is taken as it is, and loading it
     checks the hash; only a config whose file is pinned has a trial id."""
 
-    dataset: str = "synthetic12"  # synthetic12 (offline), szt, mnist, or a .npz (x, y) / .parquet / .csv file
-    architecture: str = "syn"  # one of ARCHITECTURES, or hidden widths such as '10-7-5-4-3'
-    activation: str = "tanh"  # hidden-layer activation, one of ACTIVATIONS
-    bits: int = 8  # quantization bits per neuron, 2..16, or 32 for the float32 network
-    seeds: tuple[int, ...] = (0,)  # repetitions trained together as one batched model, e.g. 0-9 or 0,3,5-7
-    estimators: tuple[str, ...] = ("exact",)  # any of exact, bin<n> (e.g. bin30), abin<n> (bins of equal counts), kde, kde_lower, knn, edge
-    epochs: int = 100  # training epochs on the true labels
-    prefit_epochs: int = 0  # epochs on shuffled training labels before training (appendix D)
-    learning_rate: float = 1e-4  # Adam step size
-    batch_size: int = 256  # samples per mini-batch
-    mi_every: int = 1  # epochs between MI and accuracy measurements
-    init: str = "truncated_normal"  # weights: truncated normal, std 1/sqrt(width); or glorot
-    range_tracking: str = "epoch"  # quantizer range: min/max over the epoch, EMA, or batch
-    ema_decay: float = 0.999  # decay of the moving-average range (range_tracking=moving_average)
-    bin_bounds: str = "global"  # binning range: per run (global), per layer and epoch, fixed
-    bin_range: tuple[float, float] = (-1.0, 1.0)  # the range when bin_bounds == 'fixed'
-    kde_noise_var: float | None = None  # kde, kde_lower: noise variance s2 in squared activation units; None: 1e-1 on mnist, 1e-3 otherwise (Saxe et al.)
-    knn_k: int = 3  # knn: neighbours k
-    estimator_samples: int = 4096  # kde, kde_lower, knn: at most this many samples (one fixed random subset; all when fewer)
-    min_train_acc: float = 0.55  # a seed below this training accuracy at restart_epoch reruns
-    restart_epoch: int = 1000  # training epoch at which dead seeds are detected
-    max_restarts: int = 10  # give up on a seed after this many restarts
-    train_fraction: float = 0.8  # synthetic sets and files: stratified train share (MNIST: 60k/10k)
-    split_seed: int = 0  # seed of the stratified train/test split (fixed for a study)
-    label_column: str = DEFAULT_LABEL_COLUMN  # .csv/.parquet files: the labels' column (others ignore it)
-    write_every: int = 50  # epochs between Parquet writes (and checkpoints, in sweeps)
-    device: str = "auto"  # 'auto' (CUDA when present), 'cpu' or 'cuda'
-    engine: str = "eager"  # 'eager' (op by op) or 'compiled' (dense nets: training step through torch.compile, faster after a compilation of ~15 s per batch shape; needs a C++ compiler; other last bits)
+    dataset: str = described("synthetic12", "synthetic12 (offline), szt, mnist, or a .npz (x, y) / .parquet / .csv file")
+    architecture: str = described("syn", "one of ARCHITECTURES, or hidden widths such as '10-7-5-4-3'")
+    activation: str = described("tanh", "hidden-layer activation, one of ACTIVATIONS")
+    bits: int = described(8, "quantization bits per neuron, 2..16, or 32 for the float32 network")
+    seeds: tuple[int, ...] = described((0,), "repetitions trained together as one batched model, e.g. 0-9 or 0,3,5-7")
+    estimators: tuple[str, ...] = described(("exact",), "any of exact, bin<n> (e.g. bin30), abin<n> (bins of equal counts), kde, kde_lower, knn, edge")
+    epochs: int = described(100, "training epochs on the true labels")
+    prefit_epochs: int = described(0, "epochs on shuffled training labels before training (appendix D)")
+    learning_rate: float = described(1e-4, "Adam step size")
+    batch_size: int = described(256, "samples per mini-batch")
+    mi_every: int = described(1, "epochs between MI and accuracy measurements")
+    init: str = described("truncated_normal", "weights: truncated normal, std 1/sqrt(width); or glorot")
+    range_tracking: str = described("epoch", "quantizer range: min/max over the epoch, EMA, or batch")
+    ema_decay: float = described(0.999, "decay of the moving-average range (range_tracking=moving_average)")
+    bin_bounds: str = described("global", "binning range: per run (global), per layer and epoch, fixed")
+    bin_range: tuple[float, float] = described((-1.0, 1.0), "the range when bin_bounds == 'fixed'")
+    kde_noise_var: float | None = described(None, "kde, kde_lower: noise variance s2 in squared activation units; None: 1e-1 on mnist, 1e-3 otherwise (Saxe et al.)")
+    knn_k: int = described(3, "knn: neighbours k")
+    estimator_samples: int = described(4096, "kde, kde_lower, knn: at most this many samples (one fixed random subset; all when fewer)")
+    min_train_acc: float = described(0.55, "a seed below this training accuracy at restart_epoch reruns")
+    restart_epoch: int = described(1000, "training epoch at which dead seeds are detected")
+    max_restarts: int = described(10, "give up on a seed after this many restarts")
+    train_fraction: float = described(0.8, "synthetic sets and files: stratified train share (MNIST: 60k/10k)")
+    split_seed: int = described(0, "seed of the stratified train/test split (fixed for a study)")
+    label_column: str = described(DEFAULT_LABEL_COLUMN, ".csv/.parquet files: the labels' column (others ignore it)")
+    write_every: int = described(50, "epochs between Parquet writes (and checkpoints, in sweeps)")
+    device: str = described("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'")
+    engine: str = described("eager", "'eager' (op by op) or 'compiled' (dense nets: training step through torch.compile, faster after a compilation of ~15 s per batch shape; needs a C++ compiler; other last bits)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", parse_seeds(self.seeds))
@@ -436,14 +441,12 @@ def field_type(key: str) -> type:
 
 
 def field_help() -> dict[str, str]:
-    """Each TrialConfig field's comment above (its meaning and unit): `ibray trial --help` shows
-    them, so the flags and their help cannot drift from the config."""
-    source = inspect.getsource(TrialConfig)
-    comments = {m.group(1): m.group(2).strip() for m in re.finditer(r"^    (\w+): [^\n=]+=.*?  # (.*)$", source, re.M)}
+    """Each TrialConfig field's meaning and unit (its `described` metadata), with the lists it
+    names spelled out: `ibray trial --help` shows them."""
     named = {"ARCHITECTURES": ARCHITECTURES, "ACTIVATIONS": ACTIVATIONS}
     return {
-        name: re.sub(r"one of ([A-Z]+)\b", lambda m: "one of " + ", ".join(named[m.group(1)]), text)
-        for name, text in comments.items()
+        field.name: re.sub(r"one of ([A-Z]+)\b", lambda m: "one of " + ", ".join(named[m.group(1)]), field.metadata["help"])
+        for field in dataclasses.fields(TrialConfig)
     }
 
 

@@ -19,8 +19,9 @@ hands it to Tune as it is.
 A data file named by `dataset` (a path, relative ones taken from the working directory) is
 read, checked and pinned once, when the file is validated: every trial of the sweep gets the
 same value, the file's absolute path and SHA-256 (see TrialConfig), so all of them train on
-the same bytes and a trial that finds the file changed is refused. `check_data_unchanged`
-refuses to go on with a sweep's folder whose trials were pinned to other bytes.
+the same bytes and a trial that finds the file changed is refused. `check_data_unchanged` (in
+ibray.sweep_folder, which reads results folders) refuses to go on with a sweep's folder whose
+trials were pinned to other bytes.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import yaml
 
 from ibray.config import (
@@ -50,7 +50,6 @@ from ibray.config import (
     parse_seeds,
 )
 from ibray.data import DataError, pin_dataset
-from ibray.records import TrialStateError, join, read_trial_info, resolve
 
 # Sweep-level keys (not TrialConfig fields): what each means and its default.
 SWEEP_KEYS = {
@@ -533,36 +532,6 @@ class _Validator:
 
 
 _BAD = object()
-
-
-def check_data_unchanged(spec: SweepSpec, folder: str) -> None:
-    """Refuse to continue a sweep in `folder` (a path or URI) whose trials were pinned to data
-    files other than the spec's: a file that changed (or moved) since the sweep started would
-    give new trials beside the old ones, two versions of the data in one sweep.
-
-    Reads every `<folder>/trials/*/trial.json`; raises SweepError naming the file, both hashes
-    and the fix. Built-in data sets are left alone (their downloads are checksummed)."""
-    ours = {v for v in spec._values("dataset") if data_file(v) is not None}
-    filesystem, inner = resolve(join(folder, "trials"))
-    entries = filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
-    for entry in sorted(entries, key=lambda e: e.base_name):
-        if entry.type != pafs.FileType.Directory:
-            continue
-        try:
-            info = read_trial_info(join(folder, "trials", entry.base_name))
-            dataset = (info.get("config") or {}).get("dataset") if info else None
-        except (TrialStateError, AttributeError):
-            continue  # a damaged record: the trial runs again and rewrites it
-        old = data_file(dataset)
-        if old is None or old.sha256 is None or dataset in ours:
-            continue
-        now = next((data_file(v) for v in sorted(ours) if data_file(v).path == old.path), None)
-        found = f"it now has SHA-256 {now.sha256[:12]}..." if now else f"this run reads {', '.join(sorted(dataset_label(v) for v in ours)) or 'no data file'} instead"
-        raise SweepError(
-            f"{folder}: sweep {spec.name!r} started on the data file {old.path} with SHA-256 {old.sha256[:12]}... "
-            f"(trial {entry.base_name}), but {found}: the file changed or moved since; put that version back at "
-            f"that path, or pass --overwrite to start the sweep over on the file as it is now"
-        )
 
 
 def _is_list_of_lists(value) -> bool:

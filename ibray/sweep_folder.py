@@ -24,7 +24,8 @@ import yaml
 
 from ibray.driver_lock import LOCK_FILE
 from ibray.records import TrialStateError, is_uri, join, read_text, read_trial_info, resolve
-from ibray.sweep import SweepError, SweepSpec, check_data_unchanged, parse_sweep
+from ibray.data_names import data_file, dataset_label
+from ibray.sweep import SweepError, SweepSpec, parse_sweep
 
 SWEEP_FILE = "sweep.yaml"
 TRIALS = "trials"
@@ -147,3 +148,33 @@ def clear_sweep_folder(folder: str) -> None:
             filesystem.delete_dir(entry.path)
         else:
             filesystem.delete_file(entry.path)
+
+
+def check_data_unchanged(spec: SweepSpec, folder: str) -> None:
+    """Refuse to continue a sweep in `folder` (a path or URI) whose trials were pinned to data
+    files other than the spec's: a file that changed (or moved) since the sweep started would
+    give new trials beside the old ones, two versions of the data in one sweep.
+
+    Reads every `<folder>/trials/*/trial.json`; raises SweepError naming the file, both hashes
+    and the fix. Built-in data sets are left alone (their downloads are checksummed)."""
+    ours = {v for v in spec._values("dataset") if data_file(v) is not None}
+    filesystem, inner = resolve(join(folder, "trials"))
+    entries = filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    for entry in sorted(entries, key=lambda e: e.base_name):
+        if entry.type != pafs.FileType.Directory:
+            continue
+        try:
+            info = read_trial_info(join(folder, "trials", entry.base_name))
+            dataset = (info.get("config") or {}).get("dataset") if info else None
+        except (TrialStateError, AttributeError):
+            continue  # a damaged record: the trial runs again and rewrites it
+        old = data_file(dataset)
+        if old is None or old.sha256 is None or dataset in ours:
+            continue
+        now = next((data_file(v) for v in sorted(ours) if data_file(v).path == old.path), None)
+        found = f"it now has SHA-256 {now.sha256[:12]}..." if now else f"this run reads {', '.join(sorted(dataset_label(v) for v in ours)) or 'no data file'} instead"
+        raise SweepError(
+            f"{folder}: sweep {spec.name!r} started on the data file {old.path} with SHA-256 {old.sha256[:12]}... "
+            f"(trial {entry.base_name}), but {found}: the file changed or moved since; put that version back at "
+            f"that path, or pass --overwrite to start the sweep over on the file as it is now"
+        )

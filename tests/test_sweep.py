@@ -4,6 +4,7 @@ the file, the key, the value and what is allowed, and `ibray validate` exits 2 o
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import pytest
 from ibray.cli import main
 from ibray.config import TrialConfig
 from ibray.data import DataError, load_dataset
-from ibray.sweep import SweepError, check_data_unchanged, load_sweep, parse_sweep
+from ibray.sweep import SweepError, load_sweep, parse_sweep
+from ibray.sweep_folder import check_data_unchanged
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -296,7 +298,18 @@ def test_a_data_file_pinned_by_hand_is_checked_when_it_loads(tmp_path):
 
 def test_a_sweep_folder_without_trials_has_nothing_to_compare(tmp_path):
     np.savez(tmp_path / "a.npz", x=np.arange(60.0).reshape(30, 2), y=np.arange(30) % 3)
-    check_data_unchanged(parse_sweep(f"dataset: {tmp_path}/a.npz\n"), str(tmp_path / "absent"))
+    spec = parse_sweep(f"dataset: {tmp_path}/a.npz\n")
+    for folder in (tmp_path / "absent", tmp_path / "empty"):  # no folder, and one without trials/
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        assert check_data_unchanged(spec, str(folder)) is None
+    assert not (tmp_path / "absent").exists() and list((tmp_path / "empty").iterdir()) == []  # nothing made
+    # the same folder with a trial of another version of the file is refused: the check looks
+    trial = tmp_path / "empty" / "trials" / "t1"
+    trial.mkdir(parents=True)
+    other = f"{tmp_path}/a.npz@{'0' * 64}"
+    (trial / "trial.json").write_text(json.dumps({"trial": "t1", "status": "running", "config": {"dataset": other}}))
+    with pytest.raises(SweepError, match=r"started on the data file .*a.npz with SHA-256 000000000000\.\.\."):
+        check_data_unchanged(spec, str(tmp_path / "empty"))
 
 
 def test_unbounded_sweep_files_are_refused_quickly_in_one_readable_line(tmp_path, capsys):
