@@ -26,6 +26,7 @@ from ibray.data_names import (
     data_file,
     dataset_label,
 )
+from ibray.errors import ConfigError
 
 # architecture -> the data-set family it fits ("synthetic": 12 binary inputs, "mnist": images).
 # Dense networks of any shape are named by their hidden widths ('10-7-5-4-3') and fit every
@@ -112,8 +113,6 @@ def custom_widths(architecture: str) -> tuple[int, ...]:
     return widths
 
 
-class ConfigError(ValueError):
-    """A configuration value is not allowed; the message says which and what is allowed."""
 
 
 # The study's dense networks by name: hidden-layer widths (the softmax output comes on top);

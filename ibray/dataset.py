@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-class DataError(Exception):
-    """A data set is missing, unreadable or malformed; the message says how to fix it."""
+from ibray.errors import DataError  # noqa: F401 (imported from here too)
 
 
 # eq=False: generated __eq__/__hash__ would compare arrays element-wise and fail.

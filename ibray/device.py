@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from ibray.config import ConfigError
+from ibray.errors import ConfigError
 
 LANES = 16  # floats per AVX-512 register: batches and chunks are padded to a multiple
 

@@ -18,9 +18,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Protocol
 
+from ibray.errors import SweepError
 from ibray.records import join, read_text, resolve, write_text_atomic
-from ibray.sweep import SweepError, SweepSpec
 
 LOCK_FILE = "driver.lock"
 HEARTBEAT_S = 5.0  # the running driver rewrites its lock this often
@@ -28,6 +29,13 @@ STALE_AFTER_S = 60.0  # a lock whose heartbeat is older belongs to a dead driver
 # Two drivers that both found no lock both write one; the one whose write came last sees its
 # own token after this pause, the other sees a foreign one and backs off.
 SETTLE_S = 0.5
+
+
+class Sweep(Protocol):
+    """What the lock needs of a sweep (a SweepSpec): its name and its file."""
+
+    name: str
+    path: str
 
 
 class DriverLock:
@@ -38,7 +46,7 @@ class DriverLock:
     on Ctrl-C or an error, stops it and deletes the lock if it is still this driver's.
     """
 
-    def __init__(self, spec: SweepSpec, folder: str) -> None:
+    def __init__(self, spec: Sweep, folder: str) -> None:
         self.spec = spec
         self.path = join(folder, LOCK_FILE)
         self.token = uuid.uuid4().hex

@@ -38,6 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ibray.errors import TrialStateError, VerifyError  # noqa: F401 (imported from here too)
+
 AXES = [
     ("sweep", pa.string()),  # sweep name ('' for a bare `ibray trial`)
     ("trial", pa.string()),  # trial id (TrialConfig.trial_id)
@@ -168,8 +170,6 @@ def read_text(path: str | Path) -> str | None:
 TRIAL_FILE = "trial.json"
 
 
-class TrialStateError(RuntimeError):
-    """A results folder or checkpoint that cannot be continued; the message says why."""
 
 TRIAL_LOCK = "trial.lock"  # in a trial folder written by `ibray trial`: who is writing it
 
@@ -220,10 +220,6 @@ def trial_lock(folder: str | Path):
         handle.close()  # closing releases the lock
 
 
-class VerifyError(ValueError):
-    """A path that holds no trial to verify; the message says what to pass instead (raised by
-    ibray.verify; defined here, beside the folder's other errors, so that the CLI can catch it
-    without importing Polars)."""
 
 
 def write_trial_info(

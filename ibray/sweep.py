@@ -50,6 +50,7 @@ from ibray.config import (
     parse_seeds,
 )
 from ibray.data import DataError, pin_dataset
+from ibray.errors import SweepError
 
 # Sweep-level keys (not TrialConfig fields): what each means and its default.
 SWEEP_KEYS = {
@@ -80,8 +81,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 NAME_RULE = "ASCII letters (A-Z, a-z), digits, '_', '.' and '-', starting with a letter or digit, at most 100 characters"
 
 
-class SweepError(ConfigError):
-    """A sweep file that cannot run; the message names the file, key, value and what is allowed."""
 
 
 @dataclass(frozen=True)

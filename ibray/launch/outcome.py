@@ -12,7 +12,7 @@ import json
 import re
 
 from ibray.config import TrialConfig
-from ibray.records import TrialStateError
+from ibray.errors import StrayTrialError  # noqa: F401 (imported from here too)
 
 DATA_ERROR = "data_error"  # the key of the one report of a trial that cannot load its data
 STORAGE_ERROR = "storage_error"  # ... and of one whose results root is full or read-only
@@ -40,8 +40,6 @@ def storage_fault(error: BaseException, where: str | None = None) -> str | None:
     return None
 
 
-class StrayTrialError(TrialStateError):
-    """Tune handed the trainable a config that is not one of its sweep's grid points."""
 
 
 def grid_key(trial: TrialConfig) -> str:
