@@ -22,18 +22,23 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import altair as alt
 import polars as pl
 
-from analysis import aggregate, charts, phases
+from analysis import aggregate, charts, compare, phases
 from analysis.aggregate import NETWORK, PLANE
 from analysis.load import FLOAT_BITS, REPETITION, Results, ResultsError, load
+from analysis.output import (  # noqa: F401 (OutputError, write_atomically: also imported from here)
+    OutputError,
+    check_writable_place,
+    nearest_existing,
+    refuse_inside_inputs,
+    write_atomically,
+)
 
 CSP = (
     "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
@@ -77,6 +82,7 @@ class Tables:
     progress: pl.DataFrame
     completeness: pl.DataFrame
     repeated_seeds: pl.DataFrame
+    referee: pl.DataFrame  # estimators against the exact values (compare.py); empty without both
 
 
 def compute(results: Results, threshold: float = phases.DEFAULT_THRESHOLD) -> Tables:
@@ -109,6 +115,7 @@ def compute(results: Results, threshold: float = phases.DEFAULT_THRESHOLD) -> Ta
             aggregate.progress(mi, results.trials),
             aggregate.completeness(stats),
             aggregate.repeated_seeds(metrics),
+            compare.referee(mi, threshold),
         ]
     )
     return Tables(*(frame.with_columns(pl.col(pl.Categorical).cast(pl.String)) for frame in frames))
@@ -342,6 +349,14 @@ def comparison_sections(tables: Tables) -> list[Section]:
     return sections
 
 
+def referee_sections(tables: Tables) -> list[Section]:
+    """The referee table, where some network has estimators besides exact."""
+    if tables.referee.height == 0:
+        return []
+    body = [f"<p>{esc(compare.legend())}</p>", html_table(compare.display(tables.referee))]
+    return [Section("estimators-vs-exact", "Estimators against the exact values", 2, body)]
+
+
 # --- page --------------------------------------------------------------------------------
 
 STYLE = """
@@ -437,7 +452,7 @@ def build_report(paths: list[str | Path], out: str | Path = "report.html", png_d
     tables = compute(results)
     if tables.mi_stats.height == 0:
         raise ResultsError(f"{', '.join(map(str, paths))}: the MI tables hold no rows; nothing to report")
-    sections = summary_sections(tables, results) + comparison_sections(tables) + group_sections(tables)
+    sections = summary_sections(tables, results) + referee_sections(tables) + comparison_sections(tables) + group_sections(tables)
     unique_slugs(sections)
     groups = tables.mi_stats.select(PLANE).unique().height
     repetitions = tables.progress.get_column("seeds_written").sum()
@@ -467,26 +482,6 @@ def write_pngs(figures: list[Figure], folder: Path) -> list[Path]:
     return written
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Make `path` hold `data`, or leave it as it was: written to a temporary file beside it,
-    flushed to disk, then renamed over it. A failure (a full disk) raises OutputError naming
-    the file, with the temporary file removed and an earlier file at `path` untouched."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        raise OutputError(
-            f"{path}: cannot be written ({error.strerror or error}); nothing was changed there, free space or pick another path"
-        ) from None
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ibray report", description="Build one self-contained HTML report from ibray results.")
     parser.add_argument("results", nargs="+", metavar="RESULTS", help="trial, sweep or results folders")
@@ -503,10 +498,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class OutputError(Exception):
-    """An output path the report cannot write; the message names it and what to give instead."""
-
-
 def check_outputs(output: str, png_dir: str | None, inputs: list[str] = ()) -> None:
     """Refuse -o and --png paths that cannot be written, before the report is built: either both
     can be written or nothing is (the HTML would otherwise be written before a bad --png fails);
@@ -515,11 +506,11 @@ def check_outputs(output: str, png_dir: str | None, inputs: list[str] = ()) -> N
     out = Path(output)
     for option, given in (("-o", output), ("--png", png_dir)):
         if given is not None:
-            _refuse_inside_inputs(option, given, inputs)
+            refuse_inside_inputs(option, given, inputs, ".html" if option == "-o" else "-png")
     try:
         if out.is_dir() or output.endswith(("/", os.sep)):
             raise OutputError(f"-o {output}: names a folder; give the HTML file to write, e.g. {out / 'report.html'}")
-        _check_writable_place("-o", output, _nearest_existing(out.absolute().parent))
+        check_writable_place("-o", output, nearest_existing(out.absolute().parent))
         if os.path.lexists(out) and not os.access(out, os.W_OK):
             raise OutputError(f"-o {output}: the file is read-only; pick another -o")
         if png_dir is None:
@@ -529,38 +520,9 @@ def check_outputs(output: str, png_dir: str | None, inputs: list[str] = ()) -> N
             raise OutputError(f"--png {png_dir}: the HTML file goes to {output}; give --png a folder of its own")
         if os.path.lexists(png) and not png.is_dir():
             raise OutputError(f"--png {png_dir}: is a file, not a folder; give a folder for the PNG files")
-        _check_writable_place("--png", png_dir, png if png.is_dir() else _nearest_existing(png.absolute()))
+        check_writable_place("--png", png_dir, png if png.is_dir() else nearest_existing(png.absolute()))
     except OSError as error:
         raise OutputError(f"{error.filename or output}: cannot be read ({error.strerror or error}); pick another output path") from None
-
-
-def _refuse_inside_inputs(option: str, given: str, inputs: list[str]) -> None:
-    target = Path(os.path.realpath(given))
-    for source in inputs:
-        if "://" in str(source):  # read from a remote store: a local output cannot be in it
-            continue
-        folder = Path(os.path.realpath(source))
-        if target == folder or folder in target.parents:
-            raise OutputError(
-                f"{option} {given}: is inside the results {source} that the report reads, and would replace or add "
-                f"files among them; write it outside, e.g. {option} {Path(source).name or 'results'}-report"
-                + (".html" if option == "-o" else "-png")
-            )
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not os.path.lexists(path):
-        path = path.parent
-    return path
-
-
-def _check_writable_place(option: str, given: str, folder: Path) -> None:
-    if not folder.is_dir():
-        raise OutputError(f"{option} {given}: {folder} is a file, so nothing can be made under it; pick another {option}")
-    try:  # a real attempt, not os.access: that says yes to root everywhere, /proc included
-        os.rmdir(tempfile.mkdtemp(prefix=".ibray-probe-", dir=folder))
-    except OSError as error:
-        raise OutputError(f"{option} {given}: cannot write in {folder} ({error.strerror or error}); pick another {option}") from None
 
 
 if __name__ == "__main__":

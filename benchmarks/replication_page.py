@@ -189,7 +189,7 @@ def slight(size: tuple[float, float]) -> bool:
 
 def sized(layers: list[int], sizes: dict[int, tuple[float, float]]) -> str:
     """'3 (0.10 of 11.79 bits), 5 (...)': each layer's compression and its peak I(X;T)."""
-    return ", ".join(f"{l} ({sizes[l][0]:.2f} of {sizes[l][1]:.2f} bits)" for l in layers) if layers else "none"
+    return ", ".join(f"{layer} ({sizes[layer][0]:.2f} of {sizes[layer][1]:.2f} bits)" for layer in layers) if layers else "none"
 
 
 def layers_text(layers: list[int]) -> str:
@@ -207,7 +207,7 @@ def claims_syn(n: Numbers, bits: int = 8) -> list[list[str]]:
         f"output layer fits and compresses: tanh {'yes' if output_ok[0] else 'no'}, ReLU {'yes' if output_ok[1] else 'no'}",
         verdict(all(output_ok), any(output_ok)),
     ])
-    hidden_fit = [[l for l in f if l < out[a]] for a, f in zip(("tanh", "relu"), fits)]
+    hidden_fit = [[layer for layer in f if layer < out[a]] for a, f in zip(("tanh", "relu"), fits)]
     rows.append([
         "Section 1: \"For the hidden layers, the fitting phase occurs for both Tanh and ReLU activations.\"",
         f"hidden layers with I(T;Y) rising > {THRESHOLD} bits: tanh {layers_text(hidden_fit[0])}; ReLU {layers_text(hidden_fit[1])}",
@@ -215,18 +215,18 @@ def claims_syn(n: Numbers, bits: int = 8) -> list[list[str]]:
     ])
     sizes = {a: n.compression_sizes(activation=a, bits=bits, estimator="exact", phase="train") for a in ("tanh", "relu")}
     last_hidden = out["tanh"] - 1
-    tanh_hidden = [l for l in both[0] if l < out["tanh"]]
-    others = [l for l in tanh_hidden if l != last_hidden]
+    tanh_hidden = [layer for layer in both[0] if layer < out["tanh"]]
+    others = [layer for layer in tanh_hidden if layer != last_hidden]
     rows.append([
         "Section 1, 4.1: \"When using Tanh in the hidden layers, compression is only observed in the last hidden layer.\"",
         f"tanh hidden layers compressing > {THRESHOLD} bits: {sized(tanh_hidden, sizes['tanh'])} (last hidden: {last_hidden})",
-        verdict(tanh_hidden == [last_hidden], last_hidden in tanh_hidden and all(slight(sizes["tanh"][l]) for l in others)),
+        verdict(tanh_hidden == [last_hidden], last_hidden in tanh_hidden and all(slight(sizes["tanh"][layer]) for layer in others)),
     ])
-    relu_hidden = [l for l in both[1] if l < out["relu"]]
+    relu_hidden = [layer for layer in both[1] if layer < out["relu"]]
     rows.append([
         "Section 1, 4.1: \"When using ReLU, we did not observe compression in the hidden layers\" (4.1: \"no or very little compression\").",
         f"ReLU hidden layers compressing > {THRESHOLD} bits: {sized(relu_hidden, sizes['relu'])}",
-        verdict(not relu_hidden, all(slight(sizes["relu"][l]) for l in relu_hidden)),
+        verdict(not relu_hidden, all(slight(sizes["relu"][layer]) for layer in relu_hidden)),
     ])
     violations, checked = n.dpi(bits=bits, estimator="exact")
     rows.append([
@@ -309,7 +309,7 @@ def claims_binning(n: Numbers) -> list[list[str]]:
         f"tanh layers compressing > {THRESHOLD} bits with 30 bins: {layers_text(tanh30)} of {tanh_layers}",
         verdict(len(tanh30) == tanh_layers, len(tanh30) > 1),
     ])
-    relu100 = [l for l in n.compressed(activation="relu", estimator="bin100", phase="train") if l < n.layers.get(("relu", 32, "bin100"), 0)]
+    relu100 = [layer for layer in n.compressed(activation="relu", estimator="bin100", phase="train") if layer < n.layers.get(("relu", 32, "bin100"), 0)]
     rows.append([
         "Appendix A: ReLU, 100 bins: \"the compression phase was not observed\" (Saxe et al.).",
         f"ReLU hidden layers compressing > {THRESHOLD} bits with 100 bins: {layers_text(relu100)}",
@@ -337,7 +337,7 @@ def claims_prefit(n: Numbers) -> list[list[str]]:
         output = n.layers[(activation, 8, "exact")]
         prefit = n.points.filter(pl.col("activation") == activation, pl.col("phase") == "prefit").sort("layer")
         change = {r["layer"]: r["mi_xt_end"][0] - r["mi_xt_start"][0] for r in prefit.iter_rows(named=True)}
-        rising = [l for l, d in change.items() if l < output and d > THRESHOLD]
+        rising = [layer for layer, d in change.items() if layer < output and d > THRESHOLD]
         # discernible: a hidden layer whose I(X;T) is below log2 N at some point of the prefit
         low = [r["layer"] for r in prefit.iter_rows(named=True) if r["layer"] < output and min(r["mi_xt_start"][0], r["mi_xt_end"][0]) < 12 - THRESHOLD]
         here = (
@@ -431,18 +431,18 @@ def claims_mnist_b2(n: Numbers) -> list[list[str]]:
         verdict(set(wanted) <= set(fits), output in fits and bool(set(wanted[:-1]) & set(fits))),
     ]]
     sizes = n.compression_sizes(**where)
-    hidden = [l for l in n.compressed(**where) if l < output]
+    hidden = [layer for layer in n.compressed(**where) if layer < output]
     peaks = {
         r["layer"]: r["mi_xt_peak_epoch"]
         for r in n.points.filter(*[pl.col(k) == v for k, v in where.items()]).iter_rows(named=True)
     }
-    around = [l for l in hidden if 1000 <= peaks[l] <= 2000]
-    detail = ", ".join(f"{l} from epoch {peaks[l]}: {sizes[l][0]:.2f} of {sizes[l][1]:.2f} bits" for l in hidden)
+    around = [layer for layer in hidden if 1000 <= peaks[layer] <= 2000]
+    detail = ", ".join(f"{layer} from epoch {peaks[layer]}: {sizes[layer][0]:.2f} of {sizes[layer][1]:.2f} bits" for layer in hidden)
     rows.append([
         "Section 4.2: \"Small compression phases are also observed in the ReLU layers around 1500 epochs\".",
         f"hidden layers whose I(X;T) falls > {THRESHOLD} bits after its peak: {detail or 'none'} "
         f"(around 1500: peak within epochs 1000-2000; small: under {SLIGHT:.0%} of the peak)",
-        verdict(bool(around) and around == hidden and all(slight(sizes[l]) for l in hidden), bool(hidden)),
+        verdict(bool(around) and around == hidden and all(slight(sizes[layer]) for layer in hidden), bool(hidden)),
     ])
     best, epoch = best_test_accuracy(n, "bottleneck2")
     rows.append([
@@ -504,13 +504,13 @@ def claims_mnist_e(n: Numbers, b2: Numbers | None) -> list[list[str]]:
             for r in n.tables.mi_stats.filter(pl.col("architecture") == architecture, pl.col("estimator") == "exact", pl.col("complete"))
             .group_by("layer").agg(pl.col("mi_xt_mean").min().alias("mi_xt_min")).iter_rows(named=True)
         }
-        trivial = [l for l in sorted(lows) if l < output and lows[l] >= LOG2_MNIST - NEAR_TRIVIAL]
-        hidden = [l for l in sorted(lows) if l < output]
+        trivial = [layer for layer in sorted(lows) if layer < output and lows[layer] >= LOG2_MNIST - NEAR_TRIVIAL]
+        hidden = [layer for layer in sorted(lows) if layer < output]
         rows.append([
             "Appendix E: 4x10 and Conv give \"almost completely trivial information curves\" in the hidden layers.",
             f"{architecture}: hidden layers whose mean I(X;T) stays within {NEAR_TRIVIAL} bits of log2 70000 = "
             f"{LOG2_MNIST:.2f} at every epoch: {layers_text(trivial)} of {layers_text(hidden)} "
-            f"(lowest: {min(lows[l] for l in hidden):.2f} bits)",
+            f"(lowest: {min(lows[layer] for layer in hidden):.2f} bits)",
             verdict(trivial == hidden, len(trivial) * 2 >= len(hidden)),
         ])
         compressing = output in n.compressed(architecture=architecture, **train)

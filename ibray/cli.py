@@ -217,6 +217,17 @@ def _run_report(argv: list[str]) -> int:
     return report_main(argv)
 
 
+def _compare_parser(sub) -> None:
+    # Listed by `ibray --help`; main() hands `ibray compare ...` to analysis.compare whole, as `report`.
+    sub.add_parser("compare", help="each estimator against the exact values: errors, DPI violations, phases", add_help=False)
+
+
+def _run_compare(argv: list[str]) -> int:
+    from analysis.compare import main as compare_main
+
+    return compare_main(argv)
+
+
 def _validate_parser(sub) -> None:
     v = sub.add_parser("validate", help="check a sweep file and print its grid (trials, seeds, seed-epochs)")
     v.add_argument("file", help="sweep file, e.g. sweeps/quickstart.yaml")
@@ -315,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_parser(sub)
     _verify_parser(sub)
     _report_parser(sub)
+    _compare_parser(sub)
     _validate_parser(sub)
     _sweep_parser(sub)
     return parser
@@ -324,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:  # analysis.report parses its own options and --help
         return _run_report(argv[1:])
+    if argv[:1] == ["compare"]:  # so does analysis.compare
+        return _run_compare(argv[1:])
     args = build_parser().parse_args(argv)
     from ibray.config import ConfigError
     from ibray.data import DataError

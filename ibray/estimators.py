@@ -9,7 +9,8 @@ X is uniform over the samples and T = f(X) is deterministic, so I(X;T) is an ent
   Gaussian noise of variance s2, as Saxe et al. (2018) used them. With D_ij = ||t_i - t_j||^2,
   I(X;T) = -(1/N) sum_i ln[(1/N) sum_j exp(-D_ij / (2 s2))], in [0, ln N]; the lower
   (Bhattacharyya) bound is the same with 8 s2. I(T;Y) = H(T) - sum_y p(y) H(T|Y=y), the same
-  bound on each class (the constants cancel). O(N^2 d) per seed, in blocks of rows.
+  bound on each class (the constants cancel). O(N^2 d) per seed, in blocks of rows; over the
+  distinct rows with their counts (the same sums, regrouped) where they are few.
 - `knn`: I(X;T) is a Kozachenko-Leonenko entropy of T (max-norm, k neighbours); I(T;Y) Ross
   (2014)'s estimator for a discrete Y (KSG's algorithm 1 within and across classes). A
   quantized layer ties (the k-th neighbour at distance 0, where ln 0 would give -inf): a point
@@ -40,6 +41,9 @@ SUBSAMPLE_SEED = 0  # the subset of samples the quadratic estimators see, the sa
 # caches); a few such tensors are alive at once, so the quadratic estimators never hold an
 # N x N matrix.
 BLOCK_ELEMENTS = 2**20
+# KDE sums over a seed's distinct rows (weighted by their counts) when they are fewer than this
+# share of the samples: (share)^2 of the pairwise cost, plus a sort of the rows.
+UNIQUE_SHARE = 0.7
 # EDGE's published defaults (Noshad et al.'s code, version 4.4.1, and its information-plane
 # experiment): an ensemble of 10 hashes, cell widths rising arithmetically over [eps, 1.1 eps],
 # the l-th hash shifted by l/L of its width, the median; each point's log ratio clipped at
@@ -107,32 +111,64 @@ def kde_information(values, labels, noise_var: float, lower: bool = False) -> tu
     KL upper bound, or with `lower` the Bhattacharyya lower bound (kernel width 8 s2 instead of
     2 s2; its d/2 ln(1/4) shift cancels in both differences). See the module docstring.
 
-    Per block of rows, one matrix product gives -D_ij / width (the rows extended by |t|^2 and
-    1), and a second the kernel sums per class (against the labels one-hot); their sum over
-    the classes is the sum over all. A point's own term exp(0) = 1 is its largest, so the sums
-    are at least 1 and need no log-sum-exp shift."""
+    Both are means over the points i of ln S_i = ln sum_j K_ij and ln S_i^y = ln sum_j K_ij
+    [y_j = y_i]. Equal rows have equal sums, so over the distinct rows u (counts c_u, c_uy):
+    S_u^y = sum_v K_uv c_vy, and the means are (1/N) sum_u c_u ln S_u and (1/N) sum_u sum_y
+    c_uy ln S_u^y. That is the same sum, regrouped (exact, not an approximation), and it costs
+    (distinct / N)^2 of the pairwise one: a quantized layer often has few distinct rows. Each
+    seed whose distinct rows are fewer than UNIQUE_SHARE N is computed so; the others (each row
+    its own, counts 1) together, batched. See `_kernel_sums` for the sums."""
     values, labels = _as_values(values), _as_labels(labels).to(values.device)
     seeds, samples, _ = values.shape
     width = (8.0 if lower else 2.0) * noise_var
     values = values - values.mean(dim=1, keepdim=True)  # smaller norms: less cancellation below
-    squares = values.square().sum(dim=2, keepdim=True)
-    ones = torch.ones_like(squares)
-    # rows (2 t_i, -|t_i|^2, -1) / width against columns (t_j, 1, |t_j|^2): -D_ij / width
-    rows = torch.cat([2 * values, -squares, -ones], dim=2) / width
-    columns = torch.cat([values, ones, squares], dim=2).transpose(1, 2)
     _, label_index, class_sizes = torch.unique(labels, return_inverse=True, return_counts=True)
     one_hot = torch.nn.functional.one_hot(label_index).to(values.dtype)  # (samples, classes)
-    by_class = torch.empty(seeds, samples, one_hot.shape[1], dtype=values.dtype, device=values.device)
-    for start, stop in _row_blocks(seeds, samples):
-        kernel = torch.bmm(rows[:, start:stop], columns).clamp_(max=0).exp_()
-        by_class[:, start:stop] = kernel @ one_hot
-    spread_all = by_class.sum(dim=2).log()  # ln sum_j K_ij
-    spread_class = by_class.gather(2, label_index.view(1, -1, 1).expand(seeds, -1, 1)).squeeze(2).log()
-    mi_xt = math.log(samples) - spread_all.mean(dim=1)
+    spread_all = torch.empty(seeds, dtype=values.dtype, device=values.device)  # mean of ln S_i
+    spread_class = torch.empty_like(spread_all)  # mean of ln S_i^{y_i}
+    pairwise = []
+    for seed in range(seeds):
+        rows, inverse, counts = torch.unique(values[seed], dim=0, return_inverse=True, return_counts=True)
+        if rows.shape[0] >= UNIQUE_SHARE * samples:
+            pairwise.append(seed)
+            continue
+        by_class = torch.zeros(rows.shape[0], one_hot.shape[1], dtype=values.dtype, device=values.device)
+        by_class.index_add_(0, inverse, one_hot)  # c_uy
+        sums = _kernel_sums(rows[None], by_class, width)[0]  # S_u^y
+        spread_all[seed] = (counts.to(values.dtype) * sums.sum(dim=1).log()).sum() / samples
+        # where c_uy = 0, S_u^y may be 0 and its log -inf: those terms are 0
+        spread_class[seed] = torch.where(by_class > 0, by_class * sums.log(), 0.0).sum() / samples
+    if pairwise:
+        index = torch.tensor(pairwise, device=values.device)
+        sums = _kernel_sums(values[index], one_hot, width)  # (seeds, samples, classes): S_i^y
+        spread_all[index] = sums.sum(dim=2).log().mean(dim=1)
+        own = sums.gather(2, label_index.view(1, -1, 1).expand(len(pairwise), -1, 1)).squeeze(2)
+        spread_class[index] = own.log().mean(dim=1)
+    mi_xt = math.log(samples) - spread_all
     # H(T) - sum_y p(y) H(T|y), each term a mean over the points of -ln (1/n) sum_j K_ij
-    class_share = torch.log(samples / class_sizes[label_index].to(values.dtype))
-    mi_ty = (class_share - spread_all + spread_class).mean(dim=1)
+    class_share = torch.log(samples / class_sizes[label_index].to(values.dtype)).mean()
+    mi_ty = class_share - spread_all + spread_class
     return _bits(mi_xt), _bits(mi_ty)
+
+
+def _kernel_sums(points: torch.Tensor, weights: torch.Tensor, width: float) -> torch.Tensor:
+    """sum_v exp(-|t_u - t_v|^2 / width) weights_vc for every point u: (seeds, points, columns)
+    from points (seeds, points, neurons) and weights (points, columns).
+
+    Per block of rows, one matrix product gives -D_uv / width (the rows extended by |t|^2 and
+    1), and a second the weighted sums. A point's own term exp(0) = 1 is its largest, so a sum
+    over weights that include its own is at least 1 and needs no log-sum-exp shift."""
+    seeds, count, _ = points.shape
+    squares = points.square().sum(dim=2, keepdim=True)
+    ones = torch.ones_like(squares)
+    # rows (2 t_u, -|t_u|^2, -1) / width against columns (t_v, 1, |t_v|^2): -D_uv / width
+    rows = torch.cat([2 * points, -squares, -ones], dim=2) / width
+    columns = torch.cat([points, ones, squares], dim=2).transpose(1, 2)
+    sums = torch.empty(seeds, count, weights.shape[1], dtype=points.dtype, device=points.device)
+    for start, stop in _row_blocks(seeds, count):
+        kernel = torch.bmm(rows[:, start:stop], columns).clamp_(max=0).exp_()
+        sums[:, start:stop] = kernel @ weights
+    return sums
 
 
 # -- kNN ----------------------------------------------------------------------------------------

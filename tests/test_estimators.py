@@ -83,6 +83,38 @@ def test_kde_batched_over_seeds_and_in_blocks_equals_each_seed_alone(monkeypatch
         assert together[1][s] == pytest.approx(alone[s][1][0], abs=1e-12)
 
 
+@pytest.mark.parametrize("lower", [False, True])
+@pytest.mark.parametrize("noise_var", [1e-3, 1e-8])  # at 1e-8 a code's kernel to any other is 0
+def test_kde_over_distinct_rows_with_counts_equals_the_pairwise_sums(monkeypatch, lower, noise_var):
+    from ibray import estimators
+
+    rng = np.random.default_rng(5)
+    samples, levels = 1500, np.linspace(-1, 1, 256)  # 8-bit codes' values
+    few_codes = rng.integers(0, 256, size=(12, 5))[rng.integers(0, 12, samples)]  # 12 states
+    few = levels[few_codes]
+    many = levels[rng.integers(0, 256, size=(samples, 5))]
+    many[::3] = many[1::3][: len(many[::3])]  # a third repeat another row: about 2/3 distinct
+    distinct = rng.standard_normal((samples, 5)) * 0.1  # float: every row its own
+    values = np.stack([few, many, distinct])
+    labels = rng.integers(0, 3, samples)
+    sizes = []
+    kernel_sums = estimators._kernel_sums
+    monkeypatch.setattr(estimators, "_kernel_sums", lambda points, *rest: sizes.append(points.shape[:2]) or kernel_sums(points, *rest))
+    chosen = kde_information(values, labels, noise_var, lower)  # distinct rows where fewer than 0.7 N
+    assert sizes == [(1, 12), (1, len(np.unique(many, axis=0))), (1, samples)]  # the float seed pairwise
+    monkeypatch.setattr(estimators, "UNIQUE_SHARE", 0.0)  # every seed pairwise
+    pairwise = kde_information(values, labels, noise_var, lower)
+    monkeypatch.setattr(estimators, "UNIQUE_SHARE", 2.0)  # every seed over its distinct rows
+    regrouped = kde_information(values, labels, noise_var, lower)
+    assert np.isfinite(pairwise).all()
+    for result in (chosen, regrouped):
+        assert np.abs(np.asarray(result) - np.asarray(pairwise)).max() < 1e-9
+    if noise_var == 1e-8:  # no smoothing left: the exact count of the 12 states (to the expansion's rounding)
+        exact = layer_information(few_codes, labels)
+        assert regrouped[0][0] == pytest.approx(exact.mi_xt[0], abs=1e-6)
+        assert regrouped[1][0] == pytest.approx(exact.mi_ty[0], abs=1e-6)
+
+
 # -- kNN ------------------------------------------------------------------------------------------
 def test_ksg_of_a_correlated_gaussian_pair_matches_the_closed_form():
     for r in (0.5, 0.9):

@@ -220,3 +220,14 @@ def test_a_seed_written_by_two_sweeps_is_said_to_count_twice(tmp_path):
     assert "other/" not in text
     lone = report.build_report([root / "first"], tmp_path / "lone.html").read_text(encoding="utf-8")
     assert "written by more than one sweep" not in lone
+
+
+def test_estimators_against_exact_appear_only_beside_other_estimators(built, tmp_path):
+    _, _, page = built  # `main` ran exact beside bin30
+    section = page[page.index('id="estimators-vs-exact"') :]
+    section = section[: section.index("</table>")]
+    assert 'href="#estimators-vs-exact"' in page and "Estimators against the exact values" in section
+    assert section.count("<tr>") == 2 and "<td>bin30</td>" in section  # the header and bin30's row
+    assert "<td>1,2,3 / 1,2,3</td>" in section  # exact and bin30 both fit and compress at every layer
+    exact_only = report.build_report([small_sweep(tmp_path)], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "estimators-vs-exact" not in exact_only and "Estimators against the exact values" not in exact_only
