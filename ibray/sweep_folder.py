@@ -22,9 +22,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import yaml
 
+from ibray.data_names import data_file, dataset_label
 from ibray.driver_lock import LOCK_FILE
 from ibray.records import TrialStateError, is_uri, join, read_text, read_trial_info, resolve
-from ibray.data_names import data_file, dataset_label
 from ibray.sweep import SweepError, SweepSpec, parse_sweep
 
 SWEEP_FILE = "sweep.yaml"

@@ -26,7 +26,6 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ibray.config import TrialConfig, layer_count
-from ibray.sweep_folder import SWEEP_FILE, TRIALS, TUNE, trial_statuses
 from ibray.records import (  # noqa: F401 (VerifyError: also imported from here)
     TABLES,
     TrialStateError,
@@ -39,6 +38,7 @@ from ibray.records import (  # noqa: F401 (VerifyError: also imported from here)
     read_trial_info,
     resolve,
 )
+from ibray.sweep_folder import SWEEP_FILE, TRIALS, TUNE, trial_statuses
 
 MI_COLUMNS = ["seed", "restarts", "phase", "epoch", "estimator", "layer"]
 METRICS_COLUMNS = ["seed", "restarts", "phase", "epoch"]

@@ -16,7 +16,7 @@ import pyarrow as pa
 # The repository root, for `import ibray` / `import analysis` when ibray is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1])) if str(Path(__file__).resolve().parents[1]) not in sys.path else None
 
-from ibray.records import METRICS_SCHEMA, MI_SCHEMA, write_atomic
+from ibray.records import METRICS_SCHEMA, MI_SCHEMA, write_atomic  # noqa: E402 (the path first)
 
 LAYER_NAMES = ["dense1", "dense2", "dense3", "dense4", "dense5", "dense6", "softmax"]
 

@@ -8,7 +8,6 @@ import hashlib
 import numpy as np
 import pytest
 
-from ibray.data import pin_dataset
 from ibray.config import (
     MAX_HIDDEN_LAYERS,
     MAX_HIDDEN_WEIGHTS,
@@ -18,11 +17,12 @@ from ibray.config import (
     ConfigError,
     DataFile,
     TrialConfig,
+    custom_widths,
     data_file,
     dataset_label,
-    custom_widths,
     parse_seeds,
 )
+from ibray.data import pin_dataset
 
 
 def test_defaults_follow_the_protocol():

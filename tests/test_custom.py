@@ -18,9 +18,9 @@ import yaml
 from ibray.cli import main
 from ibray.config import TrialConfig
 from ibray.data import DataError, load_dataset, pin_dataset
+from ibray.run import run_trial
 from ibray.sweep import SweepError, load_sweep
 from ibray.sweep_folder import check_data_unchanged
-from ibray.run import run_trial
 
 NETWORKS = {"8-4-2": 4, "6-3": 3}  # architecture -> measured layers (hidden + softmax)
 

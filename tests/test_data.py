@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-
 from http_server import serve_directory
+
 from ibray import data
 from ibray.data import DataError
 

@@ -23,10 +23,9 @@ import yaml
 
 from ibray.cli import main
 from ibray.config import TrialConfig
-from ibray.records import METRICS_KEY, MI_KEY
-from ibray.sweep import SweepError, load_sweep
-from ibray.records import TrialStateError
+from ibray.records import METRICS_KEY, MI_KEY, TrialStateError
 from ibray.run import CHECKPOINT_FILE, run_trial, save_checkpoint
+from ibray.sweep import SweepError, load_sweep
 
 TINY = {"seeds": 2, "epochs": 10, "learning_rate": 0.003, "mi_every": 5, "write_every": 5}
 LAYERS = 6  # the synthetic network: five hidden layers and the softmax output
@@ -143,8 +142,8 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path):
 
 
 def test_a_trial_keeps_busy_exactly_the_cpus_ray_gave_it(synthetic):
-    from ibray.measure import OVERLAP_SEEDS
     from ibray.launch.trainable import honour_allocation
+    from ibray.measure import OVERLAP_SEEDS
     from ibray.trainer import Trainer
 
     def measuring_threads() -> set[threading.Thread]:

@@ -10,6 +10,7 @@ import pytest
 
 from ibray.records import METRICS_SCHEMA, ResultsWriter, part_name, part_write, replace_atomically, write_atomic
 
+
 def rows(seed, restarts, epochs):
     n = len(epochs)
     axes = dict(sweep=[""] * n, trial=["t"] * n, dataset=["synthetic12"] * n, architecture=["syn"] * n,

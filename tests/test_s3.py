@@ -32,8 +32,8 @@ from test_launch import LAYERS, process_table, sweep_file, wait_for
 from test_launch_robustness import CLI, own_lines
 
 from ibray.cli import main
-from ibray.records import METRICS_KEY, MI_KEY, TrialStateError, read_text, read_trial_info, resolve
 from ibray.launch.storage_probe import NODE_DISK_ENV, SHARED_STORAGE_FIX
+from ibray.records import METRICS_KEY, MI_KEY, TrialStateError, read_text, read_trial_info, resolve
 from ibray.sweep import load_sweep
 
 BUCKET = "ibray-test"
@@ -178,7 +178,6 @@ def test_data_missing_on_a_node_fails_its_trial_once(cluster, s3, tmp_path):
 
 def test_a_sweep_on_s3_resumes_on_another_node_when_one_is_lost(cluster, s3, tmp_path, capsys):
     from analysis.load import load
-
     from ibray.data import load_dataset
     from ibray.run import run_trial
 

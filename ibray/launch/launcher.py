@@ -39,12 +39,16 @@ from ray import tune
 from ibray.data import load_dataset
 from ibray.dataset import Dataset
 from ibray.driver_lock import DriverLock
+
 # LiveView and trial_dirname are also looked up here by the Tuner state (tuner.pkl) of runs
 # started before they moved to their own modules: --resume of such a run still loads it.
 from ibray.launch.live_view import VIEW_EVERY_S, LiveView, StopOnStorageFault, clock, final_line, most_running
+from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, data_key, grid_key
 from ibray.launch.ray_leftovers import leftover_note, leftover_ray_processes
-from ibray.records import join, resolve, write_text_atomic
 from ibray.launch.storage_probe import SHARED_STORAGE_FIX, check_shared
+from ibray.launch.trainable import train_trial
+from ibray.launch.tune_state import TuneMessages, last_line, trial_dirname, trial_of
+from ibray.records import join, resolve, write_text_atomic
 from ibray.sweep import SweepError, SweepSpec
 from ibray.sweep_folder import (
     SWEEP_FILE,
@@ -57,9 +61,6 @@ from ibray.sweep_folder import (
     trial_infos,
     trial_statuses,
 )
-from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, data_key, grid_key
-from ibray.launch.trainable import train_trial
-from ibray.launch.tune_state import TuneMessages, last_line, trial_dirname, trial_of
 from ibray.verify import TrialCheck, verify
 from ibray.verify import summary as verify_summary
 

@@ -14,9 +14,9 @@ import time
 
 from ray import tune
 
-from ibray.sweep import SweepSpec
 from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR
 from ibray.launch.tune_state import trial_dirname
+from ibray.sweep import SweepSpec
 
 VIEW_EVERY_S = 10.0
 
