@@ -405,13 +405,15 @@ def test_the_next_start_names_what_a_killed_drivers_local_ray_left_behind(tmp_pa
     if not Path("/proc").is_dir():
         pytest.skip("no /proc: leftovers are looked for on Linux only")
     before = {leftover.pid for leftover in leftover_ray_processes()}
-    driver = subprocess.Popen(
-        [sys.executable, "-c", "import ray, time; ray.init(num_cpus=1, include_dashboard=False); print('up', flush=True); time.sleep(300)"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
+    # a driver with its own local Ray (address="local": never the session's cluster, whatever
+    # RAY_ADDRESS says), as `ibray sweep` without --address starts one
+    code = "import ray, time; ray.init(address='local', num_cpus=1, include_dashboard=False); print('up', flush=True); time.sleep(300)"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    log = open(tmp_path / "driver.err", "w")  # a file, not a pipe: Ray's lines cannot fill it and stall the driver
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     agents, found = [], []
     try:
-        assert driver.stdout.readline().strip() == "up"
+        assert driver.stdout.readline().strip() == "up", (tmp_path / "driver.err").read_text()[-2000:]
         raylets = [p for p in _children(driver.pid) if "raylet" in Path(f"/proc/{p}/cmdline").read_text()]
         wait_for(lambda: len([c for r in raylets for c in _children(r) if "Agent" in Path(f"/proc/{c}/cmdline").read_text()]) == 2,
                  60, "the raylet's two agents")
@@ -437,6 +439,7 @@ def test_the_next_start_names_what_a_killed_drivers_local_ray_left_behind(tmp_pa
     finally:
         driver.kill()
         driver.wait(30)
+        log.close()
         for pid in agents + [leftover.pid for leftover in found]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
