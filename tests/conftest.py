@@ -18,6 +18,32 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VAR_U = REPO.parent / "shared" / "data" / "var_u.mat"
 
+# Tests that need more than a few seconds on 2 cores besides those on the Ray cluster, which are
+# all marked: whole sweeps or trials in processes, compilation, a browser, a cluster of their own.
+SLOW_FILES = {"test_s3.py", "test_cluster.py"}
+SLOW_TESTS = {
+    "test_a_sweep_of_custom_networks_on_an_npz_and_a_csv",
+    "test_a_killed_trial_resumes_from_its_checkpoint",
+    "test_the_gpu_check_runs_dry_on_the_cpu_without_ray_polars_or_altair",
+    "test_without_a_cxx_compiler_the_trial_runs_eagerly_after_one_warning",
+    "test_trial_runs_reruns_and_refuses_a_foreign_folder",
+    "test_bench_prints_its_figures_as_json",
+    "test_the_compiled_step_computes_the_eager_gradient",
+    "test_a_compiled_seed_is_independent_of_its_mates_and_repeatable",
+    "test_resources_an_embedded_ray_lacks_are_refused_before_anything_is_written",
+    "test_the_next_start_names_what_a_killed_drivers_local_ray_left_behind",
+    "test_every_chart_renders_in_headless_chromium",
+    "test_a_second_trial_on_the_same_out_is_refused_naming_the_first",
+    "test_a_partial_restart_keeps_every_row_of_every_seed_exactly_once",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()) or item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def synthetic():
     from ibray.data import load_dataset
