@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ibray.errors import SweepError
-from ibray.records import join, read_text, resolve, write_text_atomic
+from ibray.storage import join, read_text, resolve, write_text_atomic
 
 LOCK_FILE = "driver.lock"
 HEARTBEAT_S = 5.0  # the running driver rewrites its lock this often

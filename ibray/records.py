@@ -16,22 +16,18 @@ dataset, architecture, activation, bits, seed, restarts), so analysis never pars
 This schema is the contract with `analysis/`, which checks it on load.
 
 A results folder is a local path or any filesystem URI pyarrow resolves (s3://, gs://,
-file://, ...). Local files are written to a temporary name and renamed; on object stores a
-single PUT is atomic, so the final key is written directly, from bytes serialized in memory
-(a failed serialization never leaves a partial object behind).
+file://, ...), written atomically through ibray.storage; a Parquet part is serialized in
+memory first, so a failed serialization never leaves a partial object behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import os
 import re
-import uuid
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +35,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ibray.errors import TrialStateError, VerifyError  # noqa: F401 (imported from here too)
+from ibray.storage import (  # noqa: F401 (also imported from here)
+    is_uri,
+    join,
+    read_text,
+    replace_atomically,
+    resolve,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
 AXES = [
     ("sweep", pa.string()),  # sweep name ('' for a bare `ibray trial`)
@@ -84,86 +89,14 @@ MI_KEY = ["sweep", "trial", "seed", "phase", "epoch", "estimator", "layer"]
 METRICS_KEY = ["sweep", "trial", "seed", "phase", "epoch"]
 
 
-def is_uri(location: str | os.PathLike) -> bool:
-    """True for a filesystem URI (s3://bucket/x, file:///tmp/x), False for a plain path."""
-    return isinstance(location, str) and "://" in location
-
-
-def join(location: str | os.PathLike, *names: str) -> str | Path:
-    """`location`/names...: a URI stays a string, a path stays a Path."""
-    if is_uri(location):
-        return "/".join([location.rstrip("/"), *names])
-    return Path(location).joinpath(*names)
-
-
-@functools.lru_cache(maxsize=64)
-def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
-    # Cached: building an S3 or GCS filesystem may cost a network round trip.
-    return pafs.FileSystem.from_uri(uri)
-
-
-def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path on it) of a local path or a URI."""
-    if is_uri(location):
-        return _from_uri(location)
-    return pafs.LocalFileSystem(), str(Path(location).absolute())
-
-
-def _write_uri_atomic(data: bytes, uri: str) -> None:
-    filesystem, path = resolve(uri)
-    parent, name = path.rsplit("/", 1)
-    filesystem.create_dir(parent, recursive=True)
-    if isinstance(filesystem, pafs.LocalFileSystem):  # a local URI: rename is atomic
-        tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
-        with filesystem.open_output_stream(tmp) as sink:
-            sink.write(data)
-        filesystem.move(tmp, path)
-    else:  # object stores: one PUT is atomic, and there is no rename
-        with filesystem.open_output_stream(path) as sink:
-            sink.write(data)
-
-
-def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Make the local file `path` appear complete or not at all: `write` fills a temporary file
-    beside it, which is flushed to disk and renamed over `path`; on failure it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_atomic(table: pa.Table, path: str | Path) -> None:
     """Write a Parquet file so that `path` is either absent or complete."""
     if is_uri(path):
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
-        _write_uri_atomic(buffer.getvalue(), path)
+        write_bytes_atomic(buffer.getvalue(), path)
         return
     replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-
-
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """Replace a small text file (e.g. trial.json) at once: readers see the old or the new."""
-    if is_uri(path):
-        _write_uri_atomic(text.encode(), path)
-        return
-    replace_atomically(Path(path), lambda tmp: tmp.write_text(text))
-
-
-def read_text(path: str | Path) -> str | None:
-    """The text of a small file, or None when it does not exist."""
-    if not is_uri(path):
-        return Path(path).read_text() if Path(path).exists() else None
-    filesystem, inner = resolve(path)
-    if filesystem.get_file_info(inner).type != pafs.FileType.File:
-        return None
-    with filesystem.open_input_stream(inner) as source:
-        return source.read().decode()
 
 
 # -- trial.json -------------------------------------------------------------------------------

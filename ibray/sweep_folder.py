@@ -24,7 +24,9 @@ import yaml
 
 from ibray.data_names import data_file, dataset_label
 from ibray.driver_lock import LOCK_FILE
-from ibray.records import TrialStateError, is_uri, join, read_text, read_trial_info, resolve
+from ibray.errors import TrialStateError
+from ibray.records import read_trial_info
+from ibray.storage import is_uri, join, read_text, resolve
 from ibray.sweep import SweepError, SweepSpec, parse_sweep
 
 SWEEP_FILE = "sweep.yaml"

@@ -48,7 +48,7 @@ from ibray.launch.ray_leftovers import leftover_note, leftover_ray_processes
 from ibray.launch.storage_probe import SHARED_STORAGE_FIX, check_shared
 from ibray.launch.trainable import train_trial
 from ibray.launch.tune_state import TuneMessages, last_line, trial_dirname, trial_of
-from ibray.records import join, resolve, write_text_atomic
+from ibray.storage import join, resolve, write_text_atomic
 from ibray.sweep import SweepError, SweepSpec
 from ibray.sweep_folder import (
     SWEEP_FILE,

@@ -31,7 +31,7 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ibray.records import is_uri, join, read_text, resolve, write_text_atomic
+from ibray.storage import is_uri, join, read_text, resolve, write_text_atomic
 from ibray.sweep import SweepError
 
 PROBE_TIMEOUT_S = 60.0  # a first task on a node starts a worker process: seconds on a busy node

@@ -53,9 +53,11 @@ from ray import tune
 from ibray.config import ConfigError, TrialConfig
 from ibray.data import load_dataset
 from ibray.dataset import DataError, Dataset
+from ibray.errors import TrialStateError
 from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, StrayTrialError, data_key, grid_key, storage_fault
-from ibray.records import TrialStateError, is_uri, join, read_trial_info, replace_atomically, resolve
+from ibray.records import read_trial_info
 from ibray.run import CHECKPOINT_FILE, load_checkpoint, run_trial, save_checkpoint
+from ibray.storage import is_uri, join, replace_atomically, resolve
 
 CHECKPOINT_PREFIX = "ibray-checkpoint-"  # temporary folders: ibray-checkpoint-<pid>-<random>
 
