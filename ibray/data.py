@@ -23,7 +23,7 @@ import urllib.request
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -122,6 +122,24 @@ def load_dataset(
     return Dataset(name, x, y, train_idx, test_idx, n_classes=2, image_shape=None)
 
 
+class DataKey(NamedTuple):
+    """What a trial's data set depends on: trials with equal keys train on the same Dataset.
+    The one way a config's data set is named and loaded (the launcher loads each key once)."""
+
+    dataset: str
+    train_fraction: float
+    split_seed: int
+    label_column: str
+
+    @classmethod
+    def of(cls, config) -> DataKey:
+        """The key of a TrialConfig."""
+        return cls(config.dataset, config.train_fraction, config.split_seed, config.label_column)
+
+    def load(self, data_dir: str | os.PathLike | None = None) -> Dataset:
+        return load_dataset(self.dataset, data_dir, self.train_fraction, self.split_seed, self.label_column)
+
+
 def pin_dataset(config: ConfigT) -> ConfigT:
     """`config` (a TrialConfig) with its data file pinned: the file is read and checked
     (DataError when it is not usable) and its value gets the SHA-256 of its bytes. A built-in
@@ -130,7 +148,7 @@ def pin_dataset(config: ConfigT) -> ConfigT:
     file = data_file(config.dataset)
     if file is None or file.sha256 is not None:
         return config
-    loaded = load_dataset(config.dataset, None, config.train_fraction, config.split_seed, config.label_column)
+    loaded = DataKey.of(config).load()
     return dataclasses.replace(config, dataset=loaded.name)
 
 

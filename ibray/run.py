@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ibray.config import TrialConfig, binning_bins
-from ibray.data import Dataset, load_dataset, pin_dataset
+from ibray.data import DataKey, Dataset, pin_dataset
 from ibray.measure import Measurement
 from ibray.records import (
     TRIAL_FILE,
@@ -121,7 +121,7 @@ def run_trial(
     out = out if is_uri(out) else Path(out)
     if dataset is None:
         config = pin_dataset(config)  # a data file named but not pinned yet: read and pinned here
-        dataset = load_dataset(config.dataset, data_dir, config.train_fraction, config.split_seed)
+        dataset = DataKey.of(config).load(data_dir)
     if state is not None:
         ranges = state.get("global_ranges")
         ranges = {(int(s), int(r)): (lo, hi) for s, r, lo, hi in ranges} if ranges else None
@@ -228,7 +228,7 @@ def run_resumable(
     """
     out = Path(out)
     config = pin_dataset(config)
-    dataset = load_dataset(config.dataset, data_dir, config.train_fraction, config.split_seed)
+    dataset = DataKey.of(config).load(data_dir)
     info = read_trial_info(out)
     state = None
     if info is not None and not overwrite:

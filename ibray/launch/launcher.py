@@ -36,14 +36,14 @@ import ray
 import torch
 from ray import tune
 
-from ibray.data import load_dataset
+from ibray.data import DataKey
 from ibray.dataset import Dataset
 from ibray.driver_lock import DriverLock
 
 # LiveView and trial_dirname are also looked up here by the Tuner state (tuner.pkl) of runs
 # started before they moved to their own modules: --resume of such a run still loads it.
 from ibray.launch.live_view import VIEW_EVERY_S, LiveView, StopOnStorageFault, clock, final_line, most_running
-from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, data_key, grid_key
+from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, grid_key
 from ibray.launch.ray_leftovers import leftover_note, leftover_ray_processes
 from ibray.launch.storage_probe import SHARED_STORAGE_FIX, check_shared
 from ibray.launch.trainable import train_trial
@@ -207,11 +207,11 @@ def run_sweep(
     )
 
 
-def load_datasets(spec: SweepSpec, data_dir: str | None) -> dict[tuple, Dataset]:
+def load_datasets(spec: SweepSpec, data_dir: str | None) -> dict[DataKey, Dataset]:
     """Every data set the sweep's trials train on, once each, split as the trials split it."""
     return {
-        key: load_dataset(key[0], data_dir, key[1], key[2], key[3])
-        for key in sorted({data_key(trial) for trial in spec.trials})
+        key: key.load(data_dir)
+        for key in sorted({DataKey.of(trial) for trial in spec.trials})
     }
 
 

@@ -45,8 +45,3 @@ def storage_fault(error: BaseException, where: str | None = None) -> str | None:
 def grid_key(trial: TrialConfig) -> str:
     """The whole config as one string: two trials are the same grid point iff their keys are equal."""
     return json.dumps(trial.to_dict(), sort_keys=True)
-
-
-def data_key(trial: TrialConfig) -> tuple:
-    """What a trial's data set depends on: trials with equal keys train on the same Dataset."""
-    return (trial.dataset, trial.train_fraction, trial.split_seed, trial.label_column)

@@ -16,7 +16,7 @@ resumed sweep continues from (the launcher starts a fresh Tuner every time). Wit
 Tune's retry of a failed trial hands it its last checkpoint, the same state.
 
 Data: the launcher loads each data set once, on the driver, and hands it over through Ray's
-object store (`datasets`: data_key -> ObjectRef), so a worker node needs no data files and no
+object store (`datasets`: DataKey -> ObjectRef), so a worker node needs no data files and no
 download. With `datasets` None (`ibray sweep --data-on-workers`) the trial loads its data from
 its node's own data directory; a data set missing or damaged there is the same on every retry,
 so the trial reports the error once (DATA_ERROR) and ends instead of raising it, which Tune
@@ -51,10 +51,10 @@ import torch
 from ray import tune
 
 from ibray.config import ConfigError, TrialConfig
-from ibray.data import load_dataset
+from ibray.data import DataKey
 from ibray.dataset import DataError, Dataset
 from ibray.errors import TrialStateError
-from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, StrayTrialError, data_key, grid_key, storage_fault
+from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, StrayTrialError, grid_key, storage_fault
 from ibray.records import read_trial_info
 from ibray.run import CHECKPOINT_FILE, load_checkpoint, run_trial, save_checkpoint
 from ibray.storage import is_uri, join, replace_atomically, resolve
@@ -100,7 +100,7 @@ def train_trial(
 
     `grid` maps the sweep's trial ids to their grid_key; a config not in it is refused.
     `progress_every`: seconds between progress reports (None: the training loop's default).
-    `datasets`: data_key -> ObjectRef of the Dataset, put by the driver; None: load the data
+    `datasets`: DataKey -> ObjectRef of the Dataset, put by the driver; None: load the data
     from this node's `data_dir`.
     """
     # Ray logs every persisted checkpoint at INFO; the sweep's live view says enough.
@@ -182,8 +182,8 @@ def trial_dataset(trial: TrialConfig, datasets: dict | None, data_dir: str | Non
     """The trial's Dataset: from the driver through Ray's object store, or (datasets None) loaded
     from this node's data directory; raises DataError when it cannot be loaded."""
     if datasets is None:
-        return load_dataset(trial.dataset, data_dir, trial.train_fraction, trial.split_seed, trial.label_column)
-    shared = ray.get(datasets[data_key(trial)])
+        return DataKey.of(trial).load(data_dir)
+    shared = ray.get(datasets[DataKey.of(trial)])
     # Ray hands out read-only views of its shared memory, and torch warns about tensors on
     # read-only memory: the trial trains on its own copy (MNIST: about 220 MB, for its lifetime).
     arrays = {}
