@@ -177,6 +177,12 @@ def run_sweep(
     finally:
         if started_ray:
             ray.shutdown()
+    return _outcome(spec, folder, results, time.perf_counter() - started, at_once, tune_fault)
+
+
+def _outcome(spec: SweepSpec, folder: str, results, seconds: float, at_once: int, tune_fault: str) -> SweepOutcome:
+    """What the run did, from Tune's results and the trials' own records; prints the last line
+    of the live view and verifies the trials' rows."""
     grid = {trial.trial_id() for trial in spec.trials}
     failed, nodes, storage = {}, {}, {}
     for result in results:
@@ -193,17 +199,25 @@ def run_sweep(
             nodes[trial_id] = result.metrics["node"]
     infos = trial_infos(spec, folder)
     statuses = {t: (info or {}).get("status", "absent") for t, info in infos.items()}
-    complete = sum(s == "complete" for s in statuses.values())
     failed = {t: m for t, m in failed.items() if statuses.get(t) != "complete"}
     # Tune ends a run early only when stopped (Ctrl-C, SIGUSR1): then some trials are neither
     # complete nor failed, although Tune may call them terminated.
     interrupted = not storage and any(statuses[t] != "complete" and t not in failed for t in statuses)
-    seconds = time.perf_counter() - started
     print(final_line(spec, infos, seconds, interrupted, len(failed), at_once), flush=True)
-    checks = verify([join(folder, TRIALS)]) if any(infos.values()) else []
     return SweepOutcome(
-        spec.name, folder, len(spec.trials), complete, True, seconds, failed, nodes, interrupted, checks, at_once,
-        storage, tune_fault,
+        name=spec.name,
+        folder=folder,
+        trials=len(spec.trials),
+        complete=sum(s == "complete" for s in statuses.values()),
+        ran=True,
+        seconds=seconds,
+        failed=failed,
+        nodes=nodes,
+        interrupted=interrupted,
+        checks=verify([join(folder, TRIALS)]) if any(infos.values()) else [],
+        at_once=at_once,
+        storage=storage,
+        tune_fault=tune_fault,
     )
 
 
