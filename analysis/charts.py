@@ -4,6 +4,13 @@ This module owns how results are drawn: thinning epochs for drawing, the long fo
 charts read, and the chart specs. Chart functions take small, already aggregated Polars
 frames (from aggregate.py) and return Altair chart objects; they write nothing.
 
+Interaction (Vega-Lite selections, offline): a plane and the MI curves colour their lines by
+layer with a legend that highlights the layer clicked (LAYER_PICK); the curves carry an epoch
+brush (EPOCH_BRUSH) and a plane shows only the epochs between its EPOCH_FROM and EPOCH_TO
+parameters, which the report's page sets from a brush on the same group's curves. The plane
+and the curves of one group read the same columns (CURVE_COLUMNS), so the page stores their
+data once.
+
 Thinning: a curve keeps at most `max_epochs` of its epochs for drawing: half log-spaced
 (dense where training moves fast), half evenly spaced (so late epochs stay covered), always
 the first and the last. Each chart's subtitle says how many epochs it draws.
@@ -17,8 +24,15 @@ import polars as pl
 from analysis.aggregate import PLANE
 
 MAX_EPOCHS = 200  # epochs drawn per curve
-COLOR_SCHEME = "viridis"
-WIDTH, HEIGHT = 320, 260
+COLOR_SCHEME = "viridis"  # epochs
+LAYER_SCHEME = "category10"  # layers: told apart, not ordered by hue
+WIDTH, HEIGHT = 320, 260  # px, the plot area of a chart at a fixed size (PNG, SVG, replication page)
+DIMMED = 0.08  # opacity of the layers not picked in the legend
+LAYER_PICK, EPOCH_BRUSH, EPOCH_FROM, EPOCH_TO = "layer_pick", "epochs", "epoch_from", "epoch_to"
+ALL_EPOCHS = (-1, 1e15)  # EPOCH_FROM, EPOCH_TO before anything is brushed
+CURVE_COLUMNS = [
+    "layer", "layer_name", "phase", "epoch", "global_epoch", "mi_xt_mean", "mi_xt_std", "mi_ty_mean", "mi_ty_std", "n",
+]
 ESTIMATOR_ORDER = ["exact", "bin30", "bin100", "bin256"]
 
 
@@ -79,39 +93,191 @@ def _epoch_axis(frame: pl.DataFrame) -> str:
     return "epoch (prefit, then train)" if "prefit" in set(frame.get_column("phase").unique().to_list()) else "epoch"
 
 
-def _plane_layers(x: str, y: str, epoch_title: str) -> list[alt.Chart]:
-    tooltip = [
-        alt.Tooltip("layer:O"),
+def _layer_pick() -> alt.Parameter:
+    return alt.selection_point(name=LAYER_PICK, fields=["layer"], bind="legend")
+
+
+def _layer_color(legend: bool = True) -> alt.Color:
+    return alt.Color(
+        "layer:O", title="layer (click)", scale=alt.Scale(scheme=LAYER_SCHEME), legend=alt.Legend() if legend else None
+    )
+
+
+def _highlight(opacity: float) -> alt.ConditionalValueDefnumberExprRef:
+    return alt.condition(alt.param(LAYER_PICK), alt.value(opacity), alt.value(DIMMED))
+
+
+def _plane_layers(
+    x: str, y: str, epoch_title: str, columns: list[str], domain: tuple[float, float, float] | None = None
+) -> list[alt.Chart]:
+    """A curve per layer (coloured by layer) and its points (coloured by epoch), with tooltips.
+
+    `domain`: (max I(X;T), max I(T;Y), last epoch) shared by the planes drawn side by side.
+    """
+    tooltip = [alt.Tooltip("layer:O")]
+    if "layer_name" in columns:
+        tooltip.append(alt.Tooltip("layer_name:N", title="layer name"))
+    tooltip += [
         alt.Tooltip("phase:N"),
         alt.Tooltip("epoch:Q"),
         alt.Tooltip(f"{x}:Q", title="I(X;T)", format=".3f"),
         alt.Tooltip(f"{y}:Q", title="I(T;Y)", format=".3f"),
     ]
+    if "n" in columns:
+        tooltip.append(alt.Tooltip("n:Q", title="repetitions"))
+    extent = {} if domain is None else {"domain": [0, domain[0]], "nice": False}
     base = alt.Chart().encode(
-        x=alt.X(f"{x}:Q", title="I(X;T) (bits)", scale=alt.Scale(zero=True)),
-        y=alt.Y(f"{y}:Q", title="I(T;Y) (bits)", scale=alt.Scale(zero=True)),
+        x=alt.X(f"{x}:Q", title="I(X;T) (bits)", scale=alt.Scale(zero=True, **extent)),
+        y=alt.Y(f"{y}:Q", title="I(T;Y) (bits)", scale=alt.Scale(zero=True, **({} if domain is None else {"domain": [0, domain[1]], "nice": False}))),
     )
-    curve = base.mark_line(color="#999999", strokeWidth=1, opacity=0.6).encode(
-        detail="layer:O", order="global_epoch:Q"
+    shown = f"datum.global_epoch >= {EPOCH_FROM} && datum.global_epoch <= {EPOCH_TO}"
+    curve = (
+        base.mark_line(strokeWidth=1.5)
+        .encode(color=_layer_color(), detail="layer:O", order="global_epoch:Q", opacity=_highlight(0.7))
+        .add_params(_layer_pick())
+        .transform_filter(shown)
     )
-    points = base.mark_circle(size=16, opacity=0.9).encode(
-        color=alt.Color("global_epoch:Q", title=epoch_title, scale=alt.Scale(scheme=COLOR_SCHEME)),
-        tooltip=tooltip,
+    epochs = {} if domain is None else {"domain": [0, domain[2]]}
+    points = (
+        base.mark_circle(size=22)
+        .encode(
+            color=alt.Color("global_epoch:Q", title=epoch_title, scale=alt.Scale(scheme=COLOR_SCHEME, **epochs)),
+            opacity=_highlight(0.9),
+            tooltip=tooltip,
+        )
+        .transform_filter(shown)
     )
     return [curve, points]
 
 
+def _all_epochs() -> list[alt.Parameter]:
+    return [alt.param(name=EPOCH_FROM, value=ALL_EPOCHS[0]), alt.param(name=EPOCH_TO, value=ALL_EPOCHS[1])]
+
+
 def information_plane(
-    frame: pl.DataFrame, title: str, x: str = "mi_xt_mean", y: str = "mi_ty_mean", max_epochs: int = MAX_EPOCHS
+    frame: pl.DataFrame,
+    title: str,
+    x: str = "mi_xt_mean",
+    y: str = "mi_ty_mean",
+    max_epochs: int = MAX_EPOCHS,
+    *,
+    domain: tuple[float, float, float] | None = None,
+    width: int | str = WIDTH,
+    height: int = HEIGHT,
 ) -> alt.LayerChart:
     """I(X;T) against I(T;Y), one curve per layer, points coloured by epoch.
 
     `frame` holds one group's curves (from mi_stats, or one repetition's rows with x="mi_xt",
-    y="mi_ty"), with layer, phase, epoch and global_epoch.
+    y="mi_ty"), with layer, phase, epoch and global_epoch. The mean curves are drawn from
+    CURVE_COLUMNS (the data of `mi_curves` too). Clicking a layer in the legend highlights it;
+    only the epochs from EPOCH_FROM to EPOCH_TO are drawn. `domain`: see `_plane_layers`;
+    `width` may be "container" (the width of the page's grid cell).
     """
-    drawn, note = thin(frame.select("layer", "phase", "epoch", "global_epoch", x, y), ["layer"], max_epochs)
-    return alt.layer(*_plane_layers(x, y, _epoch_axis(frame)), data=_values(drawn)).properties(
-        title=_title(title, ["one curve per layer (the last is the output)", note]), width=WIDTH, height=HEIGHT
+    if x == "mi_xt_mean" and y == "mi_ty_mean" and set(CURVE_COLUMNS) <= set(frame.columns):
+        drawn, note = curve_data(frame, max_epochs)
+    else:
+        columns = [c for c in ("layer", "layer_name", "phase", "epoch", "global_epoch", x, y, "n") if c in frame.columns]
+        drawn, note = thin(frame.select(columns), ["layer"], max_epochs)
+    return (
+        alt.layer(*_plane_layers(x, y, _epoch_axis(frame), drawn.columns, domain), data=_values(drawn))
+        .resolve_scale(color="independent")
+        .add_params(*_all_epochs())
+        .properties(
+            title=_title(title, ["one curve per layer (the last is the output)", note]),
+            width=width,
+            height=height,
+        )
+    )
+
+
+def curve_data(stats: pl.DataFrame, max_epochs: int = MAX_EPOCHS) -> tuple[pl.DataFrame, str]:
+    """One group's mean curves as the plane and the MI curves draw them: CURVE_COLUMNS, thinned."""
+    return thin(stats.select(CURVE_COLUMNS), ["layer"], max_epochs)
+
+
+def mi_curves(
+    stats: pl.DataFrame,
+    quantity: str,
+    title: str,
+    max_epochs: int = MAX_EPOCHS,
+    *,
+    domain: tuple[float, float] | None = None,
+    width: int | str = WIDTH,
+    height: int = HEIGHT - 100,
+) -> alt.LayerChart:
+    """One quantity ("mi_xt" or "mi_ty") against epoch per layer: mean and a band of one
+    standard deviation, with an epoch brush (EPOCH_BRUSH) and the layer legend of the plane.
+
+    `domain`: (last epoch, largest mean + std) shared with the groups drawn beside it.
+    """
+    drawn, note = curve_data(stats, max_epochs)
+    label = {"mi_xt": "I(X;T)", "mi_ty": "I(T;Y)"}[quantity]
+    mean, std = f"{quantity}_mean", f"{quantity}_std"
+    epochs = {} if domain is None else {"domain": [0, domain[0]], "nice": False}
+    values = {} if domain is None else {"domain": [0, domain[1]], "nice": False}
+    base = alt.Chart().encode(
+        x=alt.X("global_epoch:Q", title=_epoch_axis(stats), scale=alt.Scale(**epochs)), color=_layer_color()
+    )
+    band = (
+        base.transform_calculate(low=f"datum.{mean} - (datum.{std} || 0)", high=f"datum.{mean} + (datum.{std} || 0)")
+        .mark_area(opacity=0.15)
+        .encode(y=alt.Y("low:Q", title=f"{label} (bits)", scale=alt.Scale(**values)), y2="high:Q", opacity=_highlight(0.2))
+    )
+    line = base.mark_line(strokeWidth=1.5).encode(
+        y=f"{mean}:Q",
+        opacity=_highlight(1.0),
+        tooltip=[
+            alt.Tooltip("layer:O"),
+            alt.Tooltip("phase:N"),
+            alt.Tooltip("epoch:Q"),
+            alt.Tooltip(f"{mean}:Q", title=f"{label} mean", format=".3f"),
+            alt.Tooltip(f"{std}:Q", title=f"{label} std", format=".3f"),
+            alt.Tooltip("n:Q", title="repetitions"),
+        ],
+    )
+    return alt.layer(
+        band.add_params(alt.selection_interval(name=EPOCH_BRUSH, encodings=["x"])),
+        line.add_params(_layer_pick()),
+        data=_values(drawn),
+    ).properties(
+        title=_title(f"{label} per layer: {title}", ["mean, band: one standard deviation; drag to pick epochs for the plane", note]),
+        width=width,
+        height=height,
+    )
+
+
+def spread_over_epochs(
+    stats: pl.DataFrame, title: str, max_epochs: int = MAX_EPOCHS, *, width: int | str = WIDTH, height: int = HEIGHT
+) -> alt.LayerChart:
+    """The paper's appendix B: the standard deviation over repetitions of I(X;T) (solid) and
+    I(T;Y) (dashed) per layer against epoch, with the layer legend; tooltips add the variance."""
+    drawn, note = curve_data(stats, max_epochs)
+    return (
+        alt.Chart(_values(drawn))
+        .transform_fold(["mi_xt_std", "mi_ty_std"], as_=["quantity", "std"])
+        .transform_calculate(
+            quantity="datum.quantity == 'mi_xt_std' ? 'I(X;T)' : 'I(T;Y)'", variance="datum.std * datum.std"
+        )
+        .mark_line(strokeWidth=1.5)
+        .encode(
+            x=alt.X("global_epoch:Q", title=_epoch_axis(stats)),
+            y=alt.Y("std:Q", title="standard deviation (bits)"),
+            color=_layer_color(),
+            strokeDash=alt.StrokeDash("quantity:N", sort=["I(X;T)", "I(T;Y)"], title=None),
+            opacity=_highlight(1.0),
+            tooltip=[
+                alt.Tooltip("layer:O"),
+                alt.Tooltip("quantity:N"),
+                alt.Tooltip("epoch:Q"),
+                alt.Tooltip("std:Q", format=".4f"),
+                alt.Tooltip("variance:Q", format=".5f"),
+                alt.Tooltip("n:Q", title="repetitions"),
+            ],
+        )
+        .add_params(_layer_pick())
+        .properties(
+            title=_title(title, ["over repetitions, per layer: I(X;T) solid, I(T;Y) dashed", note]), width=width, height=height
+        )
     )
 
 
@@ -194,7 +360,9 @@ def comparison(
         order = sorted(values)
     kind = "O" if by == "bits" else "N"
     return (
-        alt.layer(*_plane_layers("mi_xt_mean", "mi_ty_mean", _epoch_axis(stats)), data=_values(drawn))
+        alt.layer(*_plane_layers("mi_xt_mean", "mi_ty_mean", _epoch_axis(stats), drawn.columns), data=_values(drawn))
+        .resolve_scale(color="independent")
+        .add_params(*_all_epochs())
         .properties(width=WIDTH - 80, height=HEIGHT - 60)
         .facet(column=alt.Column(f"{by}:{kind}", sort=order, title=None))
         .properties(title=_title(title, ["mean over repetitions, one curve per layer", note]))

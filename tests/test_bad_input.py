@@ -307,7 +307,7 @@ def test_the_real_command_fails_cleanly(case, workspace):
 
 def test_report_takes_help_and_options_in_any_order(workspace):
     shown = subprocess.run([IBRAY, "report", "--help"], capture_output=True, text=True, timeout=120)
-    assert shown.returncode == 0 and shown.stdout.startswith("usage: ibray report [-h] [-o OUTPUT] [--png DIR] RESULTS")
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: ibray report [-h] [-o OUTPUT] [--png DIR] [--svg DIR] [--watch SECONDS]")
     for args in (["-o", "first.html", "results"], ["results", "-o", "last.html"]):
         assert main(["report", *args]) == 0
         assert (workspace / args[1 if args[0] == "-o" else 2]).read_text(encoding="utf-8").startswith("<!DOCTYPE html>")

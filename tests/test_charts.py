@@ -76,3 +76,35 @@ def test_comparison_orders_estimators_and_bits(stats):
     spec = charts.comparison(mi.filter(pl.col("estimator") == "exact"), "bits", "bits").to_dict()
     assert spec["facet"]["column"]["sort"] == [4, 8]
     assert len(spec["data"]["values"]) <= 2 * 3 * 100
+
+
+def test_plane_and_curves_share_data_layers_and_epoch_range(stats):
+    mi, _ = stats
+    group = one_group(mi)
+    plane = charts.information_plane(group, "plane", domain=(13.0, 1.1, 650.0), width="container").to_dict()
+    curves = charts.mi_curves(group, "mi_xt", "curves", domain=(650.0, 14.0), width="container").to_dict()
+    assert plane["data"] == curves["data"]  # the page stores it once
+    assert plane["width"] == curves["width"] == "container"
+    line, points = plane["layer"]
+    assert line["encoding"]["x"]["scale"]["domain"] == [0, 13.0] and line["encoding"]["y"]["scale"]["domain"] == [0, 1.1]
+    assert points["encoding"]["color"]["scale"]["domain"] == [0, 650.0]
+    # a legend click picks a layer; the rest is dimmed; only epochs in [epoch_from, epoch_to] drawn
+    pick = next(p for p in plane["params"] if p["name"] == charts.LAYER_PICK)
+    assert pick["bind"] == "legend" and pick["select"]["fields"] == ["layer"]
+    assert points["encoding"]["opacity"] == {"condition": {"param": charts.LAYER_PICK, "value": 0.9}, "value": charts.DIMMED}
+    assert {p["name"]: p["value"] for p in plane["params"] if "value" in p} == dict(zip([charts.EPOCH_FROM, charts.EPOCH_TO], charts.ALL_EPOCHS))
+    assert all(charts.EPOCH_FROM in layer["transform"][0]["filter"] for layer in plane["layer"])
+    assert [t["field"] for t in points["encoding"]["tooltip"]] == ["layer", "layer_name", "phase", "epoch", "mi_xt_mean", "mi_ty_mean", "n"]
+    brush = next(p for p in curves["params"] if p["name"] == charts.EPOCH_BRUSH)
+    assert brush["select"] == {"type": "interval", "encodings": ["x"]}
+    assert curves["layer"][0]["encoding"]["y"]["scale"]["domain"] == [0, 14.0]
+
+
+def test_spread_shows_the_standard_deviation_per_layer(stats):
+    mi, _ = stats
+    spec = charts.spread_over_epochs(one_group(mi), "spread").to_dict()
+    assert spec["transform"][0] == {"fold": ["mi_xt_std", "mi_ty_std"], "as": ["quantity", "std"]}
+    assert spec["encoding"]["y"]["field"] == "std" and spec["encoding"]["strokeDash"]["field"] == "quantity"
+    row = one_group(mi).filter(pl.col("layer") == 2, pl.col("global_epoch") == 650).row(0, named=True)
+    drawn = next(v for v in spec["data"]["values"] if v["layer"] == 2 and v["global_epoch"] == 650)
+    assert drawn["mi_xt_std"] == pytest.approx(row["mi_xt_std"], abs=1e-5) and row["mi_xt_std"] > 0

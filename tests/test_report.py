@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -41,11 +42,64 @@ def test_report_is_one_self_contained_file(built):
     assert not re.search(r"<script[^>]+src=", page) and not re.search(r"<link[^>]+href=", page)
     assert "default-src 'none'" in page  # the page may fetch nothing
     ids = chart_ids(page)
-    # comparisons (estimators, bits), 2 accuracy charts, 3 charts for each of 3 estimator groups
-    assert len(ids) == 2 + 2 + 9 and len(set(ids)) == len(ids)
-    for anchor in ("trials", "completeness", "accuracy", "phases", "sweeps", "cmp-estimators", "cmp-bits"):
+    # 3 groups (exact 8-bit, bin30 8-bit, exact 4-bit), each: a plane over its I(X;T) and I(T;Y)
+    # curves, the median-deviating repetition and the spread; 2 accuracy charts; comparisons
+    # (estimators, bits)
+    assert len(ids) == 3 * 5 + 2 + 2 and len(set(ids)) == len(ids)
+    anchors = ("planes", "variance", "accuracy-curves", "cmp-estimators", "cmp-bits", "trials", "completeness", "accuracy", "phases", "sweeps")
+    for anchor in anchors:
         assert f'href="#{anchor}"' in page and f'id="{anchor}"' in page
+    # charts first (the planes leading), then the tables, the sweep files last
+    assert [page.index(f'<h2 id="{a}"') for a in anchors] == sorted(page.index(f'<h2 id="{a}"') for a in anchors)
     assert out.stat().st_size < 5_000_000
+
+
+def page_data(page: str) -> tuple[dict, dict]:
+    """The page's data store and each chart's spec, by chart id."""
+    store = json.loads(re.search(r'<script type="application/json" id="ibray-data">(.*?)</script>', page).group(1))
+    specs = {
+        chart: json.loads(re.search(rf'<script type="application/json" id="spec-{chart}">(.*?)</script>', page).group(1))
+        for chart in chart_ids(page)
+    }
+    return store, specs
+
+
+def test_header_says_what_was_run(built):
+    _, _, page = built
+    header = page[page.index("<header>") : page.index("</header>")]
+    facts = dict(re.findall(r"<dt>([^<]+)</dt><dd>([^<]+)</dd>", header))
+    assert facts["groups"] == "3 (2 network(s))"
+    assert facts["repetitions"] == "2 to 5 per group, 7 in all"  # 4 + 1 running in main, 2 in the other sweep
+    assert facts["trials"] == "3 of 4 complete"
+    assert facts["completeness"] == "1 group(s) lack repetitions at some epochs"
+    assert facts["epochs"] == "120 to 140 (prefit, then train)"
+    assert '<span class="badge partial">partial</span>' in header
+    assert 'id="group-picker"' not in header  # two rows of planes: no picker needed
+
+
+def test_groups_that_differ_in_one_axis_share_a_row_and_its_scales(built):
+    _, _, page = built
+    store, specs = page_data(page)
+    rows = re.findall(r'<div class="set" data-set="([^"]+)">(.*?)</div></div></div>(?=<div class="set"|<h2)', page[: page.index('id="variance"')])
+    planes = [[c for c in chart_ids(body) if c.endswith("-mean")] for _, body in rows]
+    # exact: the 8-bit and 4-bit networks (they differ in bits only) side by side, 8-bit... sorted up
+    assert planes == [["plane-synthetic12-syn-tanh-4-exact-mean", "plane-synthetic12-syn-tanh-8-exact-mean"], ["plane-synthetic12-syn-tanh-8-bin30-mean"]]
+    four, eight = (specs[c] for c in planes[0])
+    assert four["layer"][0]["encoding"]["x"]["scale"]["domain"] == eight["layer"][0]["encoding"]["x"]["scale"]["domain"]
+    largest = max(max(row[store[specs[c]["data"]["name"]]["fields"].index("mi_xt_mean")] for row in store[specs[c]["data"]["name"]]["rows"]) for c in planes[0])
+    assert four["layer"][0]["encoding"]["x"]["scale"]["domain"] == [0, round(1.03 * largest, 4)]
+    # the plane and its curves read one data set, stored once
+    group = "plane-synthetic12-syn-tanh-8-exact"
+    names = {specs[f"{group}-{kind}"]["data"]["name"] for kind in ("mean", "mi_xt", "mi_ty", "spread")}
+    assert len(names) == 1 and page.count(f'"{names.pop()}":{{"fields"') == 1
+    assert all("values" not in spec.get("data", {}) for spec in specs.values())
+
+
+def test_sweep_files_are_folded(built):
+    _, _, page = built
+    sweeps = page[page.index('<h2 id="sweeps"') :]
+    assert sweeps.count("<details><summary>") == 2 and sweeps.count("<pre>") == 2
+    assert "<pre>" not in page[page.index("<header>") : page.index('<h2 id="sweeps"')]
 
 
 def test_names_and_sweep_files_are_escaped(built):
@@ -70,10 +124,17 @@ def test_summary_tables(built):
 def test_main_writes_report_and_pngs(built, tmp_path, capsys):
     root, _, _ = built
     out = tmp_path / "r.html"
-    assert report.main([str(root / "xss"), "-o", str(out), "--png", str(tmp_path / "png")]) == 0
+    args = [str(root / "xss"), "-o", str(out), "--png", str(tmp_path / "png"), "--svg", str(tmp_path / "svg")]
+    assert report.main(args) == 0
     pngs = sorted((tmp_path / "png").glob("*.png"))
-    assert len(pngs) == len(chart_ids(out.read_text())) == 4
+    assert len(pngs) == len(chart_ids(out.read_text())) == 6  # plane, 2 curves, median, spread, accuracy
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    svgs = sorted(p.name for p in (tmp_path / "svg").glob("*.svg"))
+    assert svgs == ["plane-synthetic12-syn-tanh-4-exact-mean.svg", "plane-synthetic12-syn-tanh-4-exact-median.svg"]
+    plane = (tmp_path / "svg" / svgs[0]).read_text()
+    assert plane.startswith("<svg") and 'class="mark-symbol' in plane
+    width = float(re.search(r'<svg[^>]* width="([0-9.]+)"', plane).group(1))
+    assert report.PRINT_SIZE[0] < width < report.PRINT_SIZE[0] + 300  # print size: plot area plus axes and legends
     assert "wrote" in capsys.readouterr().out
 
 
@@ -141,9 +202,64 @@ def test_every_chart_renders_in_headless_chromium(built):
             driver.switch_to.alert.text  # the sweep named <script>alert(1)</script> stayed text
         severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert severe == []
+        side_by_side_hover_and_legend(driver, page)
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def side_by_side_hover_and_legend(driver, page: str) -> None:
+    """At 1600 px the 4-bit and 8-bit planes share a row; a point's tooltip shows its values;
+    clicking layer 2 in the legend dims every other layer's points."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver.set_window_size(1600, 1000)
+    driver.execute_script("window.dispatchEvent(new Event('resize'))")
+    inner = driver.execute_script("return window.innerWidth")
+    driver.set_window_size(1600 + (1600 - inner), 1000)
+    driver.execute_script("window.dispatchEvent(new Event('resize'))")
+    four = driver.find_element(By.ID, "plane-synthetic12-syn-tanh-4-exact-mean")
+    eight = driver.find_element(By.ID, "plane-synthetic12-syn-tanh-8-exact-mean")
+    left, right = four.rect, eight.rect
+    assert abs(left["y"] - right["y"]) < 1 and left["x"] + left["width"] <= right["x"]
+    assert left["width"] > 600 and right["width"] > 600  # large: about half the page each
+    # hover a point: its tooltip holds the values of its row in the page's data
+    store, specs = page_data(page)
+    table = store[specs[eight.get_attribute("id")]["data"]["name"]]
+    points = eight.find_elements(By.CSS_SELECTOR, "g.mark-symbol.role-mark path")
+    assert len(points) == len(table["rows"])
+    ActionChains(driver).move_to_element(points[len(points) // 2]).perform()
+    tooltip = driver.execute_script(
+        "var t = document.getElementById('vg-tooltip-element');"
+        "return t && t.classList.contains('visible') ? Array.from(t.querySelectorAll('tr')).map(r => [r.cells[0].innerText, r.cells[1].innerText]) : null"
+    )
+    assert tooltip, "no tooltip after hovering a point"
+    shown = dict(tooltip)
+    column = {f: i for i, f in enumerate(table["fields"])}
+    row = next(
+        r for r in table["rows"]
+        if r[column["layer"]] == int(shown["layer"]) and r[column["epoch"]] == int(shown["epoch"]) and r[column["phase"]] == shown["phase"]
+    )
+    assert shown["I(X;T)"] == f"{row[column['mi_xt_mean']]:.3f}" and shown["I(T;Y)"] == f"{row[column['mi_ty_mean']]:.3f}"
+    assert int(shown["repetitions"]) == row[column["n"]]
+
+    def opacities() -> dict[int, set[float]]:
+        found: dict[int, set[float]] = {}
+        for label, opacity in driver.execute_script(
+            "return Array.from(arguments[0].querySelectorAll('g.mark-symbol.role-mark path')).map("
+            "p => [p.getAttribute('aria-label'), p.getAttribute('opacity')])",
+            eight,
+        ):
+            layer = int(re.search(r"layer: (\d+)", label).group(1))
+            found.setdefault(layer, set()).add(float(opacity))
+        return found
+
+    assert opacities() == {1: {0.9}, 2: {0.9}, 3: {0.9}}
+    label = next(t for t in eight.find_elements(By.CSS_SELECTOR, "g.role-legend-label text") if t.text == "2")
+    ActionChains(driver).move_to_element(label).click().perform()
+    assert driver.execute_script("return ibrayViews[arguments[0]].signal('layer_pick')", eight.get_attribute("id"))["layer"] == [2]
+    assert opacities() == {1: {0.08}, 2: {0.9}, 3: {0.08}}
 
 
 def test_phases_leave_out_epochs_where_repetitions_are_missing(built):
@@ -171,6 +287,7 @@ def test_outputs_inside_the_results_read_are_refused(tmp_path, capsys):
         ["-o", str(folder / "sweep.yaml")],
         ["-o", str(folder / "trials" / "new.html")],  # a new name among them
         ["-o", str(tmp_path / "fine.html"), "--png", str(folder / "charts")],
+        ["-o", str(tmp_path / "fine.html"), "--svg", str(folder / "figures")],
         ["-o", str(tmp_path / "results" / ".." / "results" / "small" / "r.html")],  # the same place, spelled otherwise
     ):
         assert report.main([str(folder), *args]) == 2, args
@@ -231,3 +348,59 @@ def test_estimators_against_exact_appear_only_beside_other_estimators(built, tmp
     assert "<td>1,2,3 / 1,2,3</td>" in section  # exact and bin30 both fit and compress at every layer
     exact_only = report.build_report([small_sweep(tmp_path)], tmp_path / "r.html").read_text(encoding="utf-8")
     assert "estimators-vs-exact" not in exact_only and "Estimators against the exact values" not in exact_only
+
+
+def watched(tmp_path, epochs: int) -> tuple[Path, Path, object]:
+    """`ibray report --watch 1` over a sweep whose one trial is running, once it wrote a report."""
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "results"
+    mi, metrics = curves([0, 1], epochs=epochs, layers=2, sweep="live", trial="t0")
+    folder = write_trial(root / "live" / "trials" / "t0", mi, metrics, {"seeds": [0, 1], "epochs": 30}, status="running")
+    out = tmp_path / "live.html"
+    command = [sys.executable, "-m", "analysis.report", str(root), "-o", str(out), "--watch", "1"]
+    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert out.exists(), process.communicate(timeout=5) if process.poll() is not None else "no report within 120 s"
+    return folder, out, process
+
+
+def facts_of(page: str) -> dict[str, str]:
+    header = page[page.index("<header>") : page.index("</header>")]
+    return dict(re.findall(r"<dt>([^<]+)</dt><dd>([^<]+)</dd>", header)) | {"badge": re.search(r'class="badge (\w+)"', header).group(1)}
+
+
+def test_watch_rewrites_the_report_until_every_trial_is_complete(tmp_path):
+    folder, out, process = watched(tmp_path, epochs=10)
+    try:
+        page = out.read_text(encoding="utf-8")
+        assert facts_of(page).items() >= {"badge": "partial", "trials": "0 of 1 complete", "epochs": "10"}.items()
+        assert '<meta http-equiv="refresh" content="1">' in page and "Rewritten every 1 s" in page
+        mi, metrics = curves([0, 1], epochs=30, layers=2, sweep="live", trial="t0")
+        write_trial(folder, mi, metrics, {"seeds": [0, 1], "epochs": 30}, status="complete")  # the trial goes on and ends
+        assert process.wait(timeout=120) == 0
+    finally:
+        process.kill() if process.poll() is None else None
+    stdout = process.stdout.read()
+    assert "(partial," in stdout and "(complete," in stdout
+    page = out.read_text(encoding="utf-8")
+    assert facts_of(page).items() >= {"badge": "complete", "trials": "1 of 1 complete", "epochs": "30"}.items()
+    assert 'http-equiv="refresh"' not in page and "Rewritten every" not in page
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.html", "results"]  # no temporary file left
+
+
+def test_watch_stops_on_ctrl_c_with_130_and_leaves_the_last_report(tmp_path):
+    import signal
+
+    _, out, process = watched(tmp_path, epochs=10)
+    before = out.read_bytes()
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    assert "interrupted" in process.stderr.read()
+    after = out.read_bytes()
+    assert after.endswith(b"</html>\n") and facts_of(after.decode())["badge"] == "partial"
+    assert len(after) > 0.9 * len(before)
