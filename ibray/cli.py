@@ -35,8 +35,8 @@ def _trial_parser(sub) -> None:
         flag, default, help = "--" + field.name.replace("_", "-"), field.default, helps[field.name]
         if field.name == "seeds":  # parsed by TrialConfig, which names a bad seed
             p.add_argument(flag, default="0", help=f"{help} (default: 0)")
-        elif field.name == "estimators":
-            p.add_argument(flag, default=",".join(default), help=f"{help}, comma-separated (default: {','.join(default)})")
+        elif field.name in ("estimators", "measure"):
+            p.add_argument(flag, default=",".join(default), help=f"{help}, comma-separated (default: {','.join(default) or 'none'})")
         elif isinstance(default, tuple):
             p.add_argument(flag, type=float, nargs=len(default), default=default, metavar=("LOW", "HIGH"), help=f"{help} (default: {' '.join(map(str, default))})")
         else:
@@ -54,10 +54,12 @@ def _config_from_args(args):
 
     from ibray.config import TrialConfig
     from ibray.data import pin_dataset
+    from ibray.own_module import pin_module
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrialConfig)}
-    values["estimators"] = tuple(e.strip() for e in args.estimators.split(",") if e.strip())
-    return pin_dataset(TrialConfig(**values))
+    for key in ("estimators", "measure"):
+        values[key] = tuple(e.strip() for e in getattr(args, key).split(",") if e.strip())
+    return pin_module(pin_dataset(TrialConfig(**values)))
 
 
 def _run_trial(args) -> int:

@@ -27,6 +27,7 @@ from ibray.data_names import (
     dataset_label,
 )
 from ibray.errors import ConfigError
+from ibray.module_names import MODULE_GRAMMAR, ModuleRef, module_ref
 
 # architecture -> the data-set family it fits ("synthetic": 12 binary inputs, "mnist": images).
 # Dense networks of any shape are named by their hidden widths ('10-7-5-4-3') and fit every
@@ -52,7 +53,7 @@ MIN_BITS, MAX_BITS = 2, 16
 MAX_SEEDS = 1_000_000
 # The only fields validate() checks against one another; a sweep checks every other field
 # once per value and only these across its grid.
-TIED_FIELDS = ("dataset", "architecture", "epochs", "prefit_epochs")
+TIED_FIELDS = ("dataset", "architecture", "epochs", "prefit_epochs", "measure", "activation", "init")
 _BINNING = re.compile(r"^bin(\d+)$")
 _ADAPTIVE_BINNING = re.compile(r"^abin(\d+)$")
 # Estimators by name, besides bin<n> (uniform) and abin<n> (equal-frequency) binning; see
@@ -69,7 +70,10 @@ KDE_NOISE_VAR = {"mnist": 1e-1}
 DEFAULT_KDE_NOISE_VAR = 1e-3
 # Fields added after results existed: left out of the trial id at their defaults, so that the
 # ids of configs made before them stay as they were.
-LATER_FIELDS = ("kde_noise_var", "knn_k", "estimator_samples")
+LATER_FIELDS = ("kde_noise_var", "knn_k", "estimator_samples", "measure")
+# An own module's activation modules, measured when `measure` names no layers: torch.nn's
+# class names (ibray.own_module finds them by these names, so the config need not import torch).
+DEFAULT_MEASURED = ("ReLU", "Tanh", "Sigmoid", "ELU", "LeakyReLU")
 
 # Bounds on a custom dense network. The exact MI holds for any width (mutual_information packs
 # codes into 63-bit words and replaces a full word by its rank), so these are not about
@@ -89,7 +93,7 @@ def custom_widths(architecture: str) -> tuple[int, ...]:
         named = ", ".join(ARCHITECTURES)
         raise ConfigError(
             f"architecture: unknown value {architecture!r}; allowed: {named}, or hidden widths joined by '-' "
-            f"such as 10-7-5-4-3 (the softmax output is added)"
+            f"such as 10-7-5-4-3 (the softmax output is added), or your own module as {MODULE_GRAMMAR}"
         )
     widths = tuple(int(part) for part in architecture.split("-"))
     canonical = "-".join(map(str, widths))
@@ -132,10 +136,23 @@ def hidden_widths(architecture: str) -> tuple[int, ...]:
     return DENSE_WIDTHS[architecture] if architecture in DENSE_WIDTHS else custom_widths(architecture)
 
 
-def layer_count(architecture: str) -> int:
-    """Layers whose output T is measured: the hidden layers and the softmax output."""
+def layer_count(architecture: str, measure: tuple[str, ...] = ()) -> int | None:
+    """Layers whose output T is measured: the hidden layers (an own module's `measure` layers)
+    and the softmax output; None for an own module whose measured layers are its activation
+    modules (known once the module is built: trial.json's `layers` lists them)."""
+    if own_module(architecture) is not None:
+        return len(measure) + 1 if measure else None
     hidden = CONV_HIDDEN_LAYERS if architecture == "conv" else len(hidden_widths(architecture))
     return hidden + 1
+
+
+def own_module(architecture) -> ModuleRef | None:
+    """The own module an architecture value names ('nets.py:lenet5', 'pkg.nets:lenet5'), or
+    None for the study's names and dense widths; raises ConfigError for a malformed one."""
+    try:
+        return module_ref(architecture)
+    except ValueError as error:
+        raise ConfigError(f"architecture: {architecture!r}: {error}") from None
 
 
 def binning_bins(estimator: str) -> int | None:
@@ -201,7 +218,8 @@ class TrialConfig:
     checks the hash; only a config whose file is pinned has a trial id."""
 
     dataset: str = described("synthetic12", "synthetic12 (offline), szt, mnist, or a .npz (x, y) / .parquet / .csv file")
-    architecture: str = described("syn", "one of ARCHITECTURES, or hidden widths such as '10-7-5-4-3'")
+    architecture: str = described("syn", "one of ARCHITECTURES, hidden widths such as '10-7-5-4-3', or your own torch.nn.Module as path/to/nets.py:factory or package.module:factory")
+    measure: tuple[str, ...] = described((), "own modules: the submodules whose outputs T are measured, as named_modules() names them (e.g. conv1,fc1); none given: every activation module (ReLU, Tanh, Sigmoid, ELU, LeakyReLU)")
     activation: str = described("tanh", "hidden-layer activation, one of ACTIVATIONS")
     bits: int = described(8, "quantization bits per neuron, 2..16, or 32 for the float32 network")
     seeds: tuple[int, ...] = described((0,), "repetitions trained together as one batched model, e.g. 0-9 or 0,3,5-7")
@@ -232,6 +250,12 @@ class TrialConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", parse_seeds(self.seeds))
         object.__setattr__(self, "estimators", tuple(self.estimators))
+        if isinstance(self.measure, (list, tuple)):
+            object.__setattr__(self, "measure", tuple(self.measure))
+        module = own_module(self.architecture)
+        if module is not None and module.is_file:  # an absolute path, as a data file's
+            path = os.path.abspath(os.path.expanduser(module.source))
+            object.__setattr__(self, "architecture", ModuleRef(path, module.factory, module.sha256).value())
         bin_range = tuple(self.bin_range)
         if all(_is_number(v) for v in bin_range):
             bin_range = tuple(float(v) for v in bin_range)
@@ -272,8 +296,10 @@ class TrialConfig:
         # Other data sets ignore label_column, so one sweep may pair a .csv's with a .npz.
         if not isinstance(self.label_column, str) or not self.label_column or set(self.label_column) & set("#@"):
             raise ConfigError(f"label_column: {self.label_column!r} is not allowed; give a column name without '#' or '@' (default 'label')")
-        if self.architecture not in ARCHITECTURES:
+        module = own_module(self.architecture)
+        if self.architecture not in ARCHITECTURES and module is None:
             custom_widths(self.architecture)
+        self._validate_own_module(module)
         one_of("activation", self.activation, ACTIVATIONS)
         one_of("init", self.init, INITS)
         one_of("range_tracking", self.range_tracking, RANGE_TRACKING)
@@ -282,7 +308,7 @@ class TrialConfig:
             MIN_BITS <= self.bits <= MAX_BITS or self.bits == FLOAT_BITS
         ):
             raise ConfigError(f"bits: {self.bits!r} is not allowed; use {MIN_BITS}..{MAX_BITS}, or 32 for float32")
-        family = ARCHITECTURES.get(self.architecture)  # None: a custom dense network, fits all
+        family = ARCHITECTURES.get(self.architecture)  # None: a custom dense network or an own module, fits all
         if file is not None and family == "mnist" and self.architecture == "conv":
             dense = [a for a in ARCHITECTURES if a != "conv"]
             raise ConfigError(
@@ -333,6 +359,32 @@ class TrialConfig:
         one_of("device", self.device, ("auto", "cpu", "cuda"))
         one_of("engine", self.engine, ENGINES)
 
+    def _validate_own_module(self, module: ModuleRef | None) -> None:
+        """`measure` names layers of an own module only; an own module brings its own
+        activations and initialisation, so activation and init keep their defaults."""
+        names = self.measure
+        if not isinstance(names, tuple) or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"measure: {names!r} is not allowed; give submodule names, e.g. [conv1, fc1]")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"measure: {list(names)} names a layer twice")
+        if "output" in names:
+            raise ConfigError("measure: 'output' is the name of the softmax layer ibray measures anyway; rename that submodule")
+        if module is None:
+            if names:
+                raise ConfigError(
+                    f"measure: {list(names)} names layers of your own module, but architecture {self.architecture!r} is "
+                    f"built in; leave measure out, or give architecture as {MODULE_GRAMMAR}"
+                )
+            return
+        for key in ("activation", "init"):
+            if getattr(self, key) != default_for(key):
+                raise ConfigError(
+                    f"{key}: {getattr(self, key)!r} does not apply to your own module {module.label()} (it has its own "
+                    f"activations and initialisation); leave {key} out"
+                )
+        if self.engine != "eager":
+            raise ConfigError(f"engine: {self.engine!r} is for the built-in dense networks; your own module trains eagerly, leave engine out")
+
     @classmethod
     def from_dict(cls, values: dict) -> "TrialConfig":
         """Build from a flat dict (a sweep point, a Tune config); unknown keys fail at once."""
@@ -346,6 +398,7 @@ class TrialConfig:
         values = dataclasses.asdict(self)
         values["seeds"] = list(self.seeds)
         values["estimators"] = list(self.estimators)
+        values["measure"] = list(self.measure)
         values["bin_range"] = list(self.bin_range)
         return values
 
@@ -370,12 +423,31 @@ class TrialConfig:
         if values["engine"] == "eager":  # the ids of configs made before the engine existed stay
             values.pop("engine")
         for key in LATER_FIELDS:
-            if values[key] == default_for(key):
+            if getattr(self, key) == default_for(key):
                 values.pop(key)
+        module = own_module(self.architecture)
+        if module is not None and module.sha256 is None:
+            raise ConfigError(
+                f"architecture: {self.architecture!r} is not pinned, so the trial has no id yet; pin it first "
+                f"(ibray.own_module.pin_module reads the file and appends its SHA-256)"
+            )
         digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
         # a file's path may hold anything; its label keeps only what any filesystem takes
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.dataset_label)[-48:].strip("-.")
+        name = _filesystem_name(self.dataset_label)
+        if module is not None:  # its own activations: none to name
+            return f"{name}-{_filesystem_name(module.label())}-{self.bits}b-{digest}"
         return f"{name}-{self.architecture}-{self.activation}-{self.bits}b-{digest}"
+
+    @property
+    def architecture_label(self) -> str:
+        """The architecture as reports name it: itself, or 'nets.py:lenet5@1a2b3c4d' for an own module."""
+        module = own_module(self.architecture)
+        return self.architecture if module is None else module.label()
+
+    @property
+    def activation_label(self) -> str:
+        """The activation as rows name it: itself, or 'module' for an own module (its own)."""
+        return "module" if own_module(self.architecture) is not None else self.activation
 
     @property
     def dataset_label(self) -> str:
@@ -422,6 +494,10 @@ NUMBER_RULES = {
 }
 
 
+def _filesystem_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[-48:].strip("-.")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -451,5 +527,5 @@ def field_help() -> dict[str, str]:
 
 __all__ = [
     "TrialConfig", "ConfigError", "DataFile", "parse_seeds", "binning_bins", "adaptive_bins", "data_file", "dataset_label",
-    "custom_widths", "hidden_widths", "layer_count", "field_type",
+    "custom_widths", "hidden_widths", "layer_count", "field_type", "own_module",
 ]

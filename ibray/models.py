@@ -5,20 +5,26 @@ products; conv layers: 3x3 patches times per-seed kernels, also batched matrix p
 every quantizer keeps one range per seed, so S repetitions train in one pass while staying
 independent: a seed's numbers do not depend on which other seeds share the batch. Each seed slot is initialised from its own
 random stream and can be re-initialised alone (a restarted seed).
+
+Three engines share the base: DenseNetwork, ConvNetwork (the study's) and ModuleNetwork (your
+own torch.nn.Module, found and built by ibray.own_module).
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
-from ibray.config import FLOAT_BITS, hidden_widths
+from ibray.config import FLOAT_BITS, hidden_widths, own_module
 from ibray.device import LANES, pad_to_lanes
+from ibray.errors import ConfigError
+from ibray.own_module import build, measured_names, quoted
 from ibray.quantization import Quantizer, straight_through
 
 CONV_CHANNELS = 2  # both conv layers: 3x3 kernels, 2 channels, ReLU, then 2x2 max-pooling
@@ -547,6 +553,204 @@ class ConvNetwork(BatchedNetwork):
         codes.append(code)
         return ForwardPass(self._loss_log_probs(log_probs, probs), values, codes)
 
+# -- your own torch.nn.Module, batched over seeds (ibray.own_module finds and builds it) ---------
+# The module is kept as a template whose parameters are never trained: every seed's parameters
+# live in the one row `flat` (S, P), and its buffers (batch norm's running statistics) in one
+# (S, ...) buffer each. A pass runs the template once per seed with that seed's tensors
+# (torch.func.functional_call), so a seed's numbers cannot depend on its batch mates. A loop
+# over the seeds rather than torch.func.vmap: under vmap, the quantizers' per-seed range updates
+# and batch norm's running statistics are in-place writes that vmap refuses, and a module may
+# hold any of them; S seeds cost S times one. Forward hooks on the measured submodules put the
+# k-bit quantizer after each one's output and record values and codes; the softmax output is
+# quantized as the built-ins'. Measured layers are numbered in the order the pass runs them.
+
+_PROBE_SAMPLES = 2  # a probe batch: batch norm in training mode needs more than one sample
+
+
+@dataclass
+class _Run:
+    """One seed's pass in progress: what the hooks recorded, per measured layer."""
+
+    slot: int
+    values: list = field(default_factory=list)
+    codes: list = field(default_factory=list)
+
+
+class _Tap:
+    """The forward hook of measured layer `index`: quantizes and records its output. An object
+    holding the network, not a closure: a deep copy of the network (the measuring thread's)
+    then gets hooks that point at the copy."""
+
+    def __init__(self, network: "ModuleNetwork", index: int) -> None:
+        self.network, self.index = network, index
+
+    def __call__(self, module: nn.Module, inputs, output):
+        return self.network._tap(self.index, output)
+
+
+class ModuleNetwork(BatchedNetwork):
+    """S copies of an own module, trained by autograd through `forward` (see the module doc)."""
+
+    def __init__(
+        self,
+        architecture: str,
+        inputs: int,
+        classes: int,
+        bits: int,
+        seeds: int,
+        measure: tuple[str, ...] = (),
+        image_shape: tuple[int, ...] | None = None,
+        tracking: str = "epoch",
+        ema_decay: float = 0.999,
+        **_ignored,  # init: an own module initialises itself
+    ) -> None:
+        super().__init__("linear", classes, bits, seeds, tracking=tracking, ema_decay=ema_decay)
+        self.architecture = architecture
+        self.label = own_module(architecture).label()
+        template = build(architecture, seed=0)
+        if image_shape is None:
+            self.input_shape: tuple[int, ...] = (inputs,)
+        else:  # (H, W) images have one channel
+            self.input_shape = (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
+        names = measured_names(template, tuple(measure), self.label)
+        names, widths = self._probe(template, names)
+        self.layers = [LayerSpec(name, type(template.get_submodule(name)).__name__, width) for name, width in zip(names, widths)]
+        self.layers.append(LayerSpec("output", "softmax", classes))
+        self._parameter_names = [name for name, _ in template.named_parameters()]
+        self._shapes = [tuple(p.shape) for _, p in template.named_parameters()]
+        self._buffer_names = [name for name, _ in template.named_buffers()]
+        for number, (_, buffer) in enumerate(template.named_buffers()):
+            self.register_buffer(f"state{number}", buffer.detach().unsqueeze(0).repeat(seeds, *([1] * buffer.dim())))
+        for index, name in enumerate(names):
+            template.get_submodule(name).register_forward_hook(_Tap(self, index))
+        # Not a registered submodule: its own parameters are neither trained nor saved (each
+        # seed's are in `flat`), yet it moves with the network (see _apply).
+        self.__dict__["_template"] = template
+        self._run: _Run | None = None
+        self._finish()
+
+    def _probe(self, template: nn.Module, names: list[str]) -> tuple[list[str], list[int]]:
+        """Run a probe batch through the module: the measured layers in the order they run, and
+        their widths (features per sample); refuses inputs the module rejects, logits of the
+        wrong width, and a measured layer that does not run or runs twice."""
+        calls: list[tuple[str, int]] = []
+
+        def record(name):
+            def hook(module, inputs, output):
+                if not isinstance(output, torch.Tensor):
+                    raise ConfigError(f"measure: {name!r} of {self.label} returns a {type(output).__name__}, not a tensor")
+                calls.append((name, math.prod(output.shape[1:])))
+            return hook
+
+        handles = [template.get_submodule(name).register_forward_hook(record(name)) for name in names]
+        shape = (_PROBE_SAMPLES, *self.input_shape)
+        try:
+            with torch.no_grad():
+                logits = template.eval()(torch.zeros(shape))
+        except ConfigError:
+            raise
+        except Exception as error:
+            raise ConfigError(
+                f"architecture: {self.label} rejects inputs of shape {shape} (the data set's samples, batched): {quoted(error)}"
+            ) from None
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (_PROBE_SAMPLES, self.classes):
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ConfigError(
+                f"architecture: {self.label} returns logits of shape {got} for inputs {shape}; the data set has "
+                f"{self.classes} classes, so give ({_PROBE_SAMPLES}, {self.classes})"
+            )
+        seen = [name for name, _ in calls]
+        for name in names:
+            if seen.count(name) != 1:
+                how = "does not run" if name not in seen else f"runs {seen.count(name)} times"
+                raise ConfigError(
+                    f"measure: {name!r} {how} in {self.label}'s forward pass; measure layers that run once each "
+                    f"(a module used twice needs a module of its own per use)"
+                )
+        return seen, [width for _, width in calls]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._template._apply(fn, *args, **kwargs)  # no tensor of the pass is left behind on another device
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True) -> "ModuleNetwork":
+        super().train(mode)
+        self._template.train(mode)
+        return self
+
+    def _seed_tensors(self, slot: int) -> dict[str, torch.Tensor]:
+        """Seed `slot`'s parameters (views of its row of `flat`) and buffers, by the template's names."""
+        pieces = self.flat[slot].split(self._sizes)
+        tensors = {name: piece.view(shape) for name, piece, shape in zip(self._parameter_names, pieces, self._shapes)}
+        for number, name in enumerate(self._buffer_names):
+            tensors[name] = getattr(self, f"state{number}")[slot]
+        return tensors
+
+    @torch.no_grad()
+    def init_slot(self, slot: int, generator: torch.Generator) -> None:
+        """(Re-)initialise seed slot `slot`: the module's own initialisation, run with the global
+        random stream seeded from `generator` (forked, so nothing else draws from it)."""
+        fresh = build(self.architecture, seed=int(torch.randint(0, 2**62, (), generator=generator)))
+        tensors = self._seed_tensors(slot)
+        for name, value in [*fresh.named_parameters(), *fresh.named_buffers()]:
+            tensors[name].copy_(value.detach())
+        if self.quantizers is not None:
+            for quantizer in self.quantizers:
+                quantizer.reset(torch.tensor([slot], device=quantizer.low.device))
+
+    def eval_chunk(self, features: int, limit: int = 8192) -> int:
+        """Samples per forward chunk of a pass over a whole data set, a multiple of LANES: as
+        many as keep every seed's widest layer near 2^21 floats (as the dense networks)."""
+        per_sample = self.seeds * max(spec.width for spec in self.layers)
+        return max(LANES, min(limit, 2**21 // per_sample // LANES * LANES))
+
+    def _tap(self, index: int, output: torch.Tensor) -> torch.Tensor:
+        """Measured layer `index`'s output of the running seed: quantized (when the network is)
+        and recorded as (1, B, width) values and codes."""
+        run = self._run
+        if run is None:  # the module called outside a pass (it is not)
+            return output
+        values, code = output.unsqueeze(0), None
+        if self.quantizers is not None:
+            values, code = self.quantizers[index](values, None, batch_dim=1, slot=run.slot)
+        run.values.append(values.flatten(2))
+        run.codes.append(code.flatten(2) if code is not None else None)
+        return values.squeeze(0)
+
+    def forward(self, x: torch.Tensor, valid: int | None = None) -> ForwardPass:
+        """x: (S, B, features), or (B, features) shared by all seeds (the MI pass).
+
+        valid: only the first `valid` samples are real; the rest (padding) is not run at all,
+        so that batch norm's statistics see none of it, and the pass has `valid` samples."""
+        if valid is not None:
+            x = x.narrow(-2, 0, valid)
+        batch = x.shape[-2]
+        log_probs, values, codes = [], [], []
+        for slot in range(self.seeds):
+            inputs = (x if x.dim() == 2 else x[slot]).reshape(batch, *self.input_shape)
+            self._run = _Run(slot)
+            try:
+                logits = functional_call(self._template, self._seed_tensors(slot), (inputs,))
+            finally:
+                run, self._run = self._run, None
+            seed_log_probs = torch.log_softmax(logits, dim=-1).unsqueeze(0)
+            probs, code = seed_log_probs.exp(), None
+            if self.quantizers is not None:
+                probs, code = self.quantizers[-1](probs, None, batch_dim=1, slot=slot)
+            log_probs.append(self._loss_log_probs(seed_log_probs, probs))
+            values.append([*run.values, probs])
+            codes.append([*run.codes, code])
+        per_layer = range(len(self.layers))
+        return ForwardPass(
+            torch.cat(log_probs),
+            [torch.cat([seed[layer] for seed in values]) for layer in per_layer],
+            [torch.cat([seed[layer] for seed in codes]) if self.quantizers is not None else None for layer in per_layer],
+        )
+
+
 def batched_network(
     architecture: str,
     activation: str,
@@ -558,9 +762,13 @@ def batched_network(
     tracking: str = "epoch",
     ema_decay: float = 0.999,
     image_shape: tuple[int, int] | None = None,
+    measure: tuple[str, ...] = (),
 ) -> BatchedNetwork:
-    """The engine for `architecture`: ConvNetwork for 'conv', DenseNetwork for every other."""
+    """The engine for `architecture`: ModuleNetwork for an own module ('nets.py:lenet5@...',
+    its `measure` layers measured), ConvNetwork for 'conv', DenseNetwork for every other."""
     options = dict(init=init, tracking=tracking, ema_decay=ema_decay)
+    if own_module(architecture) is not None:
+        return ModuleNetwork(architecture, inputs, classes, bits, seeds, measure, image_shape, **options)
     if architecture == "conv":
         return ConvNetwork(activation, classes, bits, seeds, image_shape, **options)
     return DenseNetwork(architecture, activation, inputs, classes, bits, seeds, **options)

@@ -81,34 +81,47 @@ class Quantizer(nn.Module):
             self.high.copy_(torch.where(keep, high, self.high))
             self.tracking = tracking
 
-    def _track(self, values: torch.Tensor) -> None:
+    def _rows(self, slot: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """low and high of every seed (slot None), or of seed `slot` alone as views of length 1
+        (an engine that runs its seeds one at a time: values then have a seed axis of 1)."""
+        if slot is None:
+            return self.low, self.high
+        return self.low[slot : slot + 1], self.high[slot : slot + 1]
+
+    def _track(self, values: torch.Tensor, slot: int | None = None) -> None:
         every = tuple(range(1, values.dim()))  # all but the seed axis, whatever the layout
         batch_low, batch_high = values.amin(dim=every), values.amax(dim=every)  # (aminmax: 15x slower here)
+        low, high = self._rows(slot)
         if self.tracking == "epoch":
-            torch.minimum(self.low, batch_low, out=self.low)
-            torch.maximum(self.high, batch_high, out=self.high)
+            torch.minimum(low, batch_low, out=low)
+            torch.maximum(high, batch_high, out=high)
         elif self.tracking == "batch":
-            self.low.copy_(batch_low)
-            self.high.copy_(batch_high)
+            low.copy_(batch_low)
+            high.copy_(batch_high)
         else:
-            fresh = torch.isinf(self.low)
+            fresh = torch.isinf(low)
             decay = self.ema_decay
-            self.low.copy_(torch.where(fresh, batch_low, decay * self.low + (1 - decay) * batch_low))
-            self.high.copy_(torch.where(fresh, batch_high, decay * self.high + (1 - decay) * batch_high))
+            low.copy_(torch.where(fresh, batch_low, decay * low + (1 - decay) * batch_low))
+            high.copy_(torch.where(fresh, batch_high, decay * high + (1 - decay) * batch_high))
 
-    def _grid(self, dims: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(low, step, 1 / step) per seed, shaped to broadcast over values of `dims` dimensions.
-        A constant layer (high == low) has step 0 and inverse 0: everything maps to code 0."""
-        low, high = self._ranges(dims)
+    def _grid(self, dims: int, slot: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(low, step, 1 / step) per seed (or of seed `slot`), shaped to broadcast over values
+        of `dims` dimensions. A constant layer (high == low) has step 0 and inverse 0:
+        everything maps to code 0."""
+        if slot is None:
+            low, high = self._ranges(dims)
+        else:
+            shape = (-1,) + (1,) * (dims - 1)
+            low, high = (row.view(shape) for row in self._rows(slot))
         step = (high - low).div_(self.levels)
         return low, step, step.reciprocal().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
     def _codes(self, values: torch.Tensor, low: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         return (values - low).mul_(inverse).round_().clamp_(0, self.levels)
 
-    def _quantize(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _quantize(self, values: torch.Tensor, slot: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(quantized values, codes as floats) under the current per-seed ranges."""
-        low, step, inverse = self._grid(values.dim())
+        low, step, inverse = self._grid(values.dim(), slot)
         codes = self._codes(values, low, inverse)
         # a multiply, then an add: a fused multiply-add would round differently by position
         return codes.mul(step).add_(low), codes
@@ -122,24 +135,25 @@ class Quantizer(nn.Module):
         return self._codes(quantized, low, inverse)
 
     @torch.no_grad()
-    def observe(self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1) -> None:
+    def observe(self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1, slot: int | None = None) -> None:
         """In training mode, update the range from a batch as `forward` does (and nothing
         else: for a layer whose quantized values are not needed, e.g. the output's in a
         training step, whose loss gradient is the float one's)."""
         if self.training:
             whole = valid is None or valid == values.shape[batch_dim]
-            self._track(values if whole else values.narrow(batch_dim, 0, valid))
+            self._track(values if whole else values.narrow(batch_dim, 0, valid), slot)
 
     def forward(
-        self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1
+        self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1, slot: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantized values (straight-through gradient) and their integer codes (as floats).
 
         values: activations after the layer's activation function, seeds on the first axis and
         the batch on axis `batch_dim`. valid: only the first `valid` samples of the batch update
-        the range (the rest is padding).
+        the range (the rest is padding). slot: the values are seed `slot`'s alone, on a seed
+        axis of length 1 (its range alone is used and updated).
         """
         with torch.no_grad():  # ranges and rounding are not differentiated
-            self.observe(values, valid, batch_dim)
-            quantized, codes = self._quantize(values)
+            self.observe(values, valid, batch_dim, slot)
+            quantized, codes = self._quantize(values, slot)
         return straight_through(values, quantized), codes

@@ -165,13 +165,15 @@ def write_trial_info(
     parts: int,
     restarts: dict[int, int],
     config: dict,
+    layers: list[str] | None = None,
 ) -> None:
     """Replace a trial folder's trial.json: what the folder holds and how far it got.
 
     status: 'running' or 'complete'; epochs_run: epochs of the slowest seed; parts: the
     writes so far (part files are numbered by them); restarts: each seed's kept attempt;
     config: the TrialConfig as a dict. `ibray verify` checks the rows against it, and
-    analysis reads it (by its keys, never by importing ibray).
+    analysis reads it (by its keys, never by importing ibray). layers: the measured layers'
+    names, given for an own module (its layers are known once it is built).
     """
     info = {
         "sweep": sweep,
@@ -181,6 +183,7 @@ def write_trial_info(
         "parts": parts,
         "restarts": {str(seed): count for seed, count in restarts.items()},
         "config": config,
+        **({"layers": layers} if layers is not None else {}),
     }
     write_text_atomic(json.dumps(info, indent=2), join(out, TRIAL_FILE))
 

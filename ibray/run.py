@@ -17,9 +17,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ibray.config import TrialConfig, binning_bins
+from ibray.config import TrialConfig, binning_bins, own_module
 from ibray.data import DataKey, Dataset, pin_dataset
 from ibray.measure import Measurement
+from ibray.own_module import changed_module, pin_module
 from ibray.records import (
     TRIAL_FILE,
     ResultsWriter,
@@ -92,6 +93,7 @@ def _write_info(out: str | Path, trainer: Trainer, sweep: str, parts: int) -> No
         parts=parts,
         restarts=dict(zip(trainer.seeds, trainer.restarts)),
         config=trainer.config.to_dict(),
+        layers=[spec.name for spec in trainer.model.layers] if own_module(trainer.config.architecture) else None,
     )
 
 
@@ -119,9 +121,27 @@ def run_trial(
     """
     started = time.perf_counter()
     out = out if is_uri(out) else Path(out)
+    config = pin_module(config)  # an own module's file named but not pinned yet: read and pinned here
     if dataset is None:
-        config = pin_dataset(config)  # a data file named but not pinned yet: read and pinned here
+        config = pin_dataset(config)  # so is a data file
         dataset = DataKey.of(config).load(data_dir)
+    trainer, writer, ranges, parts = _prepared(config, dataset, out, sweep, state, threads)
+    last = _train(trainer, writer, out, sweep, ranges, parts, on_write, on_progress, progress_every)
+    return TrialSummary(
+        out=out,
+        trial=trainer.trial,
+        seeds=len(trainer.seeds),
+        epochs=trainer.slowest_epoch,
+        restarts={seed: r for seed, r in zip(trainer.seeds, trainer.restarts) if r},
+        seconds=time.perf_counter() - started,
+        final=_scalars(last, trainer.slowest_epoch, config.estimators[0]),
+    )
+
+
+def _prepared(config: TrialConfig, dataset: Dataset, out, sweep: str, state: dict | None, threads: int | None):
+    """The trial's Trainer (fresh, or continued from `state`), its results writer with the parts
+    after `state`'s removed, the global binning ranges and the number of writes so far; the
+    trial's record says where it stands."""
     if state is not None:
         ranges = state.get("global_ranges")
         ranges = {(int(s), int(r)): (lo, hi) for s, r, lo, hi in ranges} if ranges else None
@@ -143,6 +163,14 @@ def run_trial(
         writer.add(trainer.start())
     # (a run resumed from its final checkpoint has nothing left to do but say so)
     _write_info(out, trainer, sweep, parts)
+    return trainer, writer, ranges, parts
+
+
+def _train(trainer: Trainer, writer: ResultsWriter, out, sweep: str, ranges, parts: int, on_write, on_progress,
+           progress_every: float) -> Measurement | None:
+    """Train to the end: write every `write_every` epochs (rows, then the record, then
+    `on_write` with a checkpoint), report progress between writes; the last measurement."""
+    config = trainer.config
 
     def checkpoint() -> dict:
         packed = [[s, r, lo, hi] for (s, r), (lo, hi) in ranges.items()] if ranges else None
@@ -168,15 +196,7 @@ def run_trial(
         elif on_progress is not None and time.monotonic() - last_progress >= progress_every:
             last_progress = time.monotonic()
             on_progress(trainer.progress())
-    return TrialSummary(
-        out=out,
-        trial=trainer.trial,
-        seeds=len(trainer.seeds),
-        epochs=trainer.slowest_epoch,
-        restarts={seed: r for seed, r in zip(trainer.seeds, trainer.restarts) if r},
-        seconds=time.perf_counter() - started,
-        final=_scalars(last, trainer.slowest_epoch, config.estimators[0]),
-    )
+    return last
 
 
 def _scalars(last: Measurement | None, epoch: int, estimator: str) -> dict[str, float]:
@@ -227,12 +247,15 @@ def run_resumable(
     Returns None when `out` already holds this trial, complete (nothing is redone).
     """
     out = Path(out)
-    config = pin_dataset(config)
+    config = pin_module(pin_dataset(config))
     dataset = DataKey.of(config).load(data_dir)
     info = read_trial_info(out)
     state = None
     if info is not None and not overwrite:
         if info.get("trial") != config.trial_id():
+            changed = changed_module(info.get("config", {}).get("architecture"), config.architecture)
+            if changed:
+                raise TrialStateError(f"{out}: {changed}; restore the file, or pick another --out (or pass --overwrite)")
             raise TrialStateError(
                 f"{out} holds results of trial {info.get('trial')!r}, not {config.trial_id()!r}; "
                 f"pick another --out (or pass --overwrite to replace them)"

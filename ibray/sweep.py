@@ -32,6 +32,7 @@ import difflib
 import functools
 import itertools
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from ibray.config import (
 )
 from ibray.data import DataError, pin_dataset
 from ibray.errors import SweepError
+from ibray.module_names import ModuleRef, module_ref
 
 # Sweep-level keys (not TrialConfig fields): what each means and its default.
 SWEEP_KEYS = {
@@ -63,7 +65,7 @@ SWEEP_KEYS = {
 }
 TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(TrialConfig))
 # Fields whose value is itself a list; a list of them is one value, not an axis.
-LIST_FIELDS = ("seeds", "estimators", "bin_range")
+LIST_FIELDS = ("seeds", "estimators", "bin_range", "measure")
 # Fields a data file is read with when it is pinned, so checked before `dataset`. label_column
 # is part of a pinned file's value, so it cannot vary beside it: it is never an axis.
 DATA_READ_FIELDS = ("label_column", "train_fraction", "split_seed")
@@ -458,6 +460,8 @@ class _Validator:
         if key == "architecture" and isinstance(value, datetime.date):
             self.error(key, f"YAML reads {value} as a date; quote the widths, e.g. architecture: '{value.year}-{value.month}-{value.day}'")
             return _BAD
+        if key == "architecture" and isinstance(value, str):
+            value = self._beside_file(value)
         if expected is float and isinstance(value, str):
             try:  # YAML 1.1 reads 1e-4 (no dot) as a string
                 value = float(value)
@@ -485,6 +489,10 @@ class _Validator:
             config = TrialConfig.from_dict(probe)
             if key == "dataset":
                 config = pin_dataset(config)  # reads the file once, here, for every trial
+            if key == "architecture" and module_ref(value) is not None:
+                from ibray.own_module import pin_module  # imports torch: only for an own module
+
+                config = pin_module(config, check_measure=False)  # pinned here too; measure: _check_grid
         except DataError as error:
             self.error(key, str(error))
             return _BAD
@@ -497,7 +505,18 @@ class _Validator:
             else:
                 self.error(key, message)
             return value if key in ("architecture", "dataset") else _BAD
-        return config.dataset if key == "dataset" else value
+        return config.dataset if key == "dataset" else config.architecture if key == "architecture" else value
+
+    def _beside_file(self, architecture: str) -> str:
+        """An own module's relative file path taken from the sweep file's folder."""
+        try:
+            ref = module_ref(architecture)
+        except ValueError:
+            return architecture  # TrialConfig says what is wrong
+        if ref is None or not ref.is_file or os.path.isabs(os.path.expanduser(ref.source)) or not os.path.isfile(self.source):
+            return architecture
+        folder = os.path.dirname(os.path.abspath(self.source))
+        return ModuleRef(os.path.join(folder, ref.source), ref.factory, ref.sha256).value()
 
     def _check_size(self, spec: SweepSpec, max_trials: int, max_seed_epochs: int) -> None:
         sizes = " x ".join(f"{len(values)} {key}" for key, values in spec.axes.items())
@@ -523,7 +542,11 @@ class _Validator:
         for values in itertools.product(*(spec.axes[k] for k in keys)):
             point = {**spec.constants, **dict(zip(keys, values))}
             try:
-                TrialConfig.from_dict(point)
+                config = TrialConfig.from_dict(point)
+                if module_ref(config.architecture) is not None:
+                    from ibray.own_module import check_measure_names
+
+                    check_measure_names(config)  # an own module's measure names, against the module
             except ConfigError as error:
                 problems.setdefault(f"{self.source}: {error}", None)
         if problems:
@@ -552,6 +575,8 @@ def _probe(key: str, value) -> dict:
     # a data file takes the default architecture (dense 'syn'): every dense network fits a file
     if key == "epochs":
         return {"epochs": value, "prefit_epochs": 1}
+    if key == "measure":  # names an own module's layers: checked against the module by the grid
+        return {"measure": value, "architecture": "ibray_probe:module"}
     return {key: value}
 
 

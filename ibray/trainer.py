@@ -83,6 +83,7 @@ class Trainer:
             tracking=config.range_tracking,
             ema_decay=config.ema_decay,
             image_shape=dataset.image_shape,
+            measure=config.measure,
         ).to(self.device)
         self.optimizer = SeedAdam(list(self.model.parameters()), seeds, config.learning_rate)
         self._train_step = self._dense_step
@@ -204,8 +205,8 @@ class Trainer:
             "sweep": [self.sweep] * n,
             "trial": [self.trial] * n,
             "dataset": [config.dataset_label] * n,
-            "architecture": [config.architecture] * n,
-            "activation": [config.activation] * n,
+            "architecture": [config.architecture_label] * n,
+            "activation": [config.activation_label] * n,
             "bits": [config.bits] * n,
             "seed": [self.seeds[s] for s in slots],
             "restarts": [self.restarts[s] for s in slots],

@@ -142,7 +142,11 @@ def verify_trial(folder: str | Path) -> TrialCheck:
     except (TrialStateError, KeyError, TypeError, ValueError) as error:
         return TrialCheck(folder_text, Path(folder_text).name, "unreadable", problems=[f"trial.json: {error}"])
     check = TrialCheck(folder_text, str(info.get("trial", config.trial_id())), str(info.get("status")))
-    check.seeds, check.layers, check.estimators = len(config.seeds), layer_count(config.architecture), len(config.estimators)
+    layers = layer_count(config.architecture, config.measure)  # None: an own module's, named in trial.json
+    check.seeds, check.layers, check.estimators = len(config.seeds), layers or len(info.get("layers", [])), len(config.estimators)
+    if not check.layers:
+        check.problems.append("trial.json: names no measured layers of the own module (its 'layers')")
+        return check
     check.epochs = len(measured_epochs(config))
 
     tables = {}

@@ -1,0 +1,266 @@
+"""Own PyTorch modules by import path (ibray.module_names, ibray.own_module, models.ModuleNetwork):
+the value's grammar, pinning, the one-line errors, seeds that stay independent, checkpoints,
+the known answer (the study's bottleneck2 as an nn.Sequential), the DPI across a CNN's layers,
+and `ibray trial` / `ibray verify` end to end. The modules are in tests/own_nets.py."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ibray.cli import main
+from ibray.config import TrialConfig, layer_count
+from ibray.dataset import Dataset, stratified_split
+from ibray.errors import ConfigError
+from ibray.models import ModuleNetwork, batched_network
+from ibray.own_module import pin_module
+from ibray.trainer import Trainer
+
+NETS = Path(__file__).with_name("own_nets.py")
+
+
+def pinned(factory: str, path: Path = NETS, **fields) -> TrialConfig:
+    return pin_module(TrialConfig(architecture=f"{path}:{factory}", **fields))
+
+
+def seeded(architecture: str, seeds: int, inputs: int = 12, classes: int = 2, **options) -> ModuleNetwork:
+    net = batched_network(architecture, "tanh", inputs, classes, bits=options.pop("bits", 8), seeds=seeds, **options)
+    for slot in range(seeds):
+        net.init_slot(slot, torch.Generator().manual_seed(slot))
+    return net
+
+
+# -- the value, the config, pinning ------------------------------------------------------------
+def test_an_import_path_is_checked_by_its_grammar_without_importing_anything():
+    config = TrialConfig(architecture="nets.py:lenet5")
+    assert config.architecture.endswith("/nets.py:lenet5") and Path(config.architecture.split(":")[0]).is_absolute()
+    assert TrialConfig(architecture="mypkg.nets:lenet5").architecture == "mypkg.nets:lenet5"
+    for bad in ("nets.py:5x", "my pkg:lenet5", "my/nets.txt:lenet5"):
+        with pytest.raises(ConfigError, match="^architecture: "):
+            TrialConfig(architecture=bad)
+    with pytest.raises(ConfigError, match="^measure: .* built in"):
+        TrialConfig(measure=("fc1",))
+    with pytest.raises(ConfigError, match="^activation: 'relu' does not apply"):
+        TrialConfig(architecture="nets.py:lenet5", activation="relu")
+    with pytest.raises(ConfigError, match="not pinned"):
+        config.trial_id()
+
+
+def test_pinning_appends_the_files_hash_and_the_id_names_the_module():
+    config = pinned("mlp_batch_norm")
+    assert config.architecture.startswith(f"{NETS}:mlp_batch_norm@") and len(config.architecture.rsplit("@")[1]) == 64
+    assert pin_module(config) == config  # pinned once
+    assert config.architecture_label.startswith("own_nets.py:mlp_batch_norm@")
+    assert "-own_nets.py-mlp_batch_norm-" in config.trial_id()
+    assert layer_count(config.architecture) is None and layer_count(config.architecture, ("1", "2")) == 3
+    # measure enters the id only when it departs from its default (the ids of older configs stay)
+    assert pinned("mlp_batch_norm", measure=("2", "4")).trial_id() != config.trial_id()
+    assert TrialConfig().trial_id() == TrialConfig(measure=()).trial_id()
+
+
+def test_an_importable_module_is_pinned_by_its_source_file(tmp_path, monkeypatch):
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    shutil.copy(NETS, package / "nets.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = pin_module(TrialConfig(architecture="mypkg.nets:mlp_batch_norm"))
+    assert config.architecture.startswith("mypkg.nets:mlp_batch_norm@")
+    assert seeded(config.architecture, 1).layers[0].name == "2"
+
+
+# -- one line for each way it goes wrong --------------------------------------------------------
+@pytest.mark.parametrize(
+    "factory, fields, message",
+    [
+        ("missing", {}, r"^architecture: .*own_nets.py has no factory 'missing'; it defines .*bottleneck2"),
+        ("raises", {}, r"^architecture: own_nets.py:raises@\w+: the factory raised RuntimeError: no network today$"),
+        ("not_a_module", {}, r"the factory returned a str, not a torch.nn.Module"),
+        ("mlp_batch_norm", {"measure": ("fc9",)}, r"^measure: 'fc9' is not a submodule of own_nets.py:mlp_batch_norm@\w+; its submodules: 0, 1, 2"),
+        ("no_activation_module", {}, r"^measure: .* has no activation module"),
+        ("with_dropout", {}, r"^architecture: .* holds dropout \(2\)"),
+    ],
+)
+def test_a_module_that_cannot_be_built_is_refused_in_one_line(factory, fields, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        pinned(factory, **fields)
+    assert "\n" not in str(error.value)
+
+
+def test_a_missing_file_or_module_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"^architecture: file .*nowhere.py not found"):
+        pinned("lenet5", tmp_path / "nowhere.py")
+    with pytest.raises(ConfigError, match=r"^architecture: module 'no_such_package_here' not found"):
+        pin_module(TrialConfig(architecture="no_such_package_here:lenet5"))
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module_anywhere\n")
+    with pytest.raises(ConfigError, match=r"^architecture: importing .*broken.py failed: ModuleNotFoundError"):
+        pinned("lenet5", broken)
+
+
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        ("three_logits", r"^architecture: .* returns logits of shape \(2, 3\) for inputs \(2, 12\); the data set has 2 classes"),
+        ("wrong_inputs", r"^architecture: .* rejects inputs of shape \(2, 12\) .*RuntimeError: mat1 and mat2"),
+        ("shared_relu", r"^measure: '1' runs 2 times in .*'s forward pass"),
+    ],
+)
+def test_a_module_that_does_not_fit_the_data_is_refused_in_one_line(factory, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        seeded(pinned(factory).architecture, 1)
+    assert "\n" not in str(error.value)
+
+
+def test_a_changed_file_is_refused_in_one_line(tmp_path):
+    own = tmp_path / "nets.py"
+    shutil.copy(NETS, own)
+    config = pinned("mlp_batch_norm", own)
+    own.write_text(own.read_text() + "\n# edited\n")
+    with pytest.raises(ConfigError, match=r"^architecture: .*nets.py has changed since it was pinned") as error:
+        seeded(config.architecture, 1)
+    assert "\n" not in str(error.value)
+
+
+def test_a_pinned_file_is_found_by_its_name_where_a_ray_worker_unpacks_it(tmp_path, monkeypatch):
+    config = pinned("mlp_batch_norm")
+    moved = tmp_path / "working_dir"
+    moved.mkdir()
+    shutil.copy(NETS, moved / "own_nets.py")
+    monkeypatch.chdir(moved)
+    gone = config.architecture.replace(str(NETS), str(tmp_path / "elsewhere" / "own_nets.py"))
+    assert seeded(gone, 1).layers[0].name == "2"
+
+
+# -- the engine ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("tracking", ["epoch", "moving_average", "batch"])
+def test_a_seeds_numbers_do_not_depend_on_its_batch_mates(tracking):
+    # batch norm in training mode, quantizer ranges and the padding cut off: each per seed
+    architecture = pinned("mlp_batch_norm").architecture
+    torch.manual_seed(0)
+    x = torch.rand(3, 48, 12)
+    together = seeded(architecture, 3, tracking=tracking).train()
+    for _ in range(2):
+        shared = together(x, valid=40)
+    for slot in range(3):
+        alone = batched_network(architecture, "tanh", 12, 2, bits=8, seeds=1, tracking=tracking)
+        alone.init_slot(0, torch.Generator().manual_seed(slot))
+        alone.train()
+        for _ in range(2):
+            result = alone(x[slot : slot + 1], valid=40)
+        assert torch.equal(result.log_probs[0], shared.log_probs[slot])
+        assert all(torch.equal(a[0], b[slot]) for a, b in zip(result.codes, shared.codes))
+        assert torch.equal(alone.state0[0], together.state0[slot])  # batch norm's running mean
+
+
+def test_the_module_is_initialised_from_the_seeds_own_stream():
+    architecture = pinned("mlp_batch_norm").architecture
+    first, second = seeded(architecture, 2), seeded(architecture, 2)
+    assert torch.equal(first.flat, second.flat)
+    assert not torch.equal(first.flat[0], first.flat[1])
+
+
+def test_a_checkpoint_round_trips():
+    architecture = pinned("mlp_batch_norm").architecture
+    x = torch.rand(2, 32, 12)
+    net = seeded(architecture, 2).train()
+    net(x)
+    copy = batched_network(architecture, "tanh", 12, 2, bits=8, seeds=2)
+    copy.load_state_dict(net.state_dict())
+    a, b = net.eval()(x), copy.eval()(x)
+    assert torch.equal(a.log_probs, b.log_probs) and all(torch.equal(p, q) for p, q in zip(a.codes, b.codes))
+
+
+def test_bottleneck2_as_a_sequential_gives_the_built_in_networks_codes():
+    """Given the built-in network's weights, the module's codes are the built-in's. Its values
+    agree to within 2e-6, not bit for bit: nn.Linear multiplies samples-major, the dense engine
+    features-major, so the float sums run in another order (a float32 step or two), which can
+    move a quantizer's range by as much. Exact MI counts codes, so its rows are the same."""
+    architecture = pinned("bottleneck2", dataset="mnist").architecture
+    torch.manual_seed(0)
+    x = torch.rand(1000, 784) * (torch.rand(1000, 784) > 0.7)  # sparse, as MNIST
+    dense = batched_network("bottleneck2", "relu", 784, 10, bits=8, seeds=2)
+    own = batched_network(architecture, "relu", 784, 10, bits=8, seeds=2)
+    for slot in range(2):
+        dense.init_slot(slot, torch.Generator().manual_seed(slot))
+        tensors = own._seed_tensors(slot)
+        with torch.no_grad():
+            for number, (weight, bias) in enumerate(zip(dense.weights, dense.biases)):
+                tensors[f"{2 * number}.weight"].copy_(weight[slot].T)
+                tensors[f"{2 * number}.bias"].copy_(bias[slot].view(-1))
+    assert [spec.width for spec in own.layers] == [spec.width for spec in dense.layers]
+    dense.train()(x)
+    own.train()(x)  # the ranges
+    expected, got = dense.eval()(x), own.eval()(x)
+    for a, b in zip(expected.codes, got.codes):
+        assert (a != b).float().mean() <= 1e-3 and (a - b).abs().max() <= 1  # on this machine: all equal
+    for a, b in zip(expected.values, got.values):
+        torch.testing.assert_close(b, a, atol=2e-6, rtol=0)
+    torch.testing.assert_close(got.log_probs, expected.log_probs, atol=2e-6, rtol=0)
+
+
+def image_dataset(samples: int = 240) -> Dataset:
+    """8x8 one-channel images of three classes: a bright square in one of three places."""
+    rng = np.random.default_rng(0)
+    y = np.arange(samples) % 3
+    images = rng.random((samples, 8, 8)).astype(np.float32) * 0.3
+    for row, label in enumerate(y):
+        images[row, 2 * label : 2 * label + 3, 2:5] += 0.7
+    train, test = stratified_split(y, 0.8, 0)
+    return Dataset("tiny-images", images.reshape(samples, 64), y.astype(np.int64), train, test, n_classes=3, image_shape=(8, 8))
+
+
+def test_exact_mi_obeys_the_dpi_across_a_cnns_measured_layers():
+    config = pinned("small_cnn", seeds=(0, 1), epochs=3, bits=4, learning_rate=1e-2, batch_size=32)
+    trainer = Trainer(config, image_dataset(), threads=1)
+    assert [spec.name for spec in trainer.model.layers] == ["act1", "act2", "act3", "output"]
+    measurements = [trainer.start()] + [trainer.step()[0] for _ in range(3)]
+    for measurement in measurements:
+        mi = measurement.mi
+        rows = {(s, e, layer): (xt, ty) for s, e, layer, xt, ty in zip(mi["seed"], mi["epoch"], mi["layer"], mi["mi_xt"], mi["mi_ty"])}
+        for (seed, epoch, layer), (xt, ty) in rows.items():
+            if layer > 1:
+                before = rows[(seed, epoch, layer - 1)]
+                assert xt <= before[0] + 1e-9 and ty <= before[1] + 1e-9
+    assert measurements[-1].metrics["train_acc"][0] > 1 / 3  # it learns
+
+
+def test_ibray_trial_with_an_own_module_writes_rows_that_verify_accepts(tmp_path, capsys):
+    out = tmp_path / "trial"
+    args = ["trial", "--architecture", f"{NETS}:mlp_batch_norm", "--measure", "2,4", "--seeds", "0-1", "--epochs", "2", "--out", str(out)]
+    assert main(args) == 0
+    assert main(["verify", str(out)]) == 0
+    assert "every row once" in capsys.readouterr().out
+
+
+def test_ibray_trial_refuses_to_resume_with_a_changed_file(tmp_path, capsys):
+    own = tmp_path / "nets.py"
+    shutil.copy(NETS, own)
+    args = ["trial", "--architecture", f"{own}:mlp_batch_norm", "--epochs", "1", "--out", str(tmp_path / "trial")]
+    assert main(args) == 0
+    own.write_text(own.read_text() + "\n# edited\n")
+    capsys.readouterr()
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert "nets.py has changed since its trial was pinned" in error and "\n" not in error
+    assert main(["trial", "--architecture", f"{own}:missing", "--out", str(tmp_path / "other")]) == 2
+    assert "has no factory 'missing'" in capsys.readouterr().err
+
+
+def test_a_sweep_takes_the_module_beside_its_file_and_checks_measure(tmp_path):
+    from ibray.sweep import load_sweep
+
+    shutil.copy(NETS, tmp_path / "nets.py")
+    sweep = tmp_path / "own.yaml"
+    sweep.write_text("architecture: nets.py:mlp_batch_norm\nmeasure: [['2'], ['2', '4']]\nepochs: 1\n")
+    spec = load_sweep(sweep)
+    trials = spec.trials
+    assert [t.measure for t in trials] == [("2",), ("2", "4")]
+    assert all(t.architecture.startswith(f"{tmp_path}/nets.py:mlp_batch_norm@") for t in trials)
+    sweep.write_text("architecture: nets.py:mlp_batch_norm\nmeasure: [fc9]\nepochs: 1\n")
+    with pytest.raises(ConfigError, match="measure: 'fc9' is not a submodule"):
+        load_sweep(sweep)
