@@ -52,12 +52,10 @@ def global_epoch(group: list[str]) -> pl.Expr:
     The prefit length is read from the data (the last prefit epoch within `group`), so a group
     without a prefit phase keeps its epochs.
     """
-    prefit_epochs = (
-        pl.col("epoch").filter(pl.col("phase") == "prefit").max().over(group).fill_null(0)
+    prefit_epochs = pl.col("epoch").filter(pl.col("phase") == "prefit").max().over(group).fill_null(0)
+    return (pl.col("epoch") + pl.when(pl.col("phase") == "train").then(prefit_epochs).otherwise(0)).alias(
+        "global_epoch"
     )
-    return (
-        pl.col("epoch") + pl.when(pl.col("phase") == "train").then(prefit_epochs).otherwise(0)
-    ).alias("global_epoch")
 
 
 def mi_stats(mi: pl.LazyFrame) -> pl.LazyFrame:
@@ -176,9 +174,7 @@ def final_metrics(metrics: pl.LazyFrame) -> pl.LazyFrame:
     and epoch reached (the smallest over repetitions, so a run cut short shows).
     """
     order = run_order()
-    last = metrics.group_by([*NETWORK, *REPETITION]).agg(
-        pl.col("phase", "epoch", *METRIC_VALUES).sort_by(order).last()
-    )
+    last = metrics.group_by([*NETWORK, *REPETITION]).agg(pl.col("phase", "epoch", *METRIC_VALUES).sort_by(order).last())
     return (
         last.group_by(NETWORK)
         .agg(
@@ -197,10 +193,14 @@ def progress(mi: pl.LazyFrame, trials: pl.DataFrame) -> pl.LazyFrame:
     trial.json but no rows yet appear with no seeds written.
     """
     order = run_order()
-    seen = mi.with_columns(pl.col("sweep", "trial").cast(pl.String)).group_by(["sweep", "trial"]).agg(
-        pl.col("seed").n_unique().alias("seeds_written"),
-        pl.col("phase").sort_by(order).last().alias("last_phase"),
-        pl.col("epoch").sort_by(order).last().alias("last_epoch"),
+    seen = (
+        mi.with_columns(pl.col("sweep", "trial").cast(pl.String))
+        .group_by(["sweep", "trial"])
+        .agg(
+            pl.col("seed").n_unique().alias("seeds_written"),
+            pl.col("phase").sort_by(order).last().alias("last_phase"),
+            pl.col("epoch").sort_by(order).last().alias("last_epoch"),
+        )
     )
     info = trials.lazy().select(
         "sweep", "trial", "status", "epochs", "prefit_epochs", pl.col("seeds").list.len().alias("seeds_asked")

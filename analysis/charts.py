@@ -31,7 +31,16 @@ DIMMED = 0.08  # opacity of the layers not picked in the legend
 LAYER_PICK, EPOCH_BRUSH, EPOCH_FROM, EPOCH_TO = "layer_pick", "epochs", "epoch_from", "epoch_to"
 ALL_EPOCHS = (-1, 1e15)  # EPOCH_FROM, EPOCH_TO before anything is brushed
 CURVE_COLUMNS = [
-    "layer", "layer_name", "phase", "epoch", "global_epoch", "mi_xt_mean", "mi_xt_std", "mi_ty_mean", "mi_ty_std", "n",
+    "layer",
+    "layer_name",
+    "phase",
+    "epoch",
+    "global_epoch",
+    "mi_xt_mean",
+    "mi_xt_std",
+    "mi_ty_mean",
+    "mi_ty_std",
+    "n",
 ]
 ESTIMATOR_ORDER = ["exact", "bin30", "bin100", "bin256"]
 
@@ -128,7 +137,11 @@ def _plane_layers(
     extent = {} if domain is None else {"domain": [0, domain[0]], "nice": False}
     base = alt.Chart().encode(
         x=alt.X(f"{x}:Q", title="I(X;T) (bits)", scale=alt.Scale(zero=True, **extent)),
-        y=alt.Y(f"{y}:Q", title="I(T;Y) (bits)", scale=alt.Scale(zero=True, **({} if domain is None else {"domain": [0, domain[1]], "nice": False}))),
+        y=alt.Y(
+            f"{y}:Q",
+            title="I(T;Y) (bits)",
+            scale=alt.Scale(zero=True, **({} if domain is None else {"domain": [0, domain[1]], "nice": False})),
+        ),
     )
     shown = f"datum.global_epoch >= {EPOCH_FROM} && datum.global_epoch <= {EPOCH_TO}"
     curve = (
@@ -176,7 +189,9 @@ def information_plane(
     if x == "mi_xt_mean" and y == "mi_ty_mean" and set(CURVE_COLUMNS) <= set(frame.columns):
         drawn, note = curve_data(frame, max_epochs)
     else:
-        columns = [c for c in ("layer", "layer_name", "phase", "epoch", "global_epoch", x, y, "n") if c in frame.columns]
+        columns = [
+            c for c in ("layer", "layer_name", "phase", "epoch", "global_epoch", x, y, "n") if c in frame.columns
+        ]
         drawn, note = thin(frame.select(columns), ["layer"], max_epochs)
     return (
         alt.layer(*_plane_layers(x, y, _epoch_axis(frame), drawn.columns, domain), data=_values(drawn))
@@ -221,7 +236,9 @@ def mi_curves(
     band = (
         base.transform_calculate(low=f"datum.{mean} - (datum.{std} || 0)", high=f"datum.{mean} + (datum.{std} || 0)")
         .mark_area(opacity=0.15)
-        .encode(y=alt.Y("low:Q", title=f"{label} (bits)", scale=alt.Scale(**values)), y2="high:Q", opacity=_highlight(0.2))
+        .encode(
+            y=alt.Y("low:Q", title=f"{label} (bits)", scale=alt.Scale(**values)), y2="high:Q", opacity=_highlight(0.2)
+        )
     )
     line = base.mark_line(strokeWidth=1.5).encode(
         y=f"{mean}:Q",
@@ -240,7 +257,10 @@ def mi_curves(
         line.add_params(_layer_pick()),
         data=_values(drawn),
     ).properties(
-        title=_title(f"{label} per layer: {title}", ["mean, band: one standard deviation; drag to pick epochs for the plane", note]),
+        title=_title(
+            f"{label} per layer: {title}",
+            ["mean, band: one standard deviation; drag to pick epochs for the plane", note],
+        ),
         width=width,
         height=height,
     )
@@ -276,7 +296,9 @@ def spread_over_epochs(
         )
         .add_params(_layer_pick())
         .properties(
-            title=_title(title, ["over repetitions, per layer: I(X;T) solid, I(T;Y) dashed", note]), width=width, height=height
+            title=_title(title, ["over repetitions, per layer: I(X;T) solid, I(T;Y) dashed", note]),
+            width=width,
+            height=height,
         )
     )
 

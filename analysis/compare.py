@@ -32,9 +32,19 @@ from analysis.output import OutputError, refuse_inside_inputs, write_atomically
 EXACT = "exact"
 POINT = [*NETWORK, *REPETITION, "phase", "epoch", "layer"]
 COLUMNS = [  # the referee table's, in order
-    *NETWORK, "estimator", "points",
-    "mi_xt_error_mean", "mi_xt_error_worst", "mi_ty_error_mean", "mi_ty_error_worst", "dpi_violations",
-    "fitting_exact", "fitting", "compression_exact", "compression", "same_phases",
+    *NETWORK,
+    "estimator",
+    "points",
+    "mi_xt_error_mean",
+    "mi_xt_error_worst",
+    "mi_ty_error_mean",
+    "mi_ty_error_worst",
+    "dpi_violations",
+    "fitting_exact",
+    "fitting",
+    "compression_exact",
+    "compression",
+    "same_phases",
 ]
 
 
@@ -190,11 +200,17 @@ def display(table: pl.DataFrame, digits: int = 3) -> pl.DataFrame:
         *[pl.col(name).cast(pl.String) for name in NETWORK],
         "estimator",
         pl.col("points").cast(pl.String),
-        pl.format("{} / {}", number("mi_xt_error_mean"), number("mi_xt_error_worst")).alias("I(X;T) |error|: mean / worst"),
-        pl.format("{} / {}", number("mi_ty_error_mean"), number("mi_ty_error_worst")).alias("I(T;Y) |error|: mean / worst"),
+        pl.format("{} / {}", number("mi_xt_error_mean"), number("mi_xt_error_worst")).alias(
+            "I(X;T) |error|: mean / worst"
+        ),
+        pl.format("{} / {}", number("mi_ty_error_mean"), number("mi_ty_error_worst")).alias(
+            "I(T;Y) |error|: mean / worst"
+        ),
         pl.col("dpi_violations").alias("DPI violations"),
         pl.format("{} / {}", layers("fitting_exact"), layers("fitting")).alias("fitting: exact / estimator"),
-        pl.format("{} / {}", layers("compression_exact"), layers("compression")).alias("compression: exact / estimator"),
+        pl.format("{} / {}", layers("compression_exact"), layers("compression")).alias(
+            "compression: exact / estimator"
+        ),
         pl.when(pl.col("same_phases")).then(pl.lit("yes")).otherwise(pl.lit("no")).alias("same phases"),
     ).with_columns(pl.all().fill_null("–"))
 
@@ -232,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the table as JSON (a list of rows) instead of text")
     parser.add_argument("--csv", metavar="FILE", default=None, help="also write the table as CSV to FILE")
     parser.add_argument(
-        "--threshold", type=float, default=phases.DEFAULT_THRESHOLD, help="bits a phase must exceed (default: %(default)s)"
+        "--threshold",
+        type=float,
+        default=phases.DEFAULT_THRESHOLD,
+        help="bits a phase must exceed (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     try:

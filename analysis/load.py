@@ -144,8 +144,7 @@ def load(paths: list[str | Path]) -> Results:
             )
         if _find(roots, "trial.json"):
             raise ResultsError(
-                f"{where}: trials have started but written no MI rows yet; "
-                "wait for the first epochs to finish"
+                f"{where}: trials have started but written no MI rows yet; wait for the first epochs to finish"
             )
         raise ResultsError(
             f"{where}: no ibray results here (no <trial>/mi/part-*.parquet at any depth); "
@@ -180,15 +179,19 @@ def fetch_remote(uri: str) -> Path:
     if not infos and filesystem.get_file_info(base).type == pafs.FileType.NotFound:
         raise ResultsError(f"{uri}: no such file or folder")
     wanted = [
-        info for info in infos
+        info
+        for info in infos
         if info.type == pafs.FileType.File
-        and (info.base_name in ("trial.json", "sweep.yaml") or (info.base_name.startswith("part-") and info.base_name.endswith(".parquet")))
-        and "/tune/" not in info.path[len(base):]
+        and (
+            info.base_name in ("trial.json", "sweep.yaml")
+            or (info.base_name.startswith("part-") and info.base_name.endswith(".parquet"))
+        )
+        and "/tune/" not in info.path[len(base) :]
     ]
     local = Path(tempfile.mkdtemp(prefix="ibray-report-"))
     atexit.register(shutil.rmtree, local, True)
     for info in wanted:
-        target = local / info.path[len(base):].lstrip("/")
+        target = local / info.path[len(base) :].lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         with filesystem.open_input_stream(info.path) as source:
             target.write_bytes(source.read())
@@ -276,7 +279,7 @@ def _read_trials(roots: list[Path]) -> pl.DataFrame:
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ResultsError(
                 f"{path}: not an ibray trial.json ({type(error).__name__}: {error}); "
-                "it must hold {\"sweep\", \"trial\", \"status\", \"config\"}"
+                'it must hold {"sweep", "trial", "status", "config"}'
             ) from None
     return pl.DataFrame(rows, schema=TRIALS_SCHEMA).unique(["sweep", "trial"], keep="last", maintain_order=True)
 

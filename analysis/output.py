@@ -45,8 +45,7 @@ def refuse_inside_inputs(option: str, given: str, inputs: list[str], suffix: str
         if target == folder or folder in target.parents:
             raise OutputError(
                 f"{option} {given}: is inside the results {source} that are read, and would replace or add "
-                f"files among them; write it outside, e.g. {option} {Path(source).name or 'results'}-report"
-                + suffix
+                f"files among them; write it outside, e.g. {option} {Path(source).name or 'results'}-report" + suffix
             )
 
 
@@ -58,8 +57,12 @@ def nearest_existing(path: Path) -> Path:
 
 def check_writable_place(option: str, given: str, folder: Path) -> None:
     if not folder.is_dir():
-        raise OutputError(f"{option} {given}: {folder} is a file, so nothing can be made under it; pick another {option}")
+        raise OutputError(
+            f"{option} {given}: {folder} is a file, so nothing can be made under it; pick another {option}"
+        )
     try:  # a real attempt, not os.access: that says yes to root everywhere, /proc included
         os.rmdir(tempfile.mkdtemp(prefix=".ibray-probe-", dir=folder))
     except OSError as error:
-        raise OutputError(f"{option} {given}: cannot write in {folder} ({error.strerror or error}); pick another {option}") from None
+        raise OutputError(
+            f"{option} {given}: cannot write in {folder} ({error.strerror or error}); pick another {option}"
+        ) from None

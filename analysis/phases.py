@@ -64,7 +64,9 @@ def phases(stats: pl.LazyFrame, threshold: float = DEFAULT_THRESHOLD) -> pl.Lazy
     """Fitting and compression per (group, layer) from the mean curves of `mi_stats`."""
     return (
         stats.group_by([*PLANE_PHASE, "layer"])
-        .agg(*fitting(threshold=threshold), *compression(threshold=threshold), pl.col("epoch").max().alias("last_epoch"))
+        .agg(
+            *fitting(threshold=threshold), *compression(threshold=threshold), pl.col("epoch").max().alias("last_epoch")
+        )
         .sort([*PLANE_PHASE, "layer"])
     )
 

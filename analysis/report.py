@@ -128,9 +128,7 @@ def compute(results: Results, threshold: float = phases.DEFAULT_THRESHOLD) -> Ta
     """
     mi_columns = [*aggregate.PLANE_PHASE, *REPETITION, "epoch", "layer", "layer_name", "width", "mi_xt", "mi_ty"]
     slim = pl.col(pl.String).cast(pl.Categorical)
-    mi, metrics = pl.collect_all(
-        [results.mi.select(mi_columns).with_columns(slim), results.metrics.with_columns(slim)]
-    )
+    mi, metrics = pl.collect_all([results.mi.select(mi_columns).with_columns(slim), results.metrics.with_columns(slim)])
     mi, metrics = mi.lazy(), metrics.lazy()
     stats = aggregate.mi_stats(mi)
     median = aggregate.median_deviating(mi, stats)
@@ -196,7 +194,7 @@ def html_table(frame: pl.DataFrame, headers: dict[str, str] | None = None, row_c
         cells = "".join(f"<td>{esc(fmt(row[c]))}</td>" for c in headers)
         marked = ' class="warn"' if row_class and row[row_class] else ""
         rows.append(f"<tr{marked}>{cells}</tr>")
-    return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def pm(mean: str, std: str) -> pl.Expr:
@@ -222,9 +220,15 @@ def summary_sections(tables: Tables, results: Results) -> list[Section]:
         html_table(
             tables.progress.with_columns((pl.col("status") != "complete").alias("incomplete")),
             {
-                "sweep": "sweep", "trial": "trial", "status": "status", "seeds_asked": "seeds asked",
-                "seeds_written": "seeds written", "last_phase": "last phase", "last_epoch": "last epoch",
-                "epochs": "epochs asked", "prefit_epochs": "prefit epochs asked",
+                "sweep": "sweep",
+                "trial": "trial",
+                "status": "status",
+                "seeds_asked": "seeds asked",
+                "seeds_written": "seeds written",
+                "last_phase": "last phase",
+                "last_epoch": "last epoch",
+                "epochs": "epochs asked",
+                "prefit_epochs": "prefit epochs asked",
             },
             row_class="incomplete",
         )
@@ -253,7 +257,12 @@ def summary_sections(tables: Tables, results: Results) -> list[Section]:
         pl.format("{} {}", "last_phase", "last_epoch").alias("last epoch"),
     )
     sections.append(
-        Section("accuracy", "Final accuracies", 2, ["<p>At each repetition's last epoch; mean ± standard deviation.</p>", html_table(final)])
+        Section(
+            "accuracy",
+            "Final accuracies",
+            2,
+            ["<p>At each repetition's last epoch; mean ± standard deviation.</p>", html_table(final)],
+        )
     )
 
     per_layer = tables.phases.join(tables.dpi, on=[*aggregate.PLANE_PHASE, "layer"], how="left").with_columns(
@@ -272,10 +281,20 @@ def summary_sections(tables: Tables, results: Results) -> list[Section]:
                 html_table(
                     per_layer,
                     {
-                        "dataset": "dataset", "architecture": "architecture", "activation": "activation", "bits": "bits",
-                        "estimator": "estimator", "phase": "phase", "layer": "layer", "fit_start": "fit start",
-                        "fit_end": "fit end", "fit_bits": "fit bits", "compress_start": "compress start",
-                        "compress_end": "compress end", "compress_bits": "compress bits", "DPI violations": "DPI violations",
+                        "dataset": "dataset",
+                        "architecture": "architecture",
+                        "activation": "activation",
+                        "bits": "bits",
+                        "estimator": "estimator",
+                        "phase": "phase",
+                        "layer": "layer",
+                        "fit_start": "fit start",
+                        "fit_end": "fit end",
+                        "fit_bits": "fit bits",
+                        "compress_start": "compress start",
+                        "compress_end": "compress end",
+                        "compress_bits": "compress bits",
+                        "DPI violations": "DPI violations",
                     },
                 ),
             ],
@@ -298,7 +317,12 @@ def completeness_section(tables: Tables) -> Section:
         .otherwise(
             pl.format(
                 "{} of {} epochs ({} to {}) lack repetitions: as few as {} of {}",
-                "incomplete_epochs", "epochs", "first_incomplete", "last_incomplete", "fewest", "repetitions",
+                "incomplete_epochs",
+                "epochs",
+                "first_incomplete",
+                "last_incomplete",
+                "fewest",
+                "repetitions",
             )
         )
         .alias("completeness"),
@@ -351,7 +375,11 @@ def reading_order(keys: list[dict]) -> list[dict]:
     return sorted(
         keys,
         key=lambda k: (
-            k["dataset"], k["architecture"], estimators.index(k["estimator"]), activations.index(k["activation"]), k["bits"]
+            k["dataset"],
+            k["architecture"],
+            estimators.index(k["estimator"]),
+            activations.index(k["activation"]),
+            k["bits"],
         ),
     )
 
@@ -408,9 +436,21 @@ def plane_sections(tables: Tables) -> list[Section]:
                 Card(
                     card_title,
                     [
-                        Figure(f"{slug}-mean", charts.information_plane(own, f"Information plane: {label}", domain=plane_domain, width="container", height=380), "plane", slug),
+                        Figure(
+                            f"{slug}-mean",
+                            charts.information_plane(
+                                own, f"Information plane: {label}", domain=plane_domain, width="container", height=380
+                            ),
+                            "plane",
+                            slug,
+                        ),
                         *(
-                            Figure(f"{slug}-{q}", charts.mi_curves(own, q, label, domain=curves_domain[q], width="container", height=130), "curves", slug)
+                            Figure(
+                                f"{slug}-{q}",
+                                charts.mi_curves(own, q, label, domain=curves_domain[q], width="container", height=130),
+                                "curves",
+                                slug,
+                            )
                             for q in ("mi_xt", "mi_ty")
                         ),
                     ],
@@ -428,7 +468,11 @@ def plane_sections(tables: Tables) -> list[Section]:
                     charts.information_plane(
                         tables.median_rows.filter(is_group(group)),
                         f"Median-deviating repetition ({who}, of {chosen['repetitions']}): {label}",
-                        "mi_xt", "mi_ty", domain=median_domain, width="container", height=300,
+                        "mi_xt",
+                        "mi_ty",
+                        domain=median_domain,
+                        width="container",
+                        height=300,
                     ),
                     "median",
                     slug,
@@ -436,7 +480,12 @@ def plane_sections(tables: Tables) -> list[Section]:
             ]
             if chosen["repetitions"] > 1:
                 figures.append(
-                    Figure(f"{slug}-spread", charts.spread_over_epochs(own, f"Spread: {label}", width="container", height=180), "spread", slug)
+                    Figure(
+                        f"{slug}-spread",
+                        charts.spread_over_epochs(own, f"Spread: {label}", width="container", height=180),
+                        "spread",
+                        slug,
+                    )
                 )
             spread_cards.append(Card(card_title, figures))
         planes.body.append(Grid(key, title, mean_cards))
@@ -466,19 +515,25 @@ def comparison_sections(tables: Tables) -> list[Section]:
         label = " · ".join(str(v) for v in key.values())
         variants = same.select("estimator", "bits").unique()
         if variants.get_column("estimator").str.starts_with("bin").any() and variants.height > 1:
-            same_variant = same.with_columns(
-                pl.format("{}, {}", "estimator", bits_text()).alias("variant")
-            )
+            same_variant = same.with_columns(pl.format("{}, {}", "estimator", bits_text()).alias("variant"))
             order_frame = variants.with_columns(
                 pl.col("estimator").str.extract(r"(\d+)").cast(pl.Int64).fill_null(0).alias("bins")
             ).sort("bins", "bits")
             order = [f"{e}, {bits_label(b)}" for e, b in order_frame.select("estimator", "bits").rows()]
             body_estimators.append(
-                Figure(slugify("cmp-estimator", *key.values()), charts.comparison(same_variant, "variant", f"Exact against binning: {label}", order))
+                Figure(
+                    slugify("cmp-estimator", *key.values()),
+                    charts.comparison(same_variant, "variant", f"Exact against binning: {label}", order),
+                )
             )
         exact = same.filter(pl.col("estimator") == "exact")
         if exact.get_column("bits").n_unique() > 1:
-            body_bits.append(Figure(slugify("cmp-bits", *key.values()), charts.comparison(exact, "bits", f"Bit widths (exact MI): {label}")))
+            body_bits.append(
+                Figure(
+                    slugify("cmp-bits", *key.values()),
+                    charts.comparison(exact, "bits", f"Bit widths (exact MI): {label}"),
+                )
+            )
     sections = []
     if body_estimators:
         sections.append(Section("cmp-estimators", "Exact MI against binning", 2, body_estimators))
@@ -526,7 +581,8 @@ details { margin: 0.4em 0; } summary { cursor: pointer; font-family: monospace; 
 
 # Each chart's data is stored once in the page (#ibray-data, columns and rows) and handed to
 # each view as its own objects. A brush on a card's MI curves sets its planes' epoch range.
-DRIVER = """
+DRIVER = (
+    """
 (function () {
   var data = JSON.parse(document.getElementById("ibray-data").textContent);
   function rows(name) {
@@ -571,14 +627,19 @@ DRIVER = """
     window.dispatchEvent(new Event("resize"));
   });
 })();
-""".replace("EPOCH_FROM", charts.EPOCH_FROM).replace("EPOCH_TO", charts.EPOCH_TO).replace(
-    "EPOCH_BRUSH", charts.EPOCH_BRUSH
-).replace("FIRST", repr(charts.ALL_EPOCHS[0])).replace("LAST", repr(charts.ALL_EPOCHS[1]))
+""".replace("EPOCH_FROM", charts.EPOCH_FROM)
+    .replace("EPOCH_TO", charts.EPOCH_TO)
+    .replace("EPOCH_BRUSH", charts.EPOCH_BRUSH)
+    .replace("FIRST", repr(charts.ALL_EPOCHS[0]))
+    .replace("LAST", repr(charts.ALL_EPOCHS[1]))
+)
 
 
 def script_json(value: object) -> str:
     """JSON safe inside a <script> element: no '</script>' or '<!--' can close or confuse it."""
-    return json.dumps(value, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return (
+        json.dumps(value, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    )
 
 
 class Page:
@@ -619,16 +680,18 @@ def render(sections: list[Section], heading: str, header: str, refresh: int | No
     for section in sections:
         parts.append(f'<h{section.level} id="{section.anchor}">{esc(section.title)}</h{section.level}>')
         for item in section.body:
-            parts.append(page.chart(item) if isinstance(item, Figure) else page.grid(item) if isinstance(item, Grid) else item)
+            parts.append(
+                page.chart(item) if isinstance(item, Figure) else page.grid(item) if isinstance(item, Grid) else item
+            )
     reload = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">{reload}'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(heading)}</title><style>{STYLE}</style>"
         f"<script>{javascript_bundle()}</script></head><body>"
         f"<header>{header}<nav><ul>{toc}</ul></nav>{group_picker(sections)}</header>"
-        f'{"".join(parts)}'
+        f"{''.join(parts)}"
         f'<script type="application/json" id="ibray-data">{script_json(page.data)}</script>'
         f"<script>{DRIVER}</script></body></html>\n"
     )
@@ -664,7 +727,9 @@ def header(tables: Tables, paths: list, seconds: str, watch: int | None = None) 
         "repetitions": f"{span(repetitions)} per group, {progress.get_column('seeds_written').sum()} in all",
         "epochs": f"{span(epochs)}{' (prefit, then train)' if prefit else ''}",
         "trials": f"{complete} of {progress.height} complete",
-        "completeness": "every repetition at every epoch" if not gaps else f"{gaps} group(s) lack repetitions at some epochs",
+        "completeness": "every repetition at every epoch"
+        if not gaps
+        else f"{gaps} group(s) lack repetitions at some epochs",
     }
     badge = "partial" if partial else "complete"
     live = (
@@ -721,8 +786,12 @@ def _build(paths, out, png_dir=None, svg_dir=None, watch=None) -> tuple[Path, bo
     *summary, sweep_files = summary_sections(tables, results)
     # charts first, planes leading; then the tables; the sweep files, folded, last
     sections = (
-        plane_sections(tables) + [accuracy_section(tables)] + comparison_sections(tables)
-        + summary + referee_sections(tables) + [sweep_files]
+        plane_sections(tables)
+        + [accuracy_section(tables)]
+        + comparison_sections(tables)
+        + summary
+        + referee_sections(tables)
+        + [sweep_files]
     )
     sections = [s for s in sections if s.body]
     unique_slugs(sections)
@@ -755,7 +824,11 @@ def write_figures(figures: list[Figure], folder: Path, kind: str) -> list[Path]:
     for figure in figures:
         path = folder / f"{figure.slug}.{kind}"
         spec = print_spec(figure)
-        data = vl_convert.vegalite_to_png(spec, scale=2) if kind == "png" else vl_convert.vegalite_to_svg(spec).encode("utf-8")
+        data = (
+            vl_convert.vegalite_to_png(spec, scale=2)
+            if kind == "png"
+            else vl_convert.vegalite_to_svg(spec).encode("utf-8")
+        )
         write_atomically(path, data)
         written.append(path)
     return written
@@ -765,7 +838,9 @@ def write_pngs(figures: list[Figure], folder: Path) -> list[Path]:
     return write_figures(figures, folder, "png")
 
 
-def watch_report(paths: list[str], out: str, seconds: int, png_dir: str | None = None, svg_dir: str | None = None) -> Path:
+def watch_report(
+    paths: list[str], out: str, seconds: int, png_dir: str | None = None, svg_dir: str | None = None
+) -> Path:
     """Rewrite the report every `seconds` from what has been written until every trial is
     complete (then once more, final), or until Ctrl-C (KeyboardInterrupt reaches the caller).
     An error after the first report is said on stderr and the earlier report stays."""
@@ -787,18 +862,27 @@ def watch_report(paths: list[str], out: str, seconds: int, png_dir: str | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ibray report", description="Build one self-contained HTML report from ibray results.")
+    parser = argparse.ArgumentParser(
+        prog="ibray report", description="Build one self-contained HTML report from ibray results."
+    )
     parser.add_argument("results", nargs="+", metavar="RESULTS", help="trial, sweep or results folders")
     parser.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default: report.html)")
     parser.add_argument("--png", metavar="DIR", default=None, help="also write each chart as a PNG into DIR")
-    parser.add_argument("--svg", metavar="DIR", default=None, help="also write each information plane as an SVG into DIR")
     parser.add_argument(
-        "--watch", metavar="SECONDS", type=int, default=None,
+        "--svg", metavar="DIR", default=None, help="also write each information plane as an SVG into DIR"
+    )
+    parser.add_argument(
+        "--watch",
+        metavar="SECONDS",
+        type=int,
+        default=None,
         help="rewrite the report every SECONDS until every trial is complete (Ctrl-C stops, exit 130)",
     )
     args = parser.parse_args(argv)
     if args.watch is not None and args.watch < 1:
-        print(f"ibray report: error: --watch {args.watch}: give the seconds between rewrites, at least 1", file=sys.stderr)
+        print(
+            f"ibray report: error: --watch {args.watch}: give the seconds between rewrites, at least 1", file=sys.stderr
+        )
         return 2
     try:
         check_outputs(args.output, args.png, args.results, args.svg)
@@ -838,12 +922,16 @@ def check_outputs(output: str, png_dir: str | None, inputs: list[str] = (), svg_
             folder = Path(given)
             kind = option[2:].upper()
             if folder.absolute() == out.absolute() or out.absolute() in folder.absolute().parents:
-                raise OutputError(f"{option} {given}: the HTML file goes to {output}; give {option} a folder of its own")
+                raise OutputError(
+                    f"{option} {given}: the HTML file goes to {output}; give {option} a folder of its own"
+                )
             if os.path.lexists(folder) and not folder.is_dir():
                 raise OutputError(f"{option} {given}: is a file, not a folder; give a folder for the {kind} files")
             check_writable_place(option, given, folder if folder.is_dir() else nearest_existing(folder.absolute()))
     except OSError as error:
-        raise OutputError(f"{error.filename or output}: cannot be read ({error.strerror or error}); pick another output path") from None
+        raise OutputError(
+            f"{error.filename or output}: cannot be read ({error.strerror or error}); pick another output path"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def main() -> None:
         for activation, bits in networks if args.groups > 1 else []:
             seeds = max(args.seeds // args.groups, 1)
             name = f"bench-{activation}-{bits}"
-            write_sweep(root / "results", name, 1, seeds, args.epochs, args.layers, parts=8, activation=activation, bits=bits)
+            write_sweep(
+                root / "results", name, 1, seeds, args.epochs, args.layers, parts=8, activation=activation, bits=bits
+            )
         print(f"wrote synthetic results: {time.perf_counter() - started:.1f} s")
 
         started = time.perf_counter()
@@ -60,7 +62,9 @@ def main() -> None:
         started = time.perf_counter()
         out = report.build_report([root / "results"], root / "report.html")
         elapsed = time.perf_counter() - started
-        print(f"build report: {elapsed:.1f} s, {out.stat().st_size / 1e6:.2f} MB, {tables.mi_stats.height:,} curve points")
+        print(
+            f"build report: {elapsed:.1f} s, {out.stat().st_size / 1e6:.2f} MB, {tables.mi_stats.height:,} curve points"
+        )
 
 
 if __name__ == "__main__":

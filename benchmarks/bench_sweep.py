@@ -90,7 +90,10 @@ def main() -> None:
     print(f"single process, no Ray: {single:.1f} seed-epochs/s", flush=True)
     core = core_benchmark_rate(len(spec.trials[0].seeds))
     if core is not None:
-        print(f"core benchmark (ibray bench, {len(spec.trials[0].seeds)} seeds, MI every epoch): {core:.1f} seed-epochs/s", flush=True)
+        print(
+            f"core benchmark (ibray bench, {len(spec.trials[0].seeds)} seeds, MI every epoch): {core:.1f} seed-epochs/s",
+            flush=True,
+        )
 
     from ibray.launch.launcher import run_sweep
 

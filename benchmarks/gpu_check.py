@@ -72,8 +72,15 @@ def counting(device: torch.device, quick: bool) -> None:
         on_device = device_layer_information(torch.from_numpy(codes).to(device), labels)
         states = on_device.n_states.tolist() == on_host.n_states.tolist()
         gap = max(np.abs(on_device.h_t - on_host.h_t).max(), np.abs(on_device.mi_ty - on_host.mi_ty).max())
-        check(f"device counting {seeds}x{samples}x{width}", states and gap <= 1e-12, f"same states {states}, max |dH| {gap:.1e}")
-        alone = [device_layer_information(torch.from_numpy(codes[s : s + 1].copy()).to(device), labels) for s in range(min(seeds, 4))]
+        check(
+            f"device counting {seeds}x{samples}x{width}",
+            states and gap <= 1e-12,
+            f"same states {states}, max |dH| {gap:.1e}",
+        )
+        alone = [
+            device_layer_information(torch.from_numpy(codes[s : s + 1].copy()).to(device), labels)
+            for s in range(min(seeds, 4))
+        ]
         same = all(a.h_t[0] == on_device.h_t[s] and a.mi_ty[0] == on_device.mi_ty[s] for s, a in enumerate(alone))
         print(f"     a seed counted alone equals it in its batch, bit for bit: {same}")
         FIGURES.setdefault("device_counting_seed_alone_same_bits", []).append(same)
@@ -116,8 +123,13 @@ def training(device: torch.device, quick: bool) -> None:
         for seeds in (1, 8) if quick else (1, 50, 500):
             epochs = 5 if quick else (20 if seeds < 500 else 10)
             record_rate(
-                f"training {engine}, {seeds} seeds, exact MI every epoch", f"seed_epochs_per_s_{engine}_{seeds}",
-                seeds, epochs, dataset, engine=engine, device=device.type,
+                f"training {engine}, {seeds} seeds, exact MI every epoch",
+                f"seed_epochs_per_s_{engine}_{seeds}",
+                seeds,
+                epochs,
+                dataset,
+                engine=engine,
+                device=device.type,
             )
 
 
@@ -145,8 +157,14 @@ def mnist_networks(device: torch.device, quick: bool) -> None:
     print(f"     data: {source}, {len(dataset.y)} samples", flush=True)
     for architecture, seeds, epochs in (("bottleneck2", 20, 2 if quick else 6), ("conv", 10 if not quick else 2, 2)):
         record_rate(
-            f"MNIST {architecture}, {seeds} seeds, exact MI every 2nd epoch", f"mnist_{architecture}_{seeds}_seed_epochs_per_s",
-            seeds, epochs, dataset, segments=max(1, epochs // 2), mi_every=2, device=device.type,
+            f"MNIST {architecture}, {seeds} seeds, exact MI every 2nd epoch",
+            f"mnist_{architecture}_{seeds}_seed_epochs_per_s",
+            seeds,
+            epochs,
+            dataset,
+            segments=max(1, epochs // 2),
+            mi_every=2,
+            device=device.type,
             fields=dict(dataset="mnist", architecture=architecture, activation="relu", bits=8),
         )
 
@@ -164,7 +182,9 @@ def trial_against_cpu(device: torch.device, quick: bool) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for where in places:
             started = time.perf_counter()
-            run_trial(dataclasses.replace(config, device="cpu" if where.startswith("cpu") else where), Path(scratch) / where)
+            run_trial(
+                dataclasses.replace(config, device="cpu" if where.startswith("cpu") else where), Path(scratch) / where
+            )
             print(f"     trial on {where}: {time.perf_counter() - started:.1f} s", flush=True)
         first, second = (Path(scratch) / where for where in places)
         for table in ("metrics", "mi"):
@@ -176,7 +196,9 @@ def trial_against_cpu(device: torch.device, quick: bool) -> None:
                 gaps = [abs(a[k][column] - b[k][column]) for k in shared]
                 FIGURES[f"trial_{table}_{column}_max_gap"] = max(gaps) if gaps else None
                 equal = sum(gap == 0 for gap in gaps)
-                print(f"     {table}.{column}: {equal} of {len(gaps)} rows equal, largest difference {max(gaps or [0]):.3g}")
+                print(
+                    f"     {table}.{column}: {equal} of {len(gaps)} rows equal, largest difference {max(gaps or [0]):.3g}"
+                )
             if table == "mi":
                 states = sum(a[k]["n_states"] == b[k]["n_states"] for k in shared)
                 print(f"     mi.n_states: {states} of {len(shared)} rows equal")

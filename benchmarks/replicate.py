@@ -133,8 +133,12 @@ def record_wall_time(folder: Path, seconds: float, code: int) -> None:
     """Append one run's wall time to the experiment's folder (the page sums them)."""
     if not folder.is_dir():
         return  # refused before it made its folder: nothing ran
-    line = {"ended": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(seconds, 1), "exit_code": code, "cpus": os.cpu_count()}
+    line = {
+        "ended": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 1),
+        "exit_code": code,
+        "cpus": os.cpu_count(),
+    }
     with open(folder / WALL_TIMES, "a") as out:
         out.write(json.dumps(line) + "\n")
 
@@ -144,9 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["run", "page"])
     parser.add_argument("--results", type=Path, default=REPO / "results" / "replication")
     parser.add_argument("--scale", choices=["study", "machine"], default="machine")
-    parser.add_argument("--data-dir", default=None, help="where szt and mnist/ are (default: $IBRAY_DATA_DIR, else ~/.cache/ibray)")
+    parser.add_argument(
+        "--data-dir", default=None, help="where szt and mnist/ are (default: $IBRAY_DATA_DIR, else ~/.cache/ibray)"
+    )
     parser.add_argument("--only", default=None, help="run: these experiments only (sweep names, or synthetic / mnist)")
-    parser.add_argument("--partial", action="store_true", help="page: leave out experiments whose results are incomplete")
+    parser.add_argument(
+        "--partial", action="store_true", help="page: leave out experiments whose results are incomplete"
+    )
     args = parser.parse_args(argv)
     if args.action == "run":
         data_dir = os.path.abspath(args.data_dir) if args.data_dir else None

@@ -40,11 +40,17 @@ class Experiment:
 EXPERIMENTS = [
     Experiment("syn-8bit", "Section 4.1: synthetic data, 8-bit, tanh and ReLU", "50 seeds x 8000 epochs"),
     Experiment("appendix-c-precision", "Appendix C: 4-bit and 32-bit precision", "50 seeds x 8000 epochs"),
-    Experiment("appendix-a-binning", "Appendix A: binning the float networks (30, 100, 256 bins)", "50 seeds x 8000 epochs"),
-    Experiment("appendix-d-prefit", "Appendix D: 1000 epochs on shuffled labels, then 8000", "20 seeds x 1000 + 8000 epochs"),
+    Experiment(
+        "appendix-a-binning", "Appendix A: binning the float networks (30, 100, 256 bins)", "50 seeds x 8000 epochs"
+    ),
+    Experiment(
+        "appendix-d-prefit", "Appendix D: 1000 epochs on shuffled labels, then 8000", "20 seeds x 1000 + 8000 epochs"
+    ),
 ]
 MNIST_EXPERIMENTS = [
-    Experiment("mnist-bottleneck2", "Section 4.2: MNIST, Bottleneck-2 (16-8-4-2, ReLU, 8-bit)", "20 seeds x 3000 epochs"),
+    Experiment(
+        "mnist-bottleneck2", "Section 4.2: MNIST, Bottleneck-2 (16-8-4-2, ReLU, 8-bit)", "20 seeds x 3000 epochs"
+    ),
     Experiment("appendix-e-mnist", "Appendix E: MNIST, Bottleneck-4 and HourGlass", "20 seeds x 3000 epochs"),
     Experiment("appendix-e-mnist-wide", "Appendix E: MNIST, 4x10 and Conv", "10 seeds x 3000 epochs"),
 ]
@@ -110,7 +116,10 @@ class Numbers:
         for key, value in where.items():
             peaks = peaks.filter(pl.col(key) == value)
         peak = {r["layer"]: r["mi_xt_peak"][0] for r in peaks.iter_rows(named=True)}
-        return {r["layer"]: (r["compress_bits"], peak.get(r["layer"], 0.0)) for r in self.phase_rows(**where).iter_rows(named=True)}
+        return {
+            r["layer"]: (r["compress_bits"], peak.get(r["layer"], 0.0))
+            for r in self.phase_rows(**where).iter_rows(named=True)
+        }
 
     def dpi(self, **where) -> tuple[int, int]:
         frame = self.tables.dpi
@@ -126,7 +135,10 @@ def numbers(folder: Path) -> Numbers:
         for a, b, e, n in tables.mi_stats.group_by("activation", "bits", "estimator").agg(pl.col("layer").max()).rows()
     }
     architectures = dict(
-        tables.mi_stats.filter(pl.col("estimator") == "exact").group_by("architecture").agg(pl.col("layer").max()).rows()
+        tables.mi_stats.filter(pl.col("estimator") == "exact")
+        .group_by("architecture")
+        .agg(pl.col("layer").max())
+        .rows()
     )
     return Numbers(tables, curve_points(tables.mi_stats.filter(pl.col("complete"))), layers, architectures)
 
@@ -142,25 +154,50 @@ def layer_table(n: Numbers, estimator: str | None = None, lead: str = "activatio
     ).sort(*aggregate.PLANE_PHASE, "layer")
     rows = [
         [
-            r[lead], report.bits_label(r["bits"]), r["estimator"], r["phase"], r["layer"],
-            pm(r["mi_xt_start"]), f"{pm(r['mi_xt_peak'])} @{r['mi_xt_peak_epoch']}", pm(r["mi_xt_end"]),
-            pm(r["mi_ty_start"]), f"{pm(r['mi_ty_peak'])} @{r['mi_ty_peak_epoch']}", pm(r["mi_ty_end"]),
-            f"{r['fit_bits']:.3f}", f"{r['compress_bits']:.3f}",
+            r[lead],
+            report.bits_label(r["bits"]),
+            r["estimator"],
+            r["phase"],
+            r["layer"],
+            pm(r["mi_xt_start"]),
+            f"{pm(r['mi_xt_peak'])} @{r['mi_xt_peak_epoch']}",
+            pm(r["mi_xt_end"]),
+            pm(r["mi_ty_start"]),
+            f"{pm(r['mi_ty_peak'])} @{r['mi_ty_peak_epoch']}",
+            pm(r["mi_ty_end"]),
+            f"{r['fit_bits']:.3f}",
+            f"{r['compress_bits']:.3f}",
         ]
         for r in joined.iter_rows(named=True)
     ]
     headers = [
-        lead, "bits", "estimator", "phase", "layer",
-        "I(X;T) start", "I(X;T) peak @epoch", "I(X;T) end", "I(T;Y) start", "I(T;Y) peak @epoch", "I(T;Y) end",
-        "fitting (bits)", "compression (bits)",
+        lead,
+        "bits",
+        "estimator",
+        "phase",
+        "layer",
+        "I(X;T) start",
+        "I(X;T) peak @epoch",
+        "I(X;T) end",
+        "I(T;Y) start",
+        "I(T;Y) peak @epoch",
+        "I(T;Y) end",
+        "fitting (bits)",
+        "compression (bits)",
     ]
     return markdown_table(headers, rows)
 
 
 def accuracy_table(n: Numbers) -> str:
     rows = [
-        [r["activation"], report.bits_label(r["bits"]), r["repetitions"], pm((r["train_acc_mean"], r["train_acc_std"])),
-         pm((r["test_acc_mean"], r["test_acc_std"])), f"{r['last_phase']} {r['last_epoch']}"]
+        [
+            r["activation"],
+            report.bits_label(r["bits"]),
+            r["repetitions"],
+            pm((r["train_acc_mean"], r["train_acc_std"])),
+            pm((r["test_acc_mean"], r["test_acc_std"])),
+            f"{r['last_phase']} {r['last_epoch']}",
+        ]
         for r in n.tables.final.sort("activation", "bits").iter_rows(named=True)
     ]
     return markdown_table(["activation", "bits", "repetitions", "train accuracy", "test accuracy", "at"], rows)
@@ -189,7 +226,11 @@ def slight(size: tuple[float, float]) -> bool:
 
 def sized(layers: list[int], sizes: dict[int, tuple[float, float]]) -> str:
     """'3 (0.10 of 11.79 bits), 5 (...)': each layer's compression and its peak I(X;T)."""
-    return ", ".join(f"{layer} ({sizes[layer][0]:.2f} of {sizes[layer][1]:.2f} bits)" for layer in layers) if layers else "none"
+    return (
+        ", ".join(f"{layer} ({sizes[layer][0]:.2f} of {sizes[layer][1]:.2f} bits)" for layer in layers)
+        if layers
+        else "none"
+    )
 
 
 def layers_text(layers: list[int]) -> str:
@@ -202,38 +243,53 @@ def claims_syn(n: Numbers, bits: int = 8) -> list[list[str]]:
     both = [n.compressed(activation=a, bits=bits, estimator="exact", phase="train") for a in ("tanh", "relu")]
     fits = [n.fitting(activation=a, bits=bits, estimator="exact", phase="train") for a in ("tanh", "relu")]
     output_ok = [out[a] in c and out[a] in f for a, c, f in zip(("tanh", "relu"), both, fits)]
-    rows.append([
-        "Section 1, 4.1: \"Both fitting and compression phases occur in the output SoftMax layer.\"",
-        f"output layer fits and compresses: tanh {'yes' if output_ok[0] else 'no'}, ReLU {'yes' if output_ok[1] else 'no'}",
-        verdict(all(output_ok), any(output_ok)),
-    ])
+    rows.append(
+        [
+            'Section 1, 4.1: "Both fitting and compression phases occur in the output SoftMax layer."',
+            f"output layer fits and compresses: tanh {'yes' if output_ok[0] else 'no'}, ReLU {'yes' if output_ok[1] else 'no'}",
+            verdict(all(output_ok), any(output_ok)),
+        ]
+    )
     hidden_fit = [[layer for layer in f if layer < out[a]] for a, f in zip(("tanh", "relu"), fits)]
-    rows.append([
-        "Section 1: \"For the hidden layers, the fitting phase occurs for both Tanh and ReLU activations.\"",
-        f"hidden layers with I(T;Y) rising > {THRESHOLD} bits: tanh {layers_text(hidden_fit[0])}; ReLU {layers_text(hidden_fit[1])}",
-        verdict(all(hidden_fit), any(hidden_fit)),
-    ])
-    sizes = {a: n.compression_sizes(activation=a, bits=bits, estimator="exact", phase="train") for a in ("tanh", "relu")}
+    rows.append(
+        [
+            'Section 1: "For the hidden layers, the fitting phase occurs for both Tanh and ReLU activations."',
+            f"hidden layers with I(T;Y) rising > {THRESHOLD} bits: tanh {layers_text(hidden_fit[0])}; ReLU {layers_text(hidden_fit[1])}",
+            verdict(all(hidden_fit), any(hidden_fit)),
+        ]
+    )
+    sizes = {
+        a: n.compression_sizes(activation=a, bits=bits, estimator="exact", phase="train") for a in ("tanh", "relu")
+    }
     last_hidden = out["tanh"] - 1
     tanh_hidden = [layer for layer in both[0] if layer < out["tanh"]]
     others = [layer for layer in tanh_hidden if layer != last_hidden]
-    rows.append([
-        "Section 1, 4.1: \"When using Tanh in the hidden layers, compression is only observed in the last hidden layer.\"",
-        f"tanh hidden layers compressing > {THRESHOLD} bits: {sized(tanh_hidden, sizes['tanh'])} (last hidden: {last_hidden})",
-        verdict(tanh_hidden == [last_hidden], last_hidden in tanh_hidden and all(slight(sizes["tanh"][layer]) for layer in others)),
-    ])
+    rows.append(
+        [
+            'Section 1, 4.1: "When using Tanh in the hidden layers, compression is only observed in the last hidden layer."',
+            f"tanh hidden layers compressing > {THRESHOLD} bits: {sized(tanh_hidden, sizes['tanh'])} (last hidden: {last_hidden})",
+            verdict(
+                tanh_hidden == [last_hidden],
+                last_hidden in tanh_hidden and all(slight(sizes["tanh"][layer]) for layer in others),
+            ),
+        ]
+    )
     relu_hidden = [layer for layer in both[1] if layer < out["relu"]]
-    rows.append([
-        "Section 1, 4.1: \"When using ReLU, we did not observe compression in the hidden layers\" (4.1: \"no or very little compression\").",
-        f"ReLU hidden layers compressing > {THRESHOLD} bits: {sized(relu_hidden, sizes['relu'])}",
-        verdict(not relu_hidden, all(slight(sizes["relu"][layer]) for layer in relu_hidden)),
-    ])
+    rows.append(
+        [
+            'Section 1, 4.1: "When using ReLU, we did not observe compression in the hidden layers" (4.1: "no or very little compression").',
+            f"ReLU hidden layers compressing > {THRESHOLD} bits: {sized(relu_hidden, sizes['relu'])}",
+            verdict(not relu_hidden, all(slight(sizes["relu"][layer]) for layer in relu_hidden)),
+        ]
+    )
     violations, checked = n.dpi(bits=bits, estimator="exact")
-    rows.append([
-        "Section 2 (eq. 2): exact MI obeys the data-processing inequality.",
-        f"{violations} violations in {checked:,} repetition-epoch-layer pairs",
-        verdict(violations == 0),
-    ])
+    rows.append(
+        [
+            "Section 2 (eq. 2): exact MI obeys the data-processing inequality.",
+            f"{violations} violations in {checked:,} repetition-epoch-layer pairs",
+            verdict(violations == 0),
+        ]
+    )
     return rows
 
 
@@ -251,52 +307,68 @@ def claims_precision(n: Numbers, baseline: Numbers | None) -> list[list[str]]:
             low = mean_end(n, "mi_xt_end", activation=activation, bits=4, phase="train")
             mid = mean_end(baseline, "mi_xt_end", activation=activation, bits=8, phase="train")
             high = mean_end(n, "mi_xt_end", activation=activation, bits=32, phase="train")
-            rows.append([
-                "Appendix C: 4-bit gives \"lower overall MI measurements\"; 32-bit \"an overall increase in MI\".",
-                f"{activation}: final I(X;T), mean over layers: 4-bit {low:.2f}, 8-bit {mid:.2f}, 32-bit {high:.2f} bits",
-                verdict(low < mid < high, low < high),
-            ])
+            rows.append(
+                [
+                    'Appendix C: 4-bit gives "lower overall MI measurements"; 32-bit "an overall increase in MI".',
+                    f"{activation}: final I(X;T), mean over layers: 4-bit {low:.2f}, 8-bit {mid:.2f}, 32-bit {high:.2f} bits",
+                    verdict(low < mid < high, low < high),
+                ]
+            )
     if baseline is not None:
         for activation in ("tanh",):
+
             def discernible(numbers: Numbers, bits: int) -> list[int]:
                 ends = numbers.points.filter(
-                    pl.col("activation") == activation, pl.col("bits") == bits, pl.col("phase") == "train", pl.col("estimator") == "exact"
+                    pl.col("activation") == activation,
+                    pl.col("bits") == bits,
+                    pl.col("phase") == "train",
+                    pl.col("estimator") == "exact",
                 )
                 return sorted(r["layer"] for r in ends.iter_rows(named=True) if r["mi_xt_end"][0] < 12 - THRESHOLD)
 
             four, eight = discernible(n, 4), discernible(baseline, 8)
-            rows.append([
-                "Appendix C: at 4 bits, \"for the Tanh network, several more layers become distinguishable\".",
-                f"tanh layers below log2 N at the end: 4-bit {layers_text(four)}; 8-bit {layers_text(eight)}",
-                verdict(len(four) >= len(eight) + 2, len(four) > len(eight)),
-            ])
+            rows.append(
+                [
+                    'Appendix C: at 4 bits, "for the Tanh network, several more layers become distinguishable".',
+                    f"tanh layers below log2 N at the end: 4-bit {layers_text(four)}; 8-bit {layers_text(eight)}",
+                    verdict(len(four) >= len(eight) + 2, len(four) > len(eight)),
+                ]
+            )
     for bits in (4, 32):
         violations, checked = n.dpi(bits=bits, estimator="exact")
         if checked:
-            rows.append([
-                "Section 2 (eq. 2): exact MI obeys the data-processing inequality.",
-                f"{bits}-bit: {violations} violations in {checked:,} repetition-epoch-layer pairs",
-                verdict(violations == 0),
-            ])
+            rows.append(
+                [
+                    "Section 2 (eq. 2): exact MI obeys the data-processing inequality.",
+                    f"{bits}-bit: {violations} violations in {checked:,} repetition-epoch-layer pairs",
+                    verdict(violations == 0),
+                ]
+            )
     final = {(r["activation"], r["bits"]): r["train_acc_mean"] for r in n.tables.final.iter_rows(named=True)}
     for activation in ("tanh", "relu"):
         if (activation, 4) in final and (activation, 32) in final:
-            rows.append([
-                "Appendix C: \"the network accuracy has now degraded\" at 4 bits.",
-                f"{activation}: final training accuracy 4-bit {final[(activation, 4)]:.3f}, 32-bit {final[(activation, 32)]:.3f}",
-                verdict(final[(activation, 4)] < final[(activation, 32)]),
-            ])
+            rows.append(
+                [
+                    'Appendix C: "the network accuracy has now degraded" at 4 bits.',
+                    f"{activation}: final training accuracy 4-bit {final[(activation, 4)]:.3f}, 32-bit {final[(activation, 32)]:.3f}",
+                    verdict(final[(activation, 4)] < final[(activation, 32)]),
+                ]
+            )
     for activation in ("tanh", "relu"):
         key = (activation, 32, "exact")
         if key in n.layers:
-            ends = n.points.filter(pl.col("activation") == activation, pl.col("bits") == 32, pl.col("phase") == "train").sort("layer")
+            ends = n.points.filter(
+                pl.col("activation") == activation, pl.col("bits") == 32, pl.col("phase") == "train"
+            ).sort("layer")
             drop = ends["mi_xt_end"].to_list()
             first, last_hidden = drop[0][0], drop[-2][0]
-            rows.append([
-                "Appendix C: at 32 bits \"the information drops only very slowly through the network\".",
-                f"{activation}: final I(X;T) layer 1 {first:.2f} bits, last hidden layer {last_hidden:.2f} bits (log2 N = 12)",
-                verdict(first - last_hidden < 1.0, first - last_hidden < 3.0),
-            ])
+            rows.append(
+                [
+                    'Appendix C: at 32 bits "the information drops only very slowly through the network".',
+                    f"{activation}: final I(X;T) layer 1 {first:.2f} bits, last hidden layer {last_hidden:.2f} bits (log2 N = 12)",
+                    verdict(first - last_hidden < 1.0, first - last_hidden < 3.0),
+                ]
+            )
     return rows
 
 
@@ -304,30 +376,44 @@ def claims_binning(n: Numbers) -> list[list[str]]:
     rows = []
     tanh30 = n.compressed(activation="tanh", estimator="bin30", phase="train")
     tanh_layers = n.layers.get(("tanh", 32, "bin30"), 0)
-    rows.append([
-        "Appendix A: tanh, 30 bins: \"two phases are clearly visible in each layer\".",
-        f"tanh layers compressing > {THRESHOLD} bits with 30 bins: {layers_text(tanh30)} of {tanh_layers}",
-        verdict(len(tanh30) == tanh_layers, len(tanh30) > 1),
-    ])
-    relu100 = [layer for layer in n.compressed(activation="relu", estimator="bin100", phase="train") if layer < n.layers.get(("relu", 32, "bin100"), 0)]
-    rows.append([
-        "Appendix A: ReLU, 100 bins: \"the compression phase was not observed\" (Saxe et al.).",
-        f"ReLU hidden layers compressing > {THRESHOLD} bits with 100 bins: {layers_text(relu100)}",
-        verdict(not relu100, len(relu100) <= 1),
-    ])
+    rows.append(
+        [
+            'Appendix A: tanh, 30 bins: "two phases are clearly visible in each layer".',
+            f"tanh layers compressing > {THRESHOLD} bits with 30 bins: {layers_text(tanh30)} of {tanh_layers}",
+            verdict(len(tanh30) == tanh_layers, len(tanh30) > 1),
+        ]
+    )
+    relu100 = [
+        layer
+        for layer in n.compressed(activation="relu", estimator="bin100", phase="train")
+        if layer < n.layers.get(("relu", 32, "bin100"), 0)
+    ]
+    rows.append(
+        [
+            'Appendix A: ReLU, 100 bins: "the compression phase was not observed" (Saxe et al.).',
+            f"ReLU hidden layers compressing > {THRESHOLD} bits with 100 bins: {layers_text(relu100)}",
+            verdict(not relu100, len(relu100) <= 1),
+        ]
+    )
     violations, checked = n.dpi(activation="relu", estimator="bin30")
-    rows.append([
-        "Appendix A: ReLU, 30 bins: \"the DPI (2) is violated\".",
-        f"{violations:,} violations in {checked:,} repetition-epoch-layer pairs",
-        verdict(violations > 0),
-    ])
+    rows.append(
+        [
+            'Appendix A: ReLU, 30 bins: "the DPI (2) is violated".',
+            f"{violations:,} violations in {checked:,} repetition-epoch-layer pairs",
+            verdict(violations > 0),
+        ]
+    )
     for activation in ("tanh", "relu"):
-        ends = [mean_end(n, "mi_xt_end", activation=activation, estimator=f"bin{b}", phase="train") for b in (30, 100, 256)]
-        rows.append([
-            "Appendix A: \"for every layer with binned T, I(X;T) and I(T;Y) increase with the number of bins\".",
-            f"{activation}: final I(X;T), mean over layers: 30 bins {ends[0]:.2f}, 100 bins {ends[1]:.2f}, 256 bins {ends[2]:.2f}",
-            verdict(ends[0] < ends[1] < ends[2]),
-        ])
+        ends = [
+            mean_end(n, "mi_xt_end", activation=activation, estimator=f"bin{b}", phase="train") for b in (30, 100, 256)
+        ]
+        rows.append(
+            [
+                'Appendix A: "for every layer with binned T, I(X;T) and I(T;Y) increase with the number of bins".',
+                f"{activation}: final I(X;T), mean over layers: 30 bins {ends[0]:.2f}, 100 bins {ends[1]:.2f}, 256 bins {ends[2]:.2f}",
+                verdict(ends[0] < ends[1] < ends[2]),
+            ]
+        )
     return rows
 
 
@@ -339,31 +425,43 @@ def claims_prefit(n: Numbers) -> list[list[str]]:
         change = {r["layer"]: r["mi_xt_end"][0] - r["mi_xt_start"][0] for r in prefit.iter_rows(named=True)}
         rising = [layer for layer, d in change.items() if layer < output and d > THRESHOLD]
         # discernible: a hidden layer whose I(X;T) is below log2 N at some point of the prefit
-        low = [r["layer"] for r in prefit.iter_rows(named=True) if r["layer"] < output and min(r["mi_xt_start"][0], r["mi_xt_end"][0]) < 12 - THRESHOLD]
+        low = [
+            r["layer"]
+            for r in prefit.iter_rows(named=True)
+            if r["layer"] < output and min(r["mi_xt_start"][0], r["mi_xt_end"][0]) < 12 - THRESHOLD
+        ]
         here = (
             f"{activation}: hidden layers whose I(X;T) rises > {THRESHOLD} bits over the prefit: {layers_text(rising)} "
             f"(discernible, below log2 N = 12 bits: {layers_text(low)})"
         )
-        rows.append([
-            "Appendix D: \"for all discernible layers, I(X;T) appears to increase when fitted to random labels\".",
-            here,
-            verdict(set(low) <= set(rising), bool(set(low) & set(rising))) if low else "**not testable** (no hidden layer below log2 N)",
-        ])
+        rows.append(
+            [
+                'Appendix D: "for all discernible layers, I(X;T) appears to increase when fitted to random labels".',
+                here,
+                verdict(set(low) <= set(rising), bool(set(low) & set(rising)))
+                if low
+                else "**not testable** (no hidden layer below log2 N)",
+            ]
+        )
         moved = change.get(output, 0.0)
-        rows.append([
-            "Appendix D: on random labels \"there is no lateral movement in the information plane for the output layer\".",
-            f"{activation}: the output layer's I(X;T) moves {moved:+.2f} bits over the prefit",
-            verdict(abs(moved) <= THRESHOLD, abs(moved) <= 10 * THRESHOLD),
-        ])
+        rows.append(
+            [
+                'Appendix D: on random labels "there is no lateral movement in the information plane for the output layer".',
+                f"{activation}: the output layer's I(X;T) moves {moved:+.2f} bits over the prefit",
+                verdict(abs(moved) <= THRESHOLD, abs(moved) <= 10 * THRESHOLD),
+            ]
+        )
     final = n.tables.metrics_stats.filter(pl.col("phase") == "prefit")
     for activation in ("tanh", "relu"):
         acc = final.filter(pl.col("activation") == activation).sort("epoch")["train_acc_mean"]
         if acc.len():
-            rows.append([
-                "Appendix D: \"the network accuracy does not increase when training on random labels\".",
-                f"{activation}: true-label training accuracy over the prefit: {acc[0]:.3f} -> {acc[-1]:.3f}",
-                verdict(acc[-1] - acc[0] < 0.05),
-            ])
+            rows.append(
+                [
+                    'Appendix D: "the network accuracy does not increase when training on random labels".',
+                    f"{activation}: true-label training accuracy over the prefit: {acc[0]:.3f} -> {acc[-1]:.3f}",
+                    verdict(acc[-1] - acc[0] < 0.05),
+                ]
+            )
     return rows
 
 
@@ -398,11 +496,13 @@ def claims_variance(n: Numbers, architecture: str) -> list[list[str]]:
     where = dict(architecture=architecture, estimator="exact", phase="train")
     stats = n.tables.mi_stats.filter(*[pl.col(k) == v for k, v in where.items()], pl.col("complete"))
     rho = stats.select(pl.corr("mi_xt_mean", "mi_xt_std", method="spearman")).item()
-    rows = [[
-        "Appendix B: \"when the mean MI is large, the variance is usually low\".",
-        f"{architecture}: Spearman correlation of mean and standard deviation of I(X;T) over layers and epochs: {rho:+.2f}",
-        verdict(rho is not None and rho < -0.3, rho is not None and rho < 0),
-    ]]
+    rows = [
+        [
+            'Appendix B: "when the mean MI is large, the variance is usually low".',
+            f"{architecture}: Spearman correlation of mean and standard deviation of I(X;T) over layers and epochs: {rho:+.2f}",
+            verdict(rho is not None and rho < -0.3, rho is not None and rho < 0),
+        ]
+    ]
     median = n.tables.median.filter(*[pl.col(k) == v for k, v in where.items() if k != "phase"])
     fit, compressed = n.fitting(**where), n.compressed(**where)
     own_fit, own_compressed = median_phases(n, **where)
@@ -410,13 +510,15 @@ def claims_variance(n: Numbers, architecture: str) -> list[list[str]]:
     if median.height:
         chosen = median.row(0, named=True)
         who = f" (seed {chosen['seed']}, L2 distance {chosen['distance']:.1f}, of {chosen['repetitions']})"
-    rows.append([
-        "Appendix B: the mean information plane \"represents individual repetitions fairly well\" "
-        "(the median-deviating repetition, ranked by L2 distance from the mean).",
-        f"{architecture}: fitting layers mean {layers_text(fit)}, median repetition{who} {layers_text(own_fit)}; "
-        f"compressing layers mean {layers_text(compressed)}, median repetition {layers_text(own_compressed)}",
-        verdict(fit == own_fit and compressed == own_compressed, fit == own_fit),
-    ])
+    rows.append(
+        [
+            'Appendix B: the mean information plane "represents individual repetitions fairly well" '
+            "(the median-deviating repetition, ranked by L2 distance from the mean).",
+            f"{architecture}: fitting layers mean {layers_text(fit)}, median repetition{who} {layers_text(own_fit)}; "
+            f"compressing layers mean {layers_text(compressed)}, median repetition {layers_text(own_compressed)}",
+            verdict(fit == own_fit and compressed == own_compressed, fit == own_fit),
+        ]
+    )
     return rows
 
 
@@ -425,11 +527,13 @@ def claims_mnist_b2(n: Numbers) -> list[list[str]]:
     output = n.architectures["bottleneck2"]
     wanted = list(range(output - 3, output + 1))  # the three last hidden layers and the output
     fits = n.fitting(**where)
-    rows = [[
-        "Section 4.2: \"a clear fitting phase in the output layer and the three last hidden layers\".",
-        f"layers with I(T;Y) rising > {THRESHOLD} bits: {layers_text(fits)} (output: {output})",
-        verdict(set(wanted) <= set(fits), output in fits and bool(set(wanted[:-1]) & set(fits))),
-    ]]
+    rows = [
+        [
+            'Section 4.2: "a clear fitting phase in the output layer and the three last hidden layers".',
+            f"layers with I(T;Y) rising > {THRESHOLD} bits: {layers_text(fits)} (output: {output})",
+            verdict(set(wanted) <= set(fits), output in fits and bool(set(wanted[:-1]) & set(fits))),
+        ]
+    ]
     sizes = n.compression_sizes(**where)
     hidden = [layer for layer in n.compressed(**where) if layer < output]
     peaks = {
@@ -437,25 +541,33 @@ def claims_mnist_b2(n: Numbers) -> list[list[str]]:
         for r in n.points.filter(*[pl.col(k) == v for k, v in where.items()]).iter_rows(named=True)
     }
     around = [layer for layer in hidden if 1000 <= peaks[layer] <= 2000]
-    detail = ", ".join(f"{layer} from epoch {peaks[layer]}: {sizes[layer][0]:.2f} of {sizes[layer][1]:.2f} bits" for layer in hidden)
-    rows.append([
-        "Section 4.2: \"Small compression phases are also observed in the ReLU layers around 1500 epochs\".",
-        f"hidden layers whose I(X;T) falls > {THRESHOLD} bits after its peak: {detail or 'none'} "
-        f"(around 1500: peak within epochs 1000-2000; small: under {SLIGHT:.0%} of the peak)",
-        verdict(bool(around) and around == hidden and all(slight(sizes[layer]) for layer in hidden), bool(hidden)),
-    ])
+    detail = ", ".join(
+        f"{layer} from epoch {peaks[layer]}: {sizes[layer][0]:.2f} of {sizes[layer][1]:.2f} bits" for layer in hidden
+    )
+    rows.append(
+        [
+            'Section 4.2: "Small compression phases are also observed in the ReLU layers around 1500 epochs".',
+            f"hidden layers whose I(X;T) falls > {THRESHOLD} bits after its peak: {detail or 'none'} "
+            f"(around 1500: peak within epochs 1000-2000; small: under {SLIGHT:.0%} of the peak)",
+            verdict(bool(around) and around == hidden and all(slight(sizes[layer]) for layer in hidden), bool(hidden)),
+        ]
+    )
     best, epoch = best_test_accuracy(n, "bottleneck2")
-    rows.append([
-        "Section 4.2: \"a maximum accuracy of around 90%\".",
-        f"highest mean test accuracy {best:.3f} (epoch {epoch}); at the end {final_accuracy(n, 'bottleneck2'):.3f}",
-        verdict(abs(best - 0.90) <= 0.03, abs(best - 0.90) <= 0.06),
-    ])
+    rows.append(
+        [
+            'Section 4.2: "a maximum accuracy of around 90%".',
+            f"highest mean test accuracy {best:.3f} (epoch {epoch}); at the end {final_accuracy(n, 'bottleneck2'):.3f}",
+            verdict(abs(best - 0.90) <= 0.03, abs(best - 0.90) <= 0.06),
+        ]
+    )
     violations, checked = n.dpi(estimator="exact")
-    rows.append([
-        "Section 2 (eq. 2): exact MI obeys the data-processing inequality.",
-        f"{violations} violations in {checked:,} repetition-epoch-layer pairs",
-        verdict(violations == 0),
-    ])
+    rows.append(
+        [
+            "Section 2 (eq. 2): exact MI obeys the data-processing inequality.",
+            f"{violations} violations in {checked:,} repetition-epoch-layer pairs",
+            verdict(violations == 0),
+        ]
+    )
     return rows + claims_variance(n, "bottleneck2")
 
 
@@ -469,77 +581,103 @@ def claims_mnist_e(n: Numbers, b2: Numbers | None) -> list[list[str]]:
     train = dict(estimator="exact", phase="train")
     if "bottleneck4" in n.architectures:
         if b2 is None:
-            rows.append(["Appendix E: Bottleneck-4 is \"similar in shape to the Bottleneck-2, but with higher MI\".",
-                         "Section 4.2's results are not in this build", "**not testable**"])
+            rows.append(
+                [
+                    'Appendix E: Bottleneck-4 is "similar in shape to the Bottleneck-2, but with higher MI".',
+                    "Section 4.2's results are not in this build",
+                    "**not testable**",
+                ]
+            )
         else:
             same = n.fitting(architecture="bottleneck4", **train) == b2.fitting(architecture="bottleneck2", **train)
             four, two = final_mi(n, "bottleneck4"), final_mi(b2, "bottleneck2")
-            rows.append([
-                "Appendix E: Bottleneck-4 is \"similar in shape to the Bottleneck-2, but with higher MI\".",
-                f"fitting layers: Bottleneck-4 {layers_text(n.fitting(architecture='bottleneck4', **train))}, Bottleneck-2 "
-                f"{layers_text(b2.fitting(architecture='bottleneck2', **train))}; final I(X;T), mean over layers: "
-                f"{four:.2f} against {two:.2f} bits",
-                verdict(same and four > two, four > two),
-            ])
+            rows.append(
+                [
+                    'Appendix E: Bottleneck-4 is "similar in shape to the Bottleneck-2, but with higher MI".',
+                    f"fitting layers: Bottleneck-4 {layers_text(n.fitting(architecture='bottleneck4', **train))}, Bottleneck-2 "
+                    f"{layers_text(b2.fitting(architecture='bottleneck2', **train))}; final I(X;T), mean over layers: "
+                    f"{four:.2f} against {two:.2f} bits",
+                    verdict(same and four > two, four > two),
+                ]
+            )
     if "hourglass" in n.architectures:
-        stats = n.tables.mi_stats.filter(pl.col("architecture") == "hourglass", pl.col("estimator") == "exact", pl.col("complete"))
+        stats = n.tables.mi_stats.filter(
+            pl.col("architecture") == "hourglass", pl.col("estimator") == "exact", pl.col("complete")
+        )
         wide = stats.pivot(on="layer", index=["phase", "epoch"], values=["mi_xt_mean", "mi_ty_mean"])
         # HourGlass 16-8-4-2-4-8: layer 4 is the bottleneck (width 2), layers 5 and 6 expand it
         gap = max(
             float((wide[f"{value}_{layer}"] - wide[f"{value}_4"]).abs().max())
-            for value in ("mi_xt_mean", "mi_ty_mean") for layer in (5, 6)
+            for value in ("mi_xt_mean", "mi_ty_mean")
+            for layer in (5, 6)
         )
-        rows.append([
-            "Appendix E: HourGlass: \"the two expanding layers of widths 4 and 8 almost coincide completely with the "
-            "bottleneck layer\".",
-            f"largest gap between layer 5 or 6 and the bottleneck layer 4, over epochs, in mean I(X;T) or I(T;Y): {gap:.3f} bits",
-            verdict(gap <= 0.1, gap <= 0.5),
-        ])
+        rows.append(
+            [
+                'Appendix E: HourGlass: "the two expanding layers of widths 4 and 8 almost coincide completely with the '
+                'bottleneck layer".',
+                f"largest gap between layer 5 or 6 and the bottleneck layer 4, over epochs, in mean I(X;T) or I(T;Y): {gap:.3f} bits",
+                verdict(gap <= 0.1, gap <= 0.5),
+            ]
+        )
     for architecture in ("4x10", "conv"):
         if architecture not in n.architectures:
             continue
         output = n.architectures[architecture]
         lows = {
             r["layer"]: r["mi_xt_min"]
-            for r in n.tables.mi_stats.filter(pl.col("architecture") == architecture, pl.col("estimator") == "exact", pl.col("complete"))
-            .group_by("layer").agg(pl.col("mi_xt_mean").min().alias("mi_xt_min")).iter_rows(named=True)
+            for r in n.tables.mi_stats.filter(
+                pl.col("architecture") == architecture, pl.col("estimator") == "exact", pl.col("complete")
+            )
+            .group_by("layer")
+            .agg(pl.col("mi_xt_mean").min().alias("mi_xt_min"))
+            .iter_rows(named=True)
         }
         trivial = [layer for layer in sorted(lows) if layer < output and lows[layer] >= LOG2_MNIST - NEAR_TRIVIAL]
         hidden = [layer for layer in sorted(lows) if layer < output]
-        rows.append([
-            "Appendix E: 4x10 and Conv give \"almost completely trivial information curves\" in the hidden layers.",
-            f"{architecture}: hidden layers whose mean I(X;T) stays within {NEAR_TRIVIAL} bits of log2 70000 = "
-            f"{LOG2_MNIST:.2f} at every epoch: {layers_text(trivial)} of {layers_text(hidden)} "
-            f"(lowest: {min(lows[layer] for layer in hidden):.2f} bits)",
-            verdict(trivial == hidden, len(trivial) * 2 >= len(hidden)),
-        ])
+        rows.append(
+            [
+                'Appendix E: 4x10 and Conv give "almost completely trivial information curves" in the hidden layers.',
+                f"{architecture}: hidden layers whose mean I(X;T) stays within {NEAR_TRIVIAL} bits of log2 70000 = "
+                f"{LOG2_MNIST:.2f} at every epoch: {layers_text(trivial)} of {layers_text(hidden)} "
+                f"(lowest: {min(lows[layer] for layer in hidden):.2f} bits)",
+                verdict(trivial == hidden, len(trivial) * 2 >= len(hidden)),
+            ]
+        )
         compressing = output in n.compressed(architecture=architecture, **train)
         size = n.compression_sizes(architecture=architecture, **train).get(output, (0.0, 0.0))
-        rows.append([
-            "Appendix E: with \"compression in the output layers\".",
-            f"{architecture}: the output layer's I(X;T) falls {size[0]:.2f} bits after its peak of {size[1]:.2f}",
-            verdict(compressing),
-        ])
+        rows.append(
+            [
+                'Appendix E: with "compression in the output layers".',
+                f"{architecture}: the output layer's I(X;T) falls {size[0]:.2f} bits after its peak of {size[1]:.2f}",
+                verdict(compressing),
+            ]
+        )
     for architecture in sorted(n.architectures):
         final = final_accuracy(n, architecture)
         if architecture == "hourglass":
-            rows.append([
-                "Appendix E: accuracies \"close to or above 95% for all networks except the HourGlass network\".",
-                f"hourglass: final mean test accuracy {final:.3f}",
-                verdict(final < 0.94),
-            ])
+            rows.append(
+                [
+                    'Appendix E: accuracies "close to or above 95% for all networks except the HourGlass network".',
+                    f"hourglass: final mean test accuracy {final:.3f}",
+                    verdict(final < 0.94),
+                ]
+            )
         else:
-            rows.append([
-                "Appendix E: accuracies \"close to or above 95% for all networks except the HourGlass network\".",
-                f"{architecture}: final mean test accuracy {final:.3f}",
-                verdict(final >= 0.94, final >= 0.92),
-            ])
+            rows.append(
+                [
+                    'Appendix E: accuracies "close to or above 95% for all networks except the HourGlass network".',
+                    f"{architecture}: final mean test accuracy {final:.3f}",
+                    verdict(final >= 0.94, final >= 0.92),
+                ]
+            )
     violations, checked = n.dpi(estimator="exact")
-    rows.append([
-        "Section 2 (eq. 2): exact MI obeys the data-processing inequality.",
-        f"{violations} violations in {checked:,} repetition-epoch-layer pairs",
-        verdict(violations == 0),
-    ])
+    rows.append(
+        [
+            "Section 2 (eq. 2): exact MI obeys the data-processing inequality.",
+            f"{violations} violations in {checked:,} repetition-epoch-layer pairs",
+            verdict(violations == 0),
+        ]
+    )
     return rows
 
 
@@ -547,10 +685,16 @@ def mnist_accuracy_table(n: Numbers) -> str:
     rows = []
     for r in n.tables.final.sort("architecture").iter_rows(named=True):
         best, epoch = best_test_accuracy(n, r["architecture"])
-        rows.append([
-            r["architecture"], r["repetitions"], pm((r["train_acc_mean"], r["train_acc_std"])),
-            pm((r["test_acc_mean"], r["test_acc_std"])), f"{best:.3f} @{epoch}", f"{r['last_phase']} {r['last_epoch']}",
-        ])
+        rows.append(
+            [
+                r["architecture"],
+                r["repetitions"],
+                pm((r["train_acc_mean"], r["train_acc_std"])),
+                pm((r["test_acc_mean"], r["test_acc_std"])),
+                f"{best:.3f} @{epoch}",
+                f"{r['last_phase']} {r['last_epoch']}",
+            ]
+        )
     headers = ["architecture", "repetitions", "train accuracy", "test accuracy", "best mean test accuracy @epoch", "at"]
     return markdown_table(headers, rows)
 
@@ -568,14 +712,20 @@ def figures(n: Numbers, folder: Path, docs: Path, median: bool = False) -> list[
         where = [pl.col(k) == v for k, v in key.items()]
         group = stats.filter(*where)
         label = f"{report.network_label(key)} · {key['estimator']}"
-        slug = report.slugify(*([key["architecture"]] if several else []), key["activation"], key["bits"], key["estimator"])
-        drawn = [("plane", charts.information_plane(group, f"Information plane: {label}")),
-                 ("mi", charts.mi_over_epochs(group, f"MI per layer: {label}"))]
+        slug = report.slugify(
+            *([key["architecture"]] if several else []), key["activation"], key["bits"], key["estimator"]
+        )
+        drawn = [
+            ("plane", charts.information_plane(group, f"Information plane: {label}")),
+            ("mi", charts.mi_over_epochs(group, f"MI per layer: {label}")),
+        ]
         chosen = n.tables.median.filter(*where)
         if median and chosen.height:
             who = chosen.row(0, named=True)
             title = f"Median-deviating repetition (seed {who['seed']}, of {who['repetitions']}): {label}"
-            drawn.append(("median", charts.information_plane(n.tables.median_rows.filter(*where), title, "mi_xt", "mi_ty")))
+            drawn.append(
+                ("median", charts.information_plane(n.tables.median_rows.filter(*where), title, "mi_xt", "mi_ty"))
+            )
         for kind, chart in drawn:
             path = folder / f"{slug}-{kind}.png"
             path.write_bytes(vl_convert.vegalite_to_png(chart.to_dict(), scale=1))
@@ -644,14 +794,23 @@ def section(experiment: Experiment, folder: Path, line: str, n: Numbers, docs: P
     }[experiment.sweep]()
     lead = "architecture" if mnist else "activation"
     body += ["### The paper's statements", "", markdown_table(["statement", "here", "verdict"], claims), ""]
-    body += ["### Per layer", "", "Mean ± standard deviation over repetitions; epochs within the phase; "
-             f"fitting and compression in bits on the mean curves (threshold {THRESHOLD} bits).", "",
-             layer_table(n, lead=lead), ""]
+    body += [
+        "### Per layer",
+        "",
+        "Mean ± standard deviation over repetitions; epochs within the phase; "
+        f"fitting and compression in bits on the mean curves (threshold {THRESHOLD} bits).",
+        "",
+        layer_table(n, lead=lead),
+        "",
+    ]
     accuracies = mnist_accuracy_table(n) if mnist else accuracy_table(n)
     body += ["### Data-processing inequality", "", dpi_table(n, lead), "", "### Final accuracies", "", accuracies, ""]
     if mnist:
-        body += ["The median-deviating repetition's plane (Appendix B: ranked by L2 distance from the mean curves) "
-                 "follows each mean plane.", ""]
+        body += [
+            "The median-deviating repetition's plane (Appendix B: ranked by L2 distance from the mean curves) "
+            "follows each mean plane.",
+            "",
+        ]
     body += ["### Figures", ""] + figures(n, docs / "replication" / experiment.sweep, docs, median=mnist) + [""]
     return "\n".join(body)
 
@@ -678,7 +837,10 @@ def write_page(results: Path, docs: Path, partial: bool = False) -> int:
             continue
         ok, line = verify(folder)
         if not ok and not partial:
-            print(f"replication: {folder}: incomplete results ({line}); finish them with `replicate.py run`", file=sys.stderr)
+            print(
+                f"replication: {folder}: incomplete results ({line}); finish them with `replicate.py run`",
+                file=sys.stderr,
+            )
             return 1
         if not ok:
             print(f"replication: {folder}: incomplete results ({line}); left out of the page", file=sys.stderr)
@@ -693,13 +855,16 @@ def write_page(results: Path, docs: Path, partial: bool = False) -> int:
         "`python benchmarks/replicate.py run` (the command, the sweep files and the scale are described at the top of "
         "`benchmarks/replicate.py`). Every table and verdict below is computed from those results; the verdict rules "
         "are in `benchmarks/replication_page.py`. A phase counts when the mean curve rises (fitting, I(T;Y)) or falls "
-        f"after its peak (compression, I(X;T)) by more than {THRESHOLD} bits; where the paper allows \"very little\" "
+        f'after its peak (compression, I(X;T)) by more than {THRESHOLD} bits; where the paper allows "very little" '
         f"compression, a compression under {SLIGHT:.0%} of the layer's peak I(X;T) makes the verdict *partly*.",
         "",
     ]
     if kept:
-        head += ["Kept from an earlier build, whose results are not on the machine that built this page (each section "
-                 "says when it was built): " + "; ".join(e.title for e in kept) + ".", ""]
+        head += [
+            "Kept from an earlier build, whose results are not on the machine that built this page (each section "
+            "says when it was built): " + "; ".join(e.title for e in kept) + ".",
+            "",
+        ]
     if missing:
         head += ["Not run to completion yet, so not shown: " + "; ".join(e.title for e in missing) + ".", ""]
     page.write_text("\n".join(head + sections))

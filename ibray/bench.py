@@ -98,7 +98,8 @@ def all_cores_rate(seeds: int, epochs: int, mi_every: int, cores: int | None = N
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(cores), context.Queue()
     workers = [
-        context.Process(target=_one_core, args=(seeds, epochs, mi_every, engine, barrier, results)) for _ in range(cores)
+        context.Process(target=_one_core, args=(seeds, epochs, mi_every, engine, barrier, results))
+        for _ in range(cores)
     ]
     for worker in workers:
         worker.start()
@@ -188,13 +189,21 @@ def mnist_benchmarks(engine: str = "eager", epochs: int = 6, data_dir=None, as_j
     in the same run) that each reaches."""
     dataset = load_dataset("mnist", data_dir)
     peak_1, peak_all = matmul_gflops(1), matmul_gflops(os.cpu_count() or 1)
-    print(f"matrix product, float32 2048 x 2048: {peak_1:.0f} GFLOP/s on 1 thread, {peak_all:.0f} on {os.cpu_count()} (the peak)")
+    print(
+        f"matrix product, float32 2048 x 2048: {peak_1:.0f} GFLOP/s on 1 thread, {peak_all:.0f} on {os.cpu_count()} (the peak)"
+    )
     figures: dict = {"engine": engine, "matmul_gflops_1_thread": peak_1, "matmul_gflops_peak": peak_all}
     runs = [("bottleneck2", 10, epochs), ("bottleneck2", 20, epochs), ("conv", 10, 2)]
     for architecture, seeds, run_epochs in runs:
         segments = max(1, run_epochs // 2)  # stretches of 2 epochs: one measurement each
         rate = training_rate(
-            seeds, run_epochs, dataset, segments=segments, mi_every=2, threads=2, engine=engine,
+            seeds,
+            run_epochs,
+            dataset,
+            segments=segments,
+            mi_every=2,
+            threads=2,
+            engine=engine,
             fields=dict(dataset="mnist", architecture=architecture, activation="relu", bits=8),
         )
         work = seed_epoch_gflop(architecture, len(dataset.train_idx), len(dataset.y), mi_every=2)
@@ -239,8 +248,12 @@ def run_benchmarks(
         "kde_ms_4096x10": kde_milliseconds(4096, 10),
         "device": device,
     }
-    print(f"training, syn 8-bit tanh, exact MI every epoch:  1 seed  {figures['seed_epochs_per_s_1']:8.1f} seed-epochs/s")
-    print(f"training, syn 8-bit tanh, exact MI every epoch: {seeds:2d} seeds {figures[f'seed_epochs_per_s_{seeds}']:8.1f} seed-epochs/s")
+    print(
+        f"training, syn 8-bit tanh, exact MI every epoch:  1 seed  {figures['seed_epochs_per_s_1']:8.1f} seed-epochs/s"
+    )
+    print(
+        f"training, syn 8-bit tanh, exact MI every epoch: {seeds:2d} seeds {figures[f'seed_epochs_per_s_{seeds}']:8.1f} seed-epochs/s"
+    )
     print(
         f"training, syn 8-bit tanh, exact MI every 5th epoch, {os.cpu_count()} trials of {trial_seeds} seeds at once "
         f"(one per core): {figures[f'seed_epochs_per_s_all_cores_{trial_seeds}_mi5']:8.1f} seed-epochs/s"

@@ -36,9 +36,20 @@ def _trial_parser(sub) -> None:
         if field.name == "seeds":  # parsed by TrialConfig, which names a bad seed
             p.add_argument(flag, default="0", help=f"{help} (default: 0)")
         elif field.name in ("estimators", "measure"):
-            p.add_argument(flag, default=",".join(default), help=f"{help}, comma-separated (default: {','.join(default) or 'none'})")
+            p.add_argument(
+                flag,
+                default=",".join(default),
+                help=f"{help}, comma-separated (default: {','.join(default) or 'none'})",
+            )
         elif isinstance(default, tuple):
-            p.add_argument(flag, type=float, nargs=len(default), default=default, metavar=("LOW", "HIGH"), help=f"{help} (default: {' '.join(map(str, default))})")
+            p.add_argument(
+                flag,
+                type=float,
+                nargs=len(default),
+                default=default,
+                metavar=("LOW", "HIGH"),
+                help=f"{help} (default: {' '.join(map(str, default))})",
+            )
         else:
             p.add_argument(flag, type=field_type(field.name), default=default, help=f"{help} (default: {default})")
     p.add_argument("--data-dir", default=None, help="data directory (default: $IBRAY_DATA_DIR or ~/.cache/ibray)")
@@ -70,7 +81,11 @@ def _run_trial(args) -> int:
     _check_trial_folder(args.out)
 
     def progress(_checkpoint: dict, scalars: dict) -> None:
-        acc = f" train_acc {scalars['train_acc']:.3f} test_acc {scalars['test_acc']:.3f}" if "train_acc" in scalars else ""
+        acc = (
+            f" train_acc {scalars['train_acc']:.3f} test_acc {scalars['test_acc']:.3f}"
+            if "train_acc" in scalars
+            else ""
+        )
         print(f"  epoch {scalars['epoch']}/{config.prefit_epochs + config.epochs}{acc}", flush=True)
 
     with trial_lock(args.out):
@@ -100,7 +115,8 @@ def _check_trial_folder(out: str) -> None:
             # a writer killed mid-write leaves only hidden *.tmp files, which the rerun removes
             # (and a trial.lock stays behind a writer that died before its first write)
             entries = [
-                e.name for e in path.iterdir()
+                e.name
+                for e in path.iterdir()
                 if not (e.name.startswith(".") and e.name.endswith(".tmp")) and e.name != TRIAL_LOCK
             ]
             if entries and not (path / "trial.json").exists():
@@ -116,11 +132,15 @@ def _check_trial_folder(out: str) -> None:
             while not os.path.lexists(existing):
                 existing = existing.parent
             if not existing.is_dir():
-                raise TrialStateError(f"--out {out}: {existing} is a file, so no folder can be made under it; pick another --out")
+                raise TrialStateError(
+                    f"--out {out}: {existing} is a file, so no folder can be made under it; pick another --out"
+                )
         # a real attempt, not os.access: that says yes to root everywhere, /proc included
         os.rmdir(tempfile.mkdtemp(prefix=".ibray-probe-", dir=existing))
     except OSError as error:
-        raise TrialStateError(f"--out {out}: cannot write in {existing} ({error.strerror or error}); pick another --out") from None
+        raise TrialStateError(
+            f"--out {out}: cannot write in {existing} ({error.strerror or error}); pick another --out"
+        ) from None
 
 
 def _data_parser(sub) -> None:
@@ -150,17 +170,24 @@ def _bench_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=100, help="epochs of the 1-seed timing run (half for the batched run)")
     p.add_argument("--seeds", type=int, default=50, help="seeds in the batched run")
     p.add_argument(
-        "--trial-seeds", type=int, default=25,
+        "--trial-seeds",
+        type=int,
+        default=25,
         help="seeds per trial in the all-cores run (MI every 5th epoch, one trial per core; sweeps/syn_8bit.yaml's seeds_per_trial)",
     )
-    p.add_argument("--engine", choices=("eager", "compiled"), default="eager", help="the trials' engine (see ibray trial --help)")
     p.add_argument(
-        "--mnist", action="store_true",
+        "--engine", choices=("eager", "compiled"), default="eager", help="the trials' engine (see ibray trial --help)"
+    )
+    p.add_argument(
+        "--mnist",
+        action="store_true",
         help="instead: the MNIST networks (bottleneck2 at 10 and 20 seeds over 6 epochs, conv at 10 over 2, after 2 "
         "warm-up epochs; MI every 2nd epoch) against this machine's matrix-product peak; needs the MNIST files "
         "(ibray data download mnist); takes a few minutes",
     )
-    p.add_argument("--data-dir", default=None, help="where the MNIST files are (default: $IBRAY_DATA_DIR, else ~/.cache/ibray)")
+    p.add_argument(
+        "--data-dir", default=None, help="where the MNIST files are (default: $IBRAY_DATA_DIR, else ~/.cache/ibray)"
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     p.set_defaults(handler=_run_bench)
 
@@ -184,7 +211,9 @@ def _run_bench(args) -> int:
     if args.mnist:
         mnist_benchmarks(engine=args.engine, data_dir=args.data_dir, as_json=args.json)
         return 0
-    run_benchmarks(epochs=args.epochs, seeds=args.seeds, trial_seeds=args.trial_seeds, engine=args.engine, as_json=args.json)
+    run_benchmarks(
+        epochs=args.epochs, seeds=args.seeds, trial_seeds=args.trial_seeds, engine=args.engine, as_json=args.json
+    )
     return 0
 
 
@@ -221,7 +250,9 @@ def _run_report(argv: list[str]) -> int:
 
 def _compare_parser(sub) -> None:
     # Listed by `ibray --help`; main() hands `ibray compare ...` to analysis.compare whole, as `report`.
-    sub.add_parser("compare", help="each estimator against the exact values: errors, DPI violations, phases", add_help=False)
+    sub.add_parser(
+        "compare", help="each estimator against the exact values: errors, DPI violations, phases", add_help=False
+    )
 
 
 def _run_compare(argv: list[str]) -> int:
@@ -310,7 +341,8 @@ def _run_sweep(args) -> int:
         print(
             f"ibray: error: cannot write the results ({fault}, trial {trial}); what was written is intact: make room "
             f"(or make {outcome.folder} writable), then run `ibray sweep {args.file} --resume`",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
         return EXIT_STORAGE
     print(outcome.summary(args.file), flush=True)

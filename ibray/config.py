@@ -100,14 +100,18 @@ def custom_widths(architecture: str) -> tuple[int, ...]:
     if canonical != architecture:
         raise ConfigError(f"architecture: {architecture!r} has widths with leading zeros; write it as {canonical}")
     if min(widths) < 1:
-        raise ConfigError(f"architecture: {architecture!r} has a layer of width 0; every width must be at least 1 (e.g. 8-4-2)")
+        raise ConfigError(
+            f"architecture: {architecture!r} has a layer of width 0; every width must be at least 1 (e.g. 8-4-2)"
+        )
     if max(widths) > MAX_WIDTH:
         raise ConfigError(
             f"architecture: {architecture!r} has a layer of {max(widths):,} neurons; at most {MAX_WIDTH:,} per layer "
             f"(each measurement holds every sample's codes of every seed at once)"
         )
     if len(widths) > MAX_HIDDEN_LAYERS:
-        raise ConfigError(f"architecture: {architecture!r} has {len(widths)} hidden layers; at most {MAX_HIDDEN_LAYERS}")
+        raise ConfigError(
+            f"architecture: {architecture!r} has {len(widths)} hidden layers; at most {MAX_HIDDEN_LAYERS}"
+        )
     weights = sum(a * b for a, b in zip(widths, widths[1:]))
     if weights > MAX_HIDDEN_WEIGHTS:
         raise ConfigError(
@@ -115,8 +119,6 @@ def custom_widths(architecture: str) -> tuple[int, ...]:
             f"{MAX_HIDDEN_WEIGHTS:,} (every seed keeps its weights and Adam's two moments in memory); use narrower layers"
         )
     return widths
-
-
 
 
 # The study's dense networks by name: hidden-layer widths (the softmax output comes on top);
@@ -217,13 +219,23 @@ class TrialConfig:
     `ibray trial`): the config reads no file. A pinned value is taken as it is, and loading it
     checks the hash; only a config whose file is pinned has a trial id."""
 
-    dataset: str = described("synthetic12", "synthetic12 (offline), szt, mnist, or a .npz (x, y) / .parquet / .csv file")
-    architecture: str = described("syn", "one of ARCHITECTURES, hidden widths such as '10-7-5-4-3', or your own torch.nn.Module as path/to/nets.py:factory or package.module:factory")
-    measure: tuple[str, ...] = described((), "own modules: the submodules whose outputs T are measured, as named_modules() names them (e.g. conv1,fc1); none given: every activation module (ReLU, Tanh, Sigmoid, ELU, LeakyReLU)")
+    dataset: str = described(
+        "synthetic12", "synthetic12 (offline), szt, mnist, or a .npz (x, y) / .parquet / .csv file"
+    )
+    architecture: str = described(
+        "syn",
+        "one of ARCHITECTURES, hidden widths such as '10-7-5-4-3', or your own torch.nn.Module as path/to/nets.py:factory or package.module:factory",
+    )
+    measure: tuple[str, ...] = described(
+        (),
+        "own modules: the submodules whose outputs T are measured, as named_modules() names them (e.g. conv1,fc1); none given: every activation module (ReLU, Tanh, Sigmoid, ELU, LeakyReLU)",
+    )
     activation: str = described("tanh", "hidden-layer activation, one of ACTIVATIONS")
     bits: int = described(8, "quantization bits per neuron, 2..16, or 32 for the float32 network")
     seeds: tuple[int, ...] = described((0,), "repetitions trained together as one batched model, e.g. 0-9 or 0,3,5-7")
-    estimators: tuple[str, ...] = described(("exact",), "any of exact, bin<n> (e.g. bin30), abin<n> (bins of equal counts), kde, kde_lower, knn, edge")
+    estimators: tuple[str, ...] = described(
+        ("exact",), "any of exact, bin<n> (e.g. bin30), abin<n> (bins of equal counts), kde, kde_lower, knn, edge"
+    )
     epochs: int = described(100, "training epochs on the true labels")
     prefit_epochs: int = described(0, "epochs on shuffled training labels before training (appendix D)")
     learning_rate: float = described(1e-4, "Adam step size")
@@ -234,9 +246,14 @@ class TrialConfig:
     ema_decay: float = described(0.999, "decay of the moving-average range (range_tracking=moving_average)")
     bin_bounds: str = described("global", "binning range: per run (global), per layer and epoch, fixed")
     bin_range: tuple[float, float] = described((-1.0, 1.0), "the range when bin_bounds == 'fixed'")
-    kde_noise_var: float | None = described(None, "kde, kde_lower: noise variance s2 in squared activation units; None: 1e-1 on mnist, 1e-3 otherwise (Saxe et al.)")
+    kde_noise_var: float | None = described(
+        None,
+        "kde, kde_lower: noise variance s2 in squared activation units; None: 1e-1 on mnist, 1e-3 otherwise (Saxe et al.)",
+    )
     knn_k: int = described(3, "knn: neighbours k")
-    estimator_samples: int = described(4096, "kde, kde_lower, knn: at most this many samples (one fixed random subset; all when fewer)")
+    estimator_samples: int = described(
+        4096, "kde, kde_lower, knn: at most this many samples (one fixed random subset; all when fewer)"
+    )
     min_train_acc: float = described(0.55, "a seed below this training accuracy at restart_epoch reruns")
     restart_epoch: int = described(1000, "training epoch at which dead seeds are detected")
     max_restarts: int = described(10, "give up on a seed after this many restarts")
@@ -245,7 +262,10 @@ class TrialConfig:
     label_column: str = described(DEFAULT_LABEL_COLUMN, ".csv/.parquet files: the labels' column (others ignore it)")
     write_every: int = described(50, "epochs between Parquet writes (and checkpoints, in sweeps)")
     device: str = described("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'")
-    engine: str = described("eager", "'eager' (op by op) or 'compiled' (dense nets: training step through torch.compile, faster after a compilation of ~15 s per batch shape; needs a C++ compiler; other last bits)")
+    engine: str = described(
+        "eager",
+        "'eager' (op by op) or 'compiled' (dense nets: training step through torch.compile, faster after a compilation of ~15 s per batch shape; needs a C++ compiler; other last bits)",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", parse_seeds(self.seeds))
@@ -295,7 +315,9 @@ class TrialConfig:
             )
         # Other data sets ignore label_column, so one sweep may pair a .csv's with a .npz.
         if not isinstance(self.label_column, str) or not self.label_column or set(self.label_column) & set("#@"):
-            raise ConfigError(f"label_column: {self.label_column!r} is not allowed; give a column name without '#' or '@' (default 'label')")
+            raise ConfigError(
+                f"label_column: {self.label_column!r} is not allowed; give a column name without '#' or '@' (default 'label')"
+            )
         module = own_module(self.architecture)
         if self.architecture not in ARCHITECTURES and module is None:
             custom_widths(self.architecture)
@@ -304,8 +326,10 @@ class TrialConfig:
         one_of("init", self.init, INITS)
         one_of("range_tracking", self.range_tracking, RANGE_TRACKING)
         one_of("bin_bounds", self.bin_bounds, BIN_BOUNDS)
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not (
-            MIN_BITS <= self.bits <= MAX_BITS or self.bits == FLOAT_BITS
+        if (
+            isinstance(self.bits, bool)
+            or not isinstance(self.bits, int)
+            or not (MIN_BITS <= self.bits <= MAX_BITS or self.bits == FLOAT_BITS)
         ):
             raise ConfigError(f"bits: {self.bits!r} is not allowed; use {MIN_BITS}..{MAX_BITS}, or 32 for float32")
         family = ARCHITECTURES.get(self.architecture)  # None: a custom dense network or an own module, fits all
@@ -355,7 +379,9 @@ class TrialConfig:
                 raise ConfigError(f"{key}: {value!r} is not allowed; give {allowed}")
         low_high = len(self.bin_range) == 2 and all(_is_number(v) and math.isfinite(v) for v in self.bin_range)
         if not (low_high and self.bin_range[0] < self.bin_range[1]):
-            raise ConfigError(f"bin_range: {list(self.bin_range)!r} is not allowed; give [low, high], two finite numbers with low < high")
+            raise ConfigError(
+                f"bin_range: {list(self.bin_range)!r} is not allowed; give [low, high], two finite numbers with low < high"
+            )
         one_of("device", self.device, ("auto", "cpu", "cuda"))
         one_of("engine", self.engine, ENGINES)
 
@@ -368,7 +394,9 @@ class TrialConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"measure: {list(names)} names a layer twice")
         if "output" in names:
-            raise ConfigError("measure: 'output' is the name of the softmax layer ibray measures anyway; rename that submodule")
+            raise ConfigError(
+                "measure: 'output' is the name of the softmax layer ibray measures anyway; rename that submodule"
+            )
         if module is None:
             if names:
                 raise ConfigError(
@@ -383,7 +411,9 @@ class TrialConfig:
                     f"activations and initialisation); leave {key} out"
                 )
         if self.engine != "eager":
-            raise ConfigError(f"engine: {self.engine!r} is for the built-in dense networks; your own module trains eagerly, leave engine out")
+            raise ConfigError(
+                f"engine: {self.engine!r} is for the built-in dense networks; your own module trains eagerly, leave engine out"
+            )
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrialConfig":
@@ -520,12 +550,25 @@ def field_help() -> dict[str, str]:
     names spelled out: `ibray trial --help` shows them."""
     named = {"ARCHITECTURES": ARCHITECTURES, "ACTIVATIONS": ACTIVATIONS}
     return {
-        field.name: re.sub(r"one of ([A-Z]+)\b", lambda m: "one of " + ", ".join(named[m.group(1)]), field.metadata["help"])
+        field.name: re.sub(
+            r"one of ([A-Z]+)\b", lambda m: "one of " + ", ".join(named[m.group(1)]), field.metadata["help"]
+        )
         for field in dataclasses.fields(TrialConfig)
     }
 
 
 __all__ = [
-    "TrialConfig", "ConfigError", "DataFile", "parse_seeds", "binning_bins", "adaptive_bins", "data_file", "dataset_label",
-    "custom_widths", "hidden_widths", "layer_count", "field_type", "own_module",
+    "TrialConfig",
+    "ConfigError",
+    "DataFile",
+    "parse_seeds",
+    "binning_bins",
+    "adaptive_bins",
+    "data_file",
+    "dataset_label",
+    "custom_widths",
+    "hidden_widths",
+    "layer_count",
+    "field_type",
+    "own_module",
 ]

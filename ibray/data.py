@@ -111,7 +111,9 @@ def load_dataset(
     if file is not None:
         return load_file(file, train_fraction, split_seed, label_column)
     if name not in DATASETS:
-        raise DataError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}, or a data file ({', '.join(DATA_FILE_TYPES)})")
+        raise DataError(
+            f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}, or a data file ({', '.join(DATA_FILE_TYPES)})"
+        )
     if name == "mnist":
         return _load_mnist(_resolve_data_dir(data_dir) / MNIST_DIR)
     if name == "szt":
@@ -226,13 +228,10 @@ def _load_szt(path: Path) -> tuple[np.ndarray, np.ndarray]:
     features, labels = np.asarray(contents["F"]), np.asarray(contents["y"])
     if features.shape != (SYNTHETIC_SAMPLES, SYNTHETIC_BITS):
         raise DataError(
-            f"{path}: F has shape {features.shape}, expected "
-            f"({SYNTHETIC_SAMPLES}, {SYNTHETIC_BITS}); {redownload}"
+            f"{path}: F has shape {features.shape}, expected ({SYNTHETIC_SAMPLES}, {SYNTHETIC_BITS}); {redownload}"
         )
     if labels.size != SYNTHETIC_SAMPLES or labels.squeeze().ndim != 1:
-        raise DataError(
-            f"{path}: y has shape {labels.shape}, expected (1, {SYNTHETIC_SAMPLES}); {redownload}"
-        )
+        raise DataError(f"{path}: y has shape {labels.shape}, expected (1, {SYNTHETIC_SAMPLES}); {redownload}")
     if not (np.isin(features, (0, 1)).all() and np.isin(labels, (0, 1)).all()):
         raise DataError(f"{path}: F and y must hold only 0 and 1; {redownload}")
     return features.astype(np.float32), labels.reshape(-1).astype(np.int64)
@@ -264,8 +263,7 @@ def read_idx(path: Path) -> np.ndarray:
     found = len(raw) - header_bytes
     if found != expected:
         raise DataError(
-            f"{path}: header {shape} promises {expected} bytes of data but the file has {found} "
-            "(truncated or corrupt)"
+            f"{path}: header {shape} promises {expected} bytes of data but the file has {found} (truncated or corrupt)"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header_bytes).reshape(shape)
 
@@ -292,8 +290,7 @@ def _load_mnist(folder: Path) -> Dataset:
             raise DataError(f"{error}; {redownload}") from error
         if split_images.shape != (count, *MNIST_IMAGE_SHAPE):
             raise DataError(
-                f"{image_path}: shape {split_images.shape}, expected "
-                f"{(count, *MNIST_IMAGE_SHAPE)}; {redownload}"
+                f"{image_path}: shape {split_images.shape}, expected {(count, *MNIST_IMAGE_SHAPE)}; {redownload}"
             )
         if split_labels.shape != (count,) or split_labels.max(initial=0) > 9:
             raise DataError(

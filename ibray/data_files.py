@@ -43,7 +43,9 @@ def load_file(
     path = os.path.abspath(os.path.expanduser(file.path))
     column = file.label_column or label_column
     if file.label_column and label_column not in (DEFAULT_LABEL_COLUMN, file.label_column):
-        raise DataError(f"{path}: the value names label column {file.label_column!r}, the caller {label_column!r}; give one of them")
+        raise DataError(
+            f"{path}: the value names label column {file.label_column!r}, the caller {label_column!r}; give one of them"
+        )
     suffix = file.suffix
     if suffix not in DATA_FILE_TYPES:
         raise DataError(f"{path}: unknown file type {suffix!r}; give a .npz, .parquet or .csv file")
@@ -54,7 +56,9 @@ def load_file(
             f"{path}: no such file; check the path (a relative path is taken from the working directory, {os.getcwd()})"
         ) from None
     except OSError as error:
-        raise DataError(f"{path}: cannot read the data file ({error.strerror or error}); check that it is a readable file") from None
+        raise DataError(
+            f"{path}: cannot read the data file ({error.strerror or error}); check that it is a readable file"
+        ) from None
     sha256 = hashlib.sha256(raw).hexdigest()
     if file.sha256 is not None and sha256 != file.sha256:
         raise DataError(
@@ -92,10 +96,14 @@ def _read_npz(path: str, raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray
         raise
     except ValueError as error:
         if "pickle" in str(error):
-            raise DataError(f"{path}: holds Python objects (pickled arrays), which ibray does not load; {how} from numeric arrays") from None
+            raise DataError(
+                f"{path}: holds Python objects (pickled arrays), which ibray does not load; {how} from numeric arrays"
+            ) from None
         raise DataError(f"{path}: not a readable .npz file ({_first_line(error)}); {how}") from None
     except Exception as error:  # zipfile, zlib and numpy's format reader each raise their own kinds
-        raise DataError(f"{path}: not a readable .npz file ({type(error).__name__}: {_first_line(error)}); {how}") from None
+        raise DataError(
+            f"{path}: not a readable .npz file ({type(error).__name__}: {_first_line(error)}); {how}"
+        ) from None
     x, y = arrays["x"], arrays["y"]
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: x holds {x.dtype} values, not numbers; {how} with numeric features")
@@ -104,7 +112,9 @@ def _read_npz(path: str, raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return x, y, arrays.get(SPLIT_NAME)
 
 
-def _read_table(path: str, raw: bytes, suffix: str, label_column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _read_table(
+    path: str, raw: bytes, suffix: str, label_column: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     import pyarrow as pa  # tables only; pyarrow is already a dependency of the results
 
     kind = "Parquet" if suffix == ".parquet" else "CSV"
@@ -135,11 +145,17 @@ def _read_table(path: str, raw: bytes, suffix: str, label_column: str) -> tuple[
     columns = []
     for name in features:
         column = table.column(name)
-        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type)):
-            raise DataError(f"{path}: feature column {name!r} holds {column.type} values, not numbers; encode it as numbers or drop it")
+        if not (
+            pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type)
+        ):
+            raise DataError(
+                f"{path}: feature column {name!r} holds {column.type} values, not numbers; encode it as numbers or drop it"
+            )
         if column.null_count:
             row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"{path}: feature column {name!r} has {column.null_count} empty value(s), the first at row {row} (counting from 0); fill or drop them")
+            raise DataError(
+                f"{path}: feature column {name!r} has {column.null_count} empty value(s), the first at row {row} (counting from 0); fill or drop them"
+            )
         columns.append(column.to_numpy(zero_copy_only=False).astype(np.float64))
     x = np.stack(columns, axis=1)
     labels = _column_values(path, table.column(label_column), f"label column {label_column!r}")
@@ -150,7 +166,9 @@ def _read_table(path: str, raw: bytes, suffix: str, label_column: str) -> tuple[
 def _column_values(path: str, column, what: str) -> np.ndarray:
     if column.null_count:
         row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{path}: {what} has {column.null_count} empty value(s), the first at row {row} (counting from 0); fill or drop them")
+        raise DataError(
+            f"{path}: {what} has {column.null_count} empty value(s), the first at row {row} (counting from 0); fill or drop them"
+        )
     return column.to_numpy(zero_copy_only=False)
 
 
@@ -162,7 +180,9 @@ def _checked_samples(path: str, x: np.ndarray, y: np.ndarray, label_name: str) -
     if y.ndim != 1:
         raise DataError(f"{path}: {label_name} has shape {y.shape}; give one label per sample, shape (samples,)")
     if x.shape[0] != y.shape[0]:
-        raise DataError(f"{path}: x has {x.shape[0]:,} samples but {label_name} has {y.shape[0]:,} labels; give one label per sample")
+        raise DataError(
+            f"{path}: x has {x.shape[0]:,} samples but {label_name} has {y.shape[0]:,} labels; give one label per sample"
+        )
     if x.shape[0] < 2:
         raise DataError(f"{path}: {x.shape[0]} sample(s); a data set needs at least two (one to train on, one to test)")
     if x.shape[0] > MAX_SAMPLES:
@@ -189,23 +209,31 @@ def _labels(path: str, y: np.ndarray, label_name: str) -> np.ndarray:
     if y.dtype.kind not in "iuf":
         example = _plain(y[0]) if y.size else ""
         kind = "text" if isinstance(example, (str, bytes)) else str(y.dtype)
-        raise DataError(f"{path}: {label_name} holds {kind} values (e.g. {example!r}), not integer class labels; {remap}")
+        raise DataError(
+            f"{path}: {label_name} holds {kind} values (e.g. {example!r}), not integer class labels; {remap}"
+        )
     if y.dtype.kind == "f":
         whole = np.isfinite(y) & (y == np.round(y))
         if not whole.all():
             row = int(np.flatnonzero(~whole)[0])
-            raise DataError(f"{path}: {label_name} holds {_plain(y[row])!r} at row {row}, not an integer class label; {remap}")
+            raise DataError(
+                f"{path}: {label_name} holds {_plain(y[row])!r} at row {row}, not an integer class label; {remap}"
+            )
     low, high = _plain(y.min()), _plain(y.max())
     if low < 0:
         raise DataError(f"{path}: {label_name} holds the negative label {low!r}; labels are classes 0..K-1; {remap}")
     if high >= MAX_CLASSES:
-        raise DataError(f"{path}: {label_name} holds the label {high!r}; at most {MAX_CLASSES} classes (labels 0..{MAX_CLASSES - 1}); {remap}")
+        raise DataError(
+            f"{path}: {label_name} holds the label {high!r}; at most {MAX_CLASSES} classes (labels 0..{MAX_CLASSES - 1}); {remap}"
+        )
     labels = y.astype(np.int64)
     counts = np.bincount(labels)
     if (counts == 0).any():
         absent = np.flatnonzero(counts == 0)
         shown = ", ".join(map(str, absent[:5])) + (", ..." if absent.size > 5 else "")
-        raise DataError(f"{path}: {label_name} runs from 0 to {int(high)} but never holds {shown}; every class 0..K-1 must occur; {remap}")
+        raise DataError(
+            f"{path}: {label_name} runs from 0 to {int(high)} but never holds {shown}; every class 0..K-1 must occur; {remap}"
+        )
     if counts.size < 2:
         raise DataError(f"{path}: {label_name} holds one class only (0); a classification needs at least two classes")
     return labels
@@ -236,7 +264,9 @@ def _marked_split(path: str, split: np.ndarray, samples: int) -> tuple[np.ndarra
     split = np.asarray(split)
     where = "array" if path.lower().endswith(".npz") else "column"
     if split.shape != (samples,):
-        raise DataError(f"{path}: the {SPLIT_NAME!r} {where} has shape {split.shape}, expected ({samples},): one mark per sample")
+        raise DataError(
+            f"{path}: the {SPLIT_NAME!r} {where} has shape {split.shape}, expected ({samples},): one mark per sample"
+        )
     if split.dtype.kind in "biuf":
         train, test = split == 1, split == 0
     elif split.dtype.kind in "OUS" and all(isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in split.tolist()):

@@ -26,9 +26,7 @@ class Dataset:
     image_shape: tuple[int, int] | None  # (height, width) in pixels for images, else None
 
 
-def stratified_split(
-    y: np.ndarray, train_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(y: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted int64 (train, test) indices; each class sends round(fraction * size) to train."""
     if not 0.0 < train_fraction < 1.0:
         raise DataError(f"train_fraction must lie strictly between 0 and 1, got {train_fraction}")

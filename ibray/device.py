@@ -59,8 +59,12 @@ def compiled(function, name: str):
             result = fast(*args, **kwargs)
         except torch._dynamo.exc.TorchDynamoException as error:  # compiling failed (an error of the
             # function itself keeps its own type and is raised as it is)
-            warnings.warn(f"engine 'compiled': torch.compile failed for {name} ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0][:200]}); running it eagerly", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"engine 'compiled': torch.compile failed for {name} ({type(error).__name__}: "
+                f"{str(error).splitlines()[0][:200]}); running it eagerly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             chosen = function
             return function(*args, **kwargs)
         chosen = fast

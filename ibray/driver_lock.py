@@ -104,8 +104,11 @@ class DriverLock:
             try:
                 holder = read_lock(self.path)
                 if holder is not None and holder.get("token") != self.token:
-                    print(f"warning: another driver took this sweep's lock ({describe_holder(holder)}); "
-                          f"this one no longer guards it", flush=True)
+                    print(
+                        f"warning: another driver took this sweep's lock ({describe_holder(holder)}); "
+                        f"this one no longer guards it",
+                        flush=True,
+                    )
                     return
                 self._write()
             except OSError:
@@ -141,7 +144,9 @@ def lock_is_stale(info: dict, now: float | None = None) -> bool:
 
 def describe_holder(info: dict) -> str:
     since = info.get("started")
-    since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(float(since))) if isinstance(since, (int, float)) else "?"
+    since = (
+        time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(float(since))) if isinstance(since, (int, float)) else "?"
+    )
     beat = info.get("heartbeat")
     age = f", heartbeat {time.time() - float(beat):.0f} s ago" if isinstance(beat, (int, float)) else ""
     return f"host {info.get('host', '?')}, pid {info.get('pid', '?')}, since {since}{age}"

@@ -319,7 +319,9 @@ def edge_information(
         eps = base * (1 + EDGE_WIDTH_RANGE * step / max(ensemble - 1, 1))
         cells = torch.floor((values - low + step / ensemble * eps) / eps).to(torch.int64).cpu().numpy()
         cell = row_ids(cells)  # (seeds, samples) dense ids < samples
-        cell_counts = np.bincount((cell + offsets * samples).reshape(-1), minlength=seeds * samples).reshape(seeds, samples)
+        cell_counts = np.bincount((cell + offsets * samples).reshape(-1), minlength=seeds * samples).reshape(
+            seeds, samples
+        )
         joint = (cell * classes + label_ids[None, :]) + offsets * samples * classes
         joint_counts = np.bincount(joint.reshape(-1), minlength=seeds * samples * classes).reshape(seeds, -1)
         n_cell = np.take_along_axis(cell_counts, cell, axis=1)
@@ -357,7 +359,9 @@ def _as_values(values) -> torch.Tensor:
     if values.dim() == 2:
         values = values[None]
     if values.dim() != 3:
-        raise ValueError(f"values must be (samples, neurons) or (seeds, samples, neurons), got shape {tuple(values.shape)}")
+        raise ValueError(
+            f"values must be (samples, neurons) or (seeds, samples, neurons), got shape {tuple(values.shape)}"
+        )
     values = values.to(torch.float64)
     if torch.isnan(values).any():
         raise ValueError("activations contain NaN; the network diverged")

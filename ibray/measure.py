@@ -240,8 +240,16 @@ class Measurer:
             layer_codes = [host_codes(pick(c), config.bits) for c in codes]
         bounds = [self._bin_bounds(extreme, global_bounds) for extreme in extremes] if binning else None
         mi = mi_columns(
-            config.estimators, model.layers, layer_codes, layer_values, bounds, extremes, self.labels_host, axes,
-            tensors=values if estimated else None, settings=settings,
+            config.estimators,
+            model.layers,
+            layer_codes,
+            layer_values,
+            bounds,
+            extremes,
+            self.labels_host,
+            axes,
+            tensors=values if estimated else None,
+            settings=settings,
         )
         return mi, metrics
 

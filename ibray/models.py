@@ -94,6 +94,7 @@ def activation_derivative(name: str):
     """d activation / d input as a function of (input, output); None for the identity."""
     return _DERIVATIVES[name]
 
+
 _LOG_EPSILON = 1e-7  # as Keras: the cross-entropy of a quantized probability of 0 stays finite
 
 
@@ -182,9 +183,11 @@ class BatchedNetwork(nn.Module):
         self.flat = nn.Parameter(torch.zeros(self.seeds, sum(self._sizes)))
         self._kept_tensors: tuple | None = None
         self._patches: dict = {}  # the conv layers' patches, by shape (see ConvNetwork._kept_patches)
-        self.quantizers = nn.ModuleList(
-            Quantizer(self._bits, self.seeds, self._tracking, self._ema_decay) for _ in self.layers
-        ) if self.quantized else None
+        self.quantizers = (
+            nn.ModuleList(Quantizer(self._bits, self.seeds, self._tracking, self._ema_decay) for _ in self.layers)
+            if self.quantized
+            else None
+        )
 
     def _add_dense(self, name: str, fan_in: int, fan_out: int) -> None:
         self._shapes += [(fan_in, fan_out), (1, fan_out)]
@@ -319,7 +322,9 @@ class DenseNetwork(BatchedNetwork):
 
     features_major = True
 
-    def __init__(self, architecture: str, activation: str, inputs: int, classes: int, bits: int, seeds: int, **options) -> None:
+    def __init__(
+        self, architecture: str, activation: str, inputs: int, classes: int, bits: int, seeds: int, **options
+    ) -> None:
         super().__init__(activation, classes, bits, seeds, **options)
         self.architecture = architecture
         previous = inputs
@@ -332,11 +337,14 @@ class DenseNetwork(BatchedNetwork):
     def _transposed_views(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per layer, the weights (seeds, out, in) and biases (seeds, out, 1) as the
         features-major pass multiplies with them: transposed views of the parameter row."""
-        return self._kept("transposed", lambda: tuple([t.transpose(1, 2) for t in part] for part in self._views_of(self.flat)))
+        return self._kept(
+            "transposed", lambda: tuple([t.transpose(1, 2) for t in part] for part in self._views_of(self.flat))
+        )
 
     def _gradient_buffer(self) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """A tensor shaped like the parameter row for `gradient` to write (every entry, every
         step), with its per-layer weight views and bias views (seeds, out, 1)."""
+
         def make():
             buffer = torch.empty_like(self.flat)
             weights, biases = self._views_of(buffer)
@@ -503,9 +511,13 @@ class ConvNetwork(BatchedNetwork):
             for tap, view in zip(taps, patches.unbind(2)):
                 view.copy_(tap)
         if patches.shape[0] == 1 and seeds > 1:  # patches shared by all seeds
-            out = _shared_input_layer(weight.reshape(seeds, weight.shape[1], -1), bias.unsqueeze(-1), patches.view(channels * 9, -1))
+            out = _shared_input_layer(
+                weight.reshape(seeds, weight.shape[1], -1), bias.unsqueeze(-1), patches.view(channels * 9, -1)
+            )
         else:
-            out = torch.baddbmm(bias.unsqueeze(-1), weight.reshape(seeds, weight.shape[1], -1), patches.view(seeds, channels * 9, -1))
+            out = torch.baddbmm(
+                bias.unsqueeze(-1), weight.reshape(seeds, weight.shape[1], -1), patches.view(seeds, channels * 9, -1)
+            )
         return out.view(seeds, weight.shape[1], batch, side_h - 2, side_w - 2)
 
     @staticmethod
@@ -552,6 +564,7 @@ class ConvNetwork(BatchedNetwork):
         values.append(probs)
         codes.append(code)
         return ForwardPass(self._loss_log_probs(log_probs, probs), values, codes)
+
 
 # -- your own torch.nn.Module, batched over seeds (ibray.own_module finds and builds it) ---------
 # The module is kept as a template whose parameters are never trained: every seed's parameters
@@ -614,7 +627,9 @@ class ModuleNetwork(BatchedNetwork):
             self.input_shape = (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
         names = measured_names(template, tuple(measure), self.label)
         names, widths = self._probe(template, names)
-        self.layers = [LayerSpec(name, type(template.get_submodule(name)).__name__, width) for name, width in zip(names, widths)]
+        self.layers = [
+            LayerSpec(name, type(template.get_submodule(name)).__name__, width) for name, width in zip(names, widths)
+        ]
         self.layers.append(LayerSpec("output", "softmax", classes))
         self._parameter_names = [name for name, _ in template.named_parameters()]
         self._shapes = [tuple(p.shape) for _, p in template.named_parameters()]
@@ -638,8 +653,11 @@ class ModuleNetwork(BatchedNetwork):
         def record(name):
             def hook(module, inputs, output):
                 if not isinstance(output, torch.Tensor):
-                    raise ConfigError(f"measure: {name!r} of {self.label} returns a {type(output).__name__}, not a tensor")
+                    raise ConfigError(
+                        f"measure: {name!r} of {self.label} returns a {type(output).__name__}, not a tensor"
+                    )
                 calls.append((name, math.prod(output.shape[1:])))
+
             return hook
 
         handles = [template.get_submodule(name).register_forward_hook(record(name)) for name in names]
@@ -747,7 +765,10 @@ class ModuleNetwork(BatchedNetwork):
         return ForwardPass(
             torch.cat(log_probs),
             [torch.cat([seed[layer] for seed in values]) for layer in per_layer],
-            [torch.cat([seed[layer] for seed in codes]) if self.quantizers is not None else None for layer in per_layer],
+            [
+                torch.cat([seed[layer] for seed in codes]) if self.quantizers is not None else None
+                for layer in per_layer
+            ],
         )
 
 

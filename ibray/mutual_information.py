@@ -269,7 +269,9 @@ def device_layer_information(codes: torch.Tensor, labels) -> LayerInformation:
     H(T) and H(T,Y) are summed by torch instead of NumPy, so they may differ in the last bits.
     """
     if codes.dim() != 3 or codes.dtype.is_floating_point:
-        raise ValueError(f"codes must be a (seeds, samples, neurons) integer tensor, got {tuple(codes.shape)} {codes.dtype}")
+        raise ValueError(
+            f"codes must be a (seeds, samples, neurons) integer tensor, got {tuple(codes.shape)} {codes.dtype}"
+        )
     seeds, samples, width = codes.shape
     labels_host = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64).reshape(-1)
     if labels_host.shape[0] != samples:

@@ -47,7 +47,9 @@ def pin_module(config, check_measure: bool = True):
     ref = own_module(config.architecture)
     if ref is None or ref.sha256 is not None:
         return config
-    pinned = dataclasses.replace(config, architecture=ModuleRef(ref.source, ref.factory, file_sha256(_source_file(ref))).value())
+    pinned = dataclasses.replace(
+        config, architecture=ModuleRef(ref.source, ref.factory, file_sha256(_source_file(ref))).value()
+    )
     if check_measure:
         check_measure_names(pinned)
     else:
@@ -151,14 +153,18 @@ def _source_file(ref: ModuleRef) -> str:
     """The file that holds the code of an unpinned value: the .py file, or the module's source."""
     if ref.is_file:
         if not os.path.isfile(ref.source):
-            raise ConfigError(f"architecture: file {ref.source} not found (relative paths start at the working directory, in a sweep at the sweep file's folder)")
+            raise ConfigError(
+                f"architecture: file {ref.source} not found (relative paths start at the working directory, in a sweep at the sweep file's folder)"
+            )
         return ref.source
     try:
         spec = importlib.util.find_spec(ref.source)
     except (ImportError, ValueError) as error:
         raise ConfigError(f"architecture: module {ref.source!r} not found ({quoted(error)})") from None
     if spec is None or not spec.origin or not os.path.isfile(spec.origin):
-        raise ConfigError(f"architecture: module {ref.source!r} not found among the importable modules (sys.path: the working directory, installed packages)")
+        raise ConfigError(
+            f"architecture: module {ref.source!r} not found among the importable modules (sys.path: the working directory, installed packages)"
+        )
     return spec.origin
 
 

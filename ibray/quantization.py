@@ -135,7 +135,9 @@ class Quantizer(nn.Module):
         return self._codes(quantized, low, inverse)
 
     @torch.no_grad()
-    def observe(self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1, slot: int | None = None) -> None:
+    def observe(
+        self, values: torch.Tensor, valid: int | None = None, batch_dim: int = 1, slot: int | None = None
+    ) -> None:
         """In training mode, update the range from a batch as `forward` does (and nothing
         else: for a layer whose quantized values are not needed, e.g. the output's in a
         training step, whose loss gradient is the float one's)."""

@@ -103,7 +103,6 @@ def write_atomic(table: pa.Table, path: str | Path) -> None:
 TRIAL_FILE = "trial.json"
 
 
-
 TRIAL_LOCK = "trial.lock"  # in a trial folder written by `ibray trial`: who is writing it
 
 
@@ -153,8 +152,6 @@ def trial_lock(folder: str | Path):
         handle.close()  # closing releases the lock
 
 
-
-
 def write_trial_info(
     out: str | Path,
     *,
@@ -195,7 +192,9 @@ def read_trial_info(out: str | Path) -> dict | None:
         text = read_text(where)
         return None if text is None else json.loads(text)
     except (OSError, ValueError) as error:
-        raise TrialStateError(f"{where} is unreadable ({error}); move the folder aside or pick another --out") from error
+        raise TrialStateError(
+            f"{where} is unreadable ({error}); move the folder aside or pick another --out"
+        ) from error
 
 
 def list_parts(folder: str | Path) -> list[str | Path]:

@@ -166,8 +166,17 @@ def _prepared(config: TrialConfig, dataset: Dataset, out, sweep: str, state: dic
     return trainer, writer, ranges, parts
 
 
-def _train(trainer: Trainer, writer: ResultsWriter, out, sweep: str, ranges, parts: int, on_write, on_progress,
-           progress_every: float) -> Measurement | None:
+def _train(
+    trainer: Trainer,
+    writer: ResultsWriter,
+    out,
+    sweep: str,
+    ranges,
+    parts: int,
+    on_write,
+    on_progress,
+    progress_every: float,
+) -> Measurement | None:
     """Train to the end: write every `write_every` epochs (rows, then the record, then
     `on_write` with a checkpoint), report progress between writes; the last measurement."""
     config = trainer.config
@@ -175,7 +184,12 @@ def _train(trainer: Trainer, writer: ResultsWriter, out, sweep: str, ranges, par
     def checkpoint() -> dict:
         packed = [[s, r, lo, hi] for (s, r), (lo, hi) in ranges.items()] if ranges else None
         # "written": the slowest epoch at the last write, for progress reports of a resumed run
-        return {"trainer": trainer.state_dict(), "parts": parts, "written": trainer.slowest_epoch, "global_ranges": packed}
+        return {
+            "trainer": trainer.state_dict(),
+            "parts": parts,
+            "written": trainer.slowest_epoch,
+            "global_ranges": packed,
+        }
 
     last: Measurement | None = None
     last_progress = time.monotonic()
@@ -211,7 +225,9 @@ def _scalars(last: Measurement | None, epoch: int, estimator: str) -> dict[str, 
     mi = last.mi
     if mi:
         output = max(mi["layer"])
-        rows = [i for i, (layer, e) in enumerate(zip(mi["layer"], mi["estimator"])) if layer == output and e == estimator]
+        rows = [
+            i for i, (layer, e) in enumerate(zip(mi["layer"], mi["estimator"])) if layer == output and e == estimator
+        ]
         for key in ("mi_xt", "mi_ty"):
             scalars[key] = float(np.mean([mi[key][i] for i in rows]))
     return scalars
@@ -255,7 +271,9 @@ def run_resumable(
         if info.get("trial") != config.trial_id():
             changed = changed_module(info.get("config", {}).get("architecture"), config.architecture)
             if changed:
-                raise TrialStateError(f"{out}: {changed}; restore the file, or pick another --out (or pass --overwrite)")
+                raise TrialStateError(
+                    f"{out}: {changed}; restore the file, or pick another --out (or pass --overwrite)"
+                )
             raise TrialStateError(
                 f"{out} holds results of trial {info.get('trial')!r}, not {config.trial_id()!r}; "
                 f"pick another --out (or pass --overwrite to replace them)"

@@ -76,13 +76,15 @@ DEFAULT_MAX_FAILURES = 3
 # is refused at once instead of starting a sweep that cannot finish; a file may raise them.
 MAX_SWEEP_FILE_BYTES = 1 << 20  # a sweep file is a few dozen lines; larger is a mistake (or an attack)
 MAX_YAML_NODES = 100_000  # values a file may hold once its aliases are expanded
-MAX_SHOWN_CHARACTERS = 1000  # of one problem's line (paths included): longer ones, a long value echoed, are cut in the middle
+MAX_SHOWN_CHARACTERS = (
+    1000  # of one problem's line (paths included): longer ones, a long value echoed, are cut in the middle
+)
 DEFAULT_MAX_TRIALS = 100_000
 DEFAULT_MAX_SEED_EPOCHS = 1_000_000_000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-NAME_RULE = "ASCII letters (A-Z, a-z), digits, '_', '.' and '-', starting with a letter or digit, at most 100 characters"
-
-
+NAME_RULE = (
+    "ASCII letters (A-Z, a-z), digits, '_', '.' and '-', starting with a letter or digit, at most 100 characters"
+)
 
 
 @dataclass(frozen=True)
@@ -337,7 +339,9 @@ class _Validator:
         name = self._name()
         seed_blocks = self._seed_blocks()
         resources = self._resources()
-        max_failures = self._count("max_failures", DEFAULT_MAX_FAILURES, -1, "retries per trial >= 0 (-1: retry forever)")
+        max_failures = self._count(
+            "max_failures", DEFAULT_MAX_FAILURES, -1, "retries per trial >= 0 (-1: retry forever)"
+        )
         max_trials = self._count("max_trials", DEFAULT_MAX_TRIALS, 1, "a positive integer")
         max_seed_epochs = self._count("max_seed_epochs", DEFAULT_MAX_SEED_EPOCHS, 1, "a positive integer")
         self.constants, self.axes = {}, {}
@@ -348,7 +352,9 @@ class _Validator:
             value = self.values[key]
             is_axis = _is_list_of_lists(value) if key in LIST_FIELDS else isinstance(value, list)
             if is_axis and key == "label_column":
-                self.error(key, f"{value!r}: a list is not allowed here; give one value (one sweep per value to compare them)")
+                self.error(
+                    key, f"{value!r}: a list is not allowed here; give one value (one sweep per value to compare them)"
+                )
             elif is_axis:
                 axis = self._axis(key, value)
                 if axis is not None:
@@ -387,7 +393,9 @@ class _Validator:
     def _seed_blocks(self) -> tuple:
         raw = self.values.get("seeds", 1)
         if isinstance(raw, bool):
-            self.error("seeds", f"{raw!r} is not allowed; give a count (e.g. 20), a list (e.g. [0, 3, 7]) or a range ('0-19')")
+            self.error(
+                "seeds", f"{raw!r} is not allowed; give a count (e.g. 20), a list (e.g. [0, 3, 7]) or a range ('0-19')"
+            )
             return ((0,),)
         try:
             if isinstance(raw, int):
@@ -397,7 +405,10 @@ class _Validator:
             else:
                 seeds = parse_seeds(raw)
         except ConfigError as error:
-            self.error("seeds", f"{_strip_key(error, 'seeds')} (value {raw!r}); allowed: a count, a list of distinct seeds, or ranges like '0-9,20'")
+            self.error(
+                "seeds",
+                f"{_strip_key(error, 'seeds')} (value {raw!r}); allowed: a count, a list of distinct seeds, or ranges like '0-9,20'",
+            )
             return ((0,),)
         per_trial = self.values.get("seeds_per_trial", len(seeds))
         if isinstance(per_trial, bool) or not isinstance(per_trial, int) or per_trial < 1:
@@ -421,7 +432,10 @@ class _Validator:
             if key == "cpu" and not (ok and value > 0):
                 self.error("resources.cpu", f"{value!r} is not allowed; give CPUs per trial > 0 (fractions allowed)")
             elif key == "gpu" and not (ok and (0 <= value <= 1 or float(value).is_integer() and value > 0)):
-                self.error("resources.gpu", f"{value!r} is not allowed; give a GPU fraction in [0, 1] or a whole number of GPUs")
+                self.error(
+                    "resources.gpu",
+                    f"{value!r} is not allowed; give a GPU fraction in [0, 1] or a whole number of GPUs",
+                )
             else:
                 resources[key] = float(value)
         return resources
@@ -458,7 +472,10 @@ class _Validator:
         if key == "architecture" and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # 'architecture: 16' is one hidden layer of 16; YAML reads it as a number
         if key == "architecture" and isinstance(value, datetime.date):
-            self.error(key, f"YAML reads {value} as a date; quote the widths, e.g. architecture: '{value.year}-{value.month}-{value.day}'")
+            self.error(
+                key,
+                f"YAML reads {value} as a date; quote the widths, e.g. architecture: '{value.year}-{value.month}-{value.day}'",
+            )
             return _BAD
         if key == "architecture" and isinstance(value, str):
             value = self._beside_file(value)
@@ -475,7 +492,9 @@ class _Validator:
                 self.error(key, f"{value!r} is not allowed; give a list (default {list(default)!r})")
                 return _BAD
             value = tuple(value)
-        elif (value is not None or default is not None) and (not isinstance(value, expected) or isinstance(value, bool)):
+        elif (value is not None or default is not None) and (
+            not isinstance(value, expected) or isinstance(value, bool)
+        ):
             kind = {int: "an integer", float: "a number", str: "a string"}.get(expected, expected.__name__)
             self.error(key, f"{value!r} is not allowed; give {kind} (default {default!r})")
             return _BAD
@@ -484,7 +503,13 @@ class _Validator:
             if any(k in self.values and k not in self.constants and k not in self.axes for k in DATA_READ_FIELDS):
                 return _BAD  # a bad label_column or split is reported already; the file waits for it
             # an axis of train_fraction or split_seed: its first value here, the others when a trial loads
-            probe.update({k: self.constants[k] if k in self.constants else self.axes[k][0] for k in DATA_READ_FIELDS if k in self.values})
+            probe.update(
+                {
+                    k: self.constants[k] if k in self.constants else self.axes[k][0]
+                    for k in DATA_READ_FIELDS
+                    if k in self.values
+                }
+            )
         try:
             config = TrialConfig.from_dict(probe)
             if key == "dataset":
@@ -513,7 +538,12 @@ class _Validator:
             ref = module_ref(architecture)
         except ValueError:
             return architecture  # TrialConfig says what is wrong
-        if ref is None or not ref.is_file or os.path.isabs(os.path.expanduser(ref.source)) or not os.path.isfile(self.source):
+        if (
+            ref is None
+            or not ref.is_file
+            or os.path.isabs(os.path.expanduser(ref.source))
+            or not os.path.isfile(self.source)
+        ):
             return architecture
         folder = os.path.dirname(os.path.abspath(self.source))
         return ModuleRef(os.path.join(folder, ref.source), ref.factory, ref.sha256).value()
@@ -523,7 +553,10 @@ class _Validator:
         grid = f"{sizes} x {len(spec.seed_blocks)} seed block(s)" if sizes else f"{len(spec.seed_blocks)} seed block(s)"
         trials = f"{spec.trial_count:,} trial{'s' if spec.trial_count != 1 else ''}"
         figures = f"{trials} ({grid}) and {spec.seed_epochs:,} seed-epochs"
-        for key, value, limit in (("max_trials", spec.trial_count, max_trials), ("max_seed_epochs", spec.seed_epochs, max_seed_epochs)):
+        for key, value, limit in (
+            ("max_trials", spec.trial_count, max_trials),
+            ("max_seed_epochs", spec.seed_epochs, max_seed_epochs),
+        ):
             if value > limit:
                 origin = "the default" if key not in self.values else "as the file sets it"
                 self.error(

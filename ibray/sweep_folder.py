@@ -80,14 +80,18 @@ def check_results_folder(folder: str) -> None:
             filesystem, inner = resolve(folder)
             parent = filesystem.get_file_info(inner.rsplit("/", 1)[0])
         except Exception as error:  # pyarrow raises several types for a bad URI or credentials
-            raise SweepError(f"results root {folder.rsplit('/', 1)[0]} cannot be reached ({type(error).__name__}: {error})") from error
+            raise SweepError(
+                f"results root {folder.rsplit('/', 1)[0]} cannot be reached ({type(error).__name__}: {error})"
+            ) from error
         if parent.type == pafs.FileType.File:
             raise SweepError(f"results root {parent.path} is a file, not a folder; pass another --results")
         return
     path = Path(os.path.realpath(folder))
     for pseudo in PSEUDO_FILESYSTEMS:
         if path == Path(pseudo) or Path(pseudo) in path.parents:
-            raise SweepError(f"results root {path.parent} is under {pseudo}, the kernel's, not a disk; pass another --results")
+            raise SweepError(
+                f"results root {path.parent} is under {pseudo}, the kernel's, not a disk; pass another --results"
+            )
     existing = path
     while not existing.exists():
         existing = existing.parent
@@ -174,7 +178,11 @@ def check_data_unchanged(spec: SweepSpec, folder: str) -> None:
         if old is None or old.sha256 is None or dataset in ours:
             continue
         now = next((data_file(v) for v in sorted(ours) if data_file(v).path == old.path), None)
-        found = f"it now has SHA-256 {now.sha256[:12]}..." if now else f"this run reads {', '.join(sorted(dataset_label(v) for v in ours)) or 'no data file'} instead"
+        found = (
+            f"it now has SHA-256 {now.sha256[:12]}..."
+            if now
+            else f"this run reads {', '.join(sorted(dataset_label(v) for v in ours)) or 'no data file'} instead"
+        )
         raise SweepError(
             f"{folder}: sweep {spec.name!r} started on the data file {old.path} with SHA-256 {old.sha256[:12]}... "
             f"(trial {entry.base_name}), but {found}: the file changed or moved since; put that version back at "

@@ -149,9 +149,7 @@ class Trainer:
                 for gen, is_active in zip(self.shufflers, active)
             ]
         ).to(self.device)
-        in_prefit = torch.tensor(
-            [epoch < self.config.prefit_epochs for epoch in self.slot_epoch], device=self.device
-        )
+        in_prefit = torch.tensor([epoch < self.config.prefit_epochs for epoch in self.slot_epoch], device=self.device)
         labels = torch.where(in_prefit[:, None], self.prefit_labels, self.train_labels[None, :])
         self.model.train()
         if self.config.range_tracking == "epoch":

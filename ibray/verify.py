@@ -103,14 +103,17 @@ def _schema_problem(table: str, name: str, schema: pa.Schema) -> str | None:
     extra = [name for name in schema.names if name not in declared.names]
     retyped = [
         f"{f.name} ({schema.field(f.name).type}, declared {f.type})"
-        for f in declared if f.name in schema.names and not schema.field(f.name).type.equals(f.type)
+        for f in declared
+        if f.name in schema.names and not schema.field(f.name).type.equals(f.type)
     ]
     found = [f"missing {', '.join(missing)}"] * bool(missing) + [f"extra {', '.join(extra)}"] * bool(extra)
     found += [f"other types: {', '.join(retyped)}"] * bool(retyped)
     return f"{table}: {name}: columns differ from the declared schema: {'; '.join(found)}" if found else None
 
 
-def _read(folder: str | Path, table: str, columns: list[str], last_write: int | None = None) -> tuple[pl.DataFrame, list, list[str]]:
+def _read(
+    folder: str | Path, table: str, columns: list[str], last_write: int | None = None
+) -> tuple[pl.DataFrame, list, list[str]]:
     """The key columns of a table's parts, the parts, and the parts' schema problems. Parts
     newer than `last_write` (a write in progress) are listed but not read."""
     parts = list_parts(join(folder, table))
@@ -143,7 +146,11 @@ def verify_trial(folder: str | Path) -> TrialCheck:
         return TrialCheck(folder_text, Path(folder_text).name, "unreadable", problems=[f"trial.json: {error}"])
     check = TrialCheck(folder_text, str(info.get("trial", config.trial_id())), str(info.get("status")))
     layers = layer_count(config.architecture, config.measure)  # None: an own module's, named in trial.json
-    check.seeds, check.layers, check.estimators = len(config.seeds), layers or len(info.get("layers", [])), len(config.estimators)
+    check.seeds, check.layers, check.estimators = (
+        len(config.seeds),
+        layers or len(info.get("layers", [])),
+        len(config.estimators),
+    )
     if not check.layers:
         check.problems.append("trial.json: names no measured layers of the own module (its 'layers')")
         return check
@@ -164,9 +171,13 @@ def verify_trial(folder: str | Path) -> TrialCheck:
             check.problems += problems
             return check
         if "parts" in info and complete:
-            newer = [str(p).rsplit("/", 1)[-1] for p in parts if (part_write(str(p).rsplit("/", 1)[-1]) or 0) > info["parts"]]
+            newer = [
+                str(p).rsplit("/", 1)[-1] for p in parts if (part_write(str(p).rsplit("/", 1)[-1]) or 0) > info["parts"]
+            ]
             if newer:
-                check.problems.append(f"{table}: part files newer than trial.json's last write ({info['parts']}): {', '.join(newer)}")
+                check.problems.append(
+                    f"{table}: part files newer than trial.json's last write ({info['parts']}): {', '.join(newer)}"
+                )
 
     # The kept attempt of each seed: trial.json's, else (older folders) the highest in the rows.
     if "restarts" in info:
@@ -176,8 +187,12 @@ def verify_trial(folder: str | Path) -> TrialCheck:
         kept = {seed: 0 for seed in config.seeds} | dict(found.rows())
     check.restarted = {seed: attempt for seed, attempt in kept.items() if attempt}
     if sorted(kept) != sorted(config.seeds):
-        check.problems.append(f"trial.json: attempts recorded for seeds {sorted(kept)}, config trains {sorted(config.seeds)}")
-    attempts = pl.DataFrame({"seed": list(kept), "kept": list(kept.values())}, schema={"seed": pl.Int64, "kept": pl.Int32})
+        check.problems.append(
+            f"trial.json: attempts recorded for seeds {sorted(kept)}, config trains {sorted(config.seeds)}"
+        )
+    attempts = pl.DataFrame(
+        {"seed": list(kept), "kept": list(kept.values())}, schema={"seed": pl.Int64, "kept": pl.Int32}
+    )
 
     up_to = None if complete else int(info.get("epochs_run", 0))
     grid = measured_epochs(config)
@@ -198,7 +213,9 @@ def verify_trial(folder: str | Path) -> TrialCheck:
         rows = rows.join(attempts, on="seed", how="left")
         stray = rows.filter(pl.col("kept").is_null())
         if stray.height:
-            check.problems.append(f"{table}: {stray.height} rows of seeds the trial does not train: {sorted(stray['seed'].unique())}")
+            check.problems.append(
+                f"{table}: {stray.height} rows of seeds the trial does not train: {sorted(stray['seed'].unique())}"
+            )
         discarded = rows.filter(pl.col("kept").is_not_null() & (pl.col("restarts") != pl.col("kept")))
         for (seed,), group in discarded.group_by(["seed"], maintain_order=True):
             attempts_seen = sorted(group["restarts"].unique())
@@ -216,10 +233,14 @@ def verify_trial(folder: str | Path) -> TrialCheck:
         missing = expected[table].join(rows, on=key, how="anti")
         for (seed,), group in missing.sort(["seed", "phase", "epoch"]).group_by(["seed"], maintain_order=True):
             attempt = f" (attempt {kept[seed]})" if kept.get(seed) else ""
-            check.problems.append(f"{table}: seed {seed}{attempt}: {group.height} rows missing at {_epochs_text(group)}")
+            check.problems.append(
+                f"{table}: seed {seed}{attempt}: {group.height} rows missing at {_epochs_text(group)}"
+            )
 
     if complete and int(info.get("epochs_run", -1)) != config.prefit_epochs + config.epochs:
-        check.problems.append(f"trial.json: status 'complete' but epochs_run {info.get('epochs_run')} of {config.prefit_epochs + config.epochs}")
+        check.problems.append(
+            f"trial.json: status 'complete' but epochs_run {info.get('epochs_run')} of {config.prefit_epochs + config.epochs}"
+        )
     return check
 
 
@@ -234,14 +255,16 @@ def find_trials(location: str | Path) -> list[str | Path]:
     infos = filesystem.get_file_info(pafs.FileSelector(inner, recursive=True))
     found = []
     for entry in infos:
-        relative = entry.path[len(inner):].strip("/").split("/")
+        relative = entry.path[len(inner) :].strip("/").split("/")
         if entry.base_name == "trial.json" and not any(p.startswith(".") or p == "tune" for p in relative[:-1]):
             found.append("/".join(relative[:-1]))
     if filesystem.get_file_info(f"{inner.rstrip('/')}/trial.json").type == pafs.FileType.File:
         found.append("")
     trials = sorted(set(found))
     if not trials:
-        raise VerifyError(f"{location}: no trial here (no trial.json at any depth); pass a trial, sweep or results folder")
+        raise VerifyError(
+            f"{location}: no trial here (no trial.json at any depth); pass a trial, sweep or results folder"
+        )
     return [join(location, *t.split("/")) if t else location for t in trials]
 
 
@@ -252,7 +275,7 @@ def find_sweeps(location: str | Path) -> list[str | Path]:
         return []
     found = [""] if filesystem.get_file_info(f"{inner.rstrip('/')}/{SWEEP_FILE}").type == pafs.FileType.File else []
     for entry in filesystem.get_file_info(pafs.FileSelector(inner, recursive=True)):
-        relative = entry.path[len(inner):].strip("/").split("/")
+        relative = entry.path[len(inner) :].strip("/").split("/")
         if entry.base_name == SWEEP_FILE and not any(p.startswith(".") or p in (TRIALS, TUNE) for p in relative[:-1]):
             found.append("/".join(relative[:-1]))
     return [join(location, *s.split("/")) if s else location for s in sorted(set(found))]
@@ -270,16 +293,29 @@ def missing_trials(folder: str | Path) -> list[TrialCheck]:
         spec = parse_sweep(read_text(join(folder, SWEEP_FILE)) or "", source, Path(str(folder)).name)
         statuses = trial_statuses(spec, str(folder))
     except (SweepError, DataError) as error:
-        return [TrialCheck(str(folder), SWEEP_FILE, "unreadable", problems=[
-            f"its grid cannot be checked here ({' '.join(str(error).split())[:300]}); run verify where the sweep ran, "
-            f"or verify {join(folder, TRIALS)} alone"
-        ])]
+        return [
+            TrialCheck(
+                str(folder),
+                SWEEP_FILE,
+                "unreadable",
+                problems=[
+                    f"its grid cannot be checked here ({' '.join(str(error).split())[:300]}); run verify where the sweep ran, "
+                    f"or verify {join(folder, TRIALS)} alone"
+                ],
+            )
+        ]
     return [
-        TrialCheck(str(join(folder, TRIALS, trial)), trial, "absent", problems=[
-            f"in the grid of {source} but no trial.json: it never started, or its folder is gone; "
-            f"run the sweep again with --resume"
-        ])
-        for trial, status in statuses.items() if status == "absent"
+        TrialCheck(
+            str(join(folder, TRIALS, trial)),
+            trial,
+            "absent",
+            problems=[
+                f"in the grid of {source} but no trial.json: it never started, or its folder is gone; "
+                f"run the sweep again with --resume"
+            ],
+        )
+        for trial, status in statuses.items()
+        if status == "absent"
     ]
 
 

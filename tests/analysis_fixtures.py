@@ -14,7 +14,9 @@ import numpy as np
 import pyarrow as pa
 
 # The repository root, for `import ibray` / `import analysis` when ibray is not installed.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1])) if str(Path(__file__).resolve().parents[1]) not in sys.path else None
+sys.path.insert(0, str(Path(__file__).resolve().parents[1])) if str(
+    Path(__file__).resolve().parents[1]
+) not in sys.path else None
 
 from ibray.records import METRICS_SCHEMA, MI_SCHEMA, write_atomic  # noqa: E402 (the path first)
 
@@ -36,10 +38,30 @@ def table(name: str, n: int | None = None, **columns) -> pa.Table:
     if n is None:
         n = max(len(v) for v in columns.values() if isinstance(v, (list, tuple, np.ndarray, pa.Array)))
     defaults = dict(
-        sweep="s", trial="t0", dataset="synthetic12", architecture="syn", activation="tanh", bits=8, seed=0,
-        restarts=0, phase="train", epoch=0, estimator="exact", layer=1, layer_name="dense1", width=10,
-        mi_xt=0.0, mi_ty=0.0, h_t=0.0, n_states=1, t_min=-1.0, t_max=1.0,
-        train_loss=0.5, test_loss=0.5, train_acc=0.5, test_acc=0.5,
+        sweep="s",
+        trial="t0",
+        dataset="synthetic12",
+        architecture="syn",
+        activation="tanh",
+        bits=8,
+        seed=0,
+        restarts=0,
+        phase="train",
+        epoch=0,
+        estimator="exact",
+        layer=1,
+        layer_name="dense1",
+        width=10,
+        mi_xt=0.0,
+        mi_ty=0.0,
+        h_t=0.0,
+        n_states=1,
+        t_min=-1.0,
+        t_max=1.0,
+        train_loss=0.5,
+        test_loss=0.5,
+        train_acc=0.5,
+        test_acc=0.5,
     )
     unknown = set(columns) - set(schema.names)
     assert not unknown, unknown
@@ -64,9 +86,15 @@ def curves(
         learned = 1 - np.exp(-6 * progress) if phase == "train" else 0.1 * progress
         metric_parts.append(
             table(
-                "metrics", seed=seed, epoch=epoch, phase=phase,
-                train_acc=0.5 + 0.45 * learned + noise, test_acc=0.5 + 0.4 * learned + noise,
-                train_loss=0.7 - 0.6 * learned - noise, test_loss=0.7 - 0.5 * learned - noise, **axes,
+                "metrics",
+                seed=seed,
+                epoch=epoch,
+                phase=phase,
+                train_acc=0.5 + 0.45 * learned + noise,
+                test_acc=0.5 + 0.4 * learned + noise,
+                train_loss=0.7 - 0.6 * learned - noise,
+                test_loss=0.7 - 0.5 * learned - noise,
+                **axes,
             )
         )
         for estimator in estimators:
@@ -79,9 +107,19 @@ def curves(
                 mi_ty = 0.999 * rank * learned * (1 + noise)
                 mi_parts.append(
                     table(
-                        "mi", seed=seed, epoch=epoch, phase=phase, estimator=estimator, layer=layer,
-                        layer_name=LAYER_NAMES[(layer - 1) % len(LAYER_NAMES)], width=max(2, 12 - layer),
-                        mi_xt=mi_xt, mi_ty=mi_ty, h_t=mi_xt, n_states=np.round(2**mi_xt).astype(np.int64), **axes,
+                        "mi",
+                        seed=seed,
+                        epoch=epoch,
+                        phase=phase,
+                        estimator=estimator,
+                        layer=layer,
+                        layer_name=LAYER_NAMES[(layer - 1) % len(LAYER_NAMES)],
+                        width=max(2, 12 - layer),
+                        mi_xt=mi_xt,
+                        mi_ty=mi_ty,
+                        h_t=mi_xt,
+                        n_states=np.round(2**mi_xt).astype(np.int64),
+                        **axes,
                     )
                 )
     return pa.concat_tables(mi_parts), pa.concat_tables(metric_parts)
@@ -99,14 +137,25 @@ def write_trial(
                 write_atomic(rows.slice(first, last - first), folder / name / f"part-{index:05d}.parquet")
     sweep = mi["sweep"][0].as_py() if mi.num_rows else ""
     trial = mi["trial"][0].as_py() if mi.num_rows else folder.name
-    (folder / "trial.json").write_text(json.dumps({"sweep": sweep, "trial": trial, "status": status, "config": config or {}}))
+    (folder / "trial.json").write_text(
+        json.dumps({"sweep": sweep, "trial": trial, "status": status, "config": config or {}})
+    )
     return folder
 
 
 def write_sweep(
-    root: Path, sweep: str, trials: int, seeds_per_trial: int, epochs: int, layers: int = 7,
-    estimators=("exact",), prefit_epochs: int = 0, parts: int = 1, yaml_text: str | None = None,
-    folder_name: str | None = None, **axes,
+    root: Path,
+    sweep: str,
+    trials: int,
+    seeds_per_trial: int,
+    epochs: int,
+    layers: int = 7,
+    estimators=("exact",),
+    prefit_epochs: int = 0,
+    parts: int = 1,
+    yaml_text: str | None = None,
+    folder_name: str | None = None,
+    **axes,
 ) -> Path:
     """A sweep folder with `trials` trials of the same configuration, each its own block of seeds.
 
@@ -114,15 +163,23 @@ def write_sweep(
     """
     folder = Path(root) / (folder_name or sweep)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sweep.yaml").write_text(yaml_text if yaml_text is not None else f"name: {sweep}\nseeds: 0-{trials * seeds_per_trial - 1}\n")
+    (folder / "sweep.yaml").write_text(
+        yaml_text if yaml_text is not None else f"name: {sweep}\nseeds: 0-{trials * seeds_per_trial - 1}\n"
+    )
     for index in range(trials):
         seeds = list(range(index * seeds_per_trial, (index + 1) * seeds_per_trial))
         trial = f"trial{index:03d}"
         mi, metrics = curves(seeds, epochs, layers, estimators, prefit_epochs, sweep=sweep, trial=trial, **axes)
         config = dict(
-            dataset=axes.get("dataset", "synthetic12"), architecture=axes.get("architecture", "syn"),
-            activation=axes.get("activation", "tanh"), bits=axes.get("bits", 8), seeds=seeds,
-            estimators=list(estimators), epochs=epochs, prefit_epochs=prefit_epochs, mi_every=1,
+            dataset=axes.get("dataset", "synthetic12"),
+            architecture=axes.get("architecture", "syn"),
+            activation=axes.get("activation", "tanh"),
+            bits=axes.get("bits", 8),
+            seeds=seeds,
+            estimators=list(estimators),
+            epochs=epochs,
+            prefit_epochs=prefit_epochs,
+            mi_every=1,
         )
         write_trial(folder / "trials" / trial, mi, metrics, config, parts=parts)
     return folder

@@ -40,7 +40,11 @@ SLOW_TESTS = {
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "ray_cluster" in getattr(item, "fixturenames", ()) or item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
+        if (
+            "ray_cluster" in getattr(item, "fixturenames", ())
+            or item.path.name in SLOW_FILES
+            or item.originalname in SLOW_TESTS
+        ):
             item.add_marker(pytest.mark.slow)
 
 
@@ -49,6 +53,7 @@ def synthetic():
     from ibray.data import load_dataset
 
     return load_dataset("synthetic12")
+
 
 @pytest.fixture(scope="session")
 def ray_cluster():

@@ -7,8 +7,15 @@ from torch import nn
 def bottleneck2():
     """The study's bottleneck2, 784-16-8-4-2-10 with ReLU, as a plain nn.Sequential."""
     return nn.Sequential(
-        nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU(),
-        nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 10),
+        nn.Linear(784, 16),
+        nn.ReLU(),
+        nn.Linear(16, 8),
+        nn.ReLU(),
+        nn.Linear(8, 4),
+        nn.ReLU(),
+        nn.Linear(4, 2),
+        nn.ReLU(),
+        nn.Linear(2, 10),
     )
 
 

@@ -18,7 +18,9 @@ def crafted(tmp_path, mi: pa.Table, metrics: pa.Table | None = None):
 
 
 def test_mean_variance_std_count(tmp_path):
-    mi = table("mi", seed=[0, 1, 2, 0, 1, 2], epoch=[0, 0, 0, 1, 1, 1], mi_xt=[1.0, 2.0, 3.0, 4.0, 4.0, 4.0], mi_ty=[0.5] * 6)
+    mi = table(
+        "mi", seed=[0, 1, 2, 0, 1, 2], epoch=[0, 0, 0, 1, 1, 1], mi_xt=[1.0, 2.0, 3.0, 4.0, 4.0, 4.0], mi_ty=[0.5] * 6
+    )
     stats = aggregate.mi_stats(crafted(tmp_path, mi).mi).collect()
     assert stats["epoch"].to_list() == [0, 1]
     assert stats["mi_xt_mean"].to_list() == [2.0, 4.0]
@@ -52,14 +54,21 @@ def test_global_epoch_follows_prefit(tmp_path):
     mi = table("mi", phase=["prefit", "prefit", "prefit", "train", "train"], epoch=[0, 1, 2, 1, 2])
     stats = aggregate.mi_stats(crafted(tmp_path, mi).mi).collect()
     assert stats.select("phase", "epoch", "global_epoch").rows() == [
-        ("prefit", 0, 0), ("prefit", 1, 1), ("prefit", 2, 2), ("train", 1, 3), ("train", 2, 4)
+        ("prefit", 0, 0),
+        ("prefit", 1, 1),
+        ("prefit", 2, 2),
+        ("train", 1, 3),
+        ("train", 2, 4),
     ]
 
 
 def test_median_deviating_repetition(tmp_path):
     # constant offsets 0, 1, 5 around a mean of 2 over 4 points: distances 4, 2, 6 -> seed 0
     epochs = [0, 1, 2, 3]
-    parts = [table("mi", seed=seed, epoch=epochs, mi_xt=[offset] * 4, mi_ty=[0.0] * 4) for seed, offset in ((0, 0.0), (1, 1.0), (2, 5.0))]
+    parts = [
+        table("mi", seed=seed, epoch=epochs, mi_xt=[offset] * 4, mi_ty=[0.0] * 4)
+        for seed, offset in ((0, 0.0), (1, 1.0), (2, 5.0))
+    ]
     results = crafted(tmp_path, pa.concat_tables(parts))
     distances = aggregate.deviation(results.mi).sort("seed").collect()
     assert distances["distance"].to_list() == pytest.approx([4.0, 2.0, 6.0])
@@ -70,14 +79,18 @@ def test_median_deviating_repetition(tmp_path):
 
 
 def test_median_of_an_even_count_is_the_lower(tmp_path):
-    parts = [table("mi", seed=seed, epoch=[0], mi_xt=[offset]) for seed, offset in ((0, 0.0), (1, 1.0), (2, 3.0), (3, 8.0))]
+    parts = [
+        table("mi", seed=seed, epoch=[0], mi_xt=[offset]) for seed, offset in ((0, 0.0), (1, 1.0), (2, 3.0), (3, 8.0))
+    ]
     # mean 3: distances 3, 2, 0, 5 -> ranked seeds 2, 1, 0, 3 -> the second, seed 1
     chosen = aggregate.median_deviating(crafted(tmp_path, pa.concat_tables(parts)).mi).collect()
     assert chosen["seed"].to_list() == [1]
 
 
 def test_same_seed_from_two_trials_counts_twice(tmp_path):
-    mi = pa.concat_tables([table("mi", trial="a", epoch=[0], mi_xt=[1.0]), table("mi", trial="b", epoch=[0], mi_xt=[3.0])])
+    mi = pa.concat_tables(
+        [table("mi", trial="a", epoch=[0], mi_xt=[1.0]), table("mi", trial="b", epoch=[0], mi_xt=[3.0])]
+    )
     stats = aggregate.mi_stats(crafted(tmp_path, mi).mi).collect()
     assert stats.select("mi_xt_mean", "n").rows() == [(2.0, 2)]
 
@@ -92,7 +105,8 @@ def test_progress_names_trials_without_trial_json(tmp_path):
     results = load([tmp_path])
     rows = aggregate.progress(results.mi, results.trials).collect()
     assert rows.select("trial", "status", "seeds_written", "last_epoch").rows() == [
-        ("orphan", "unknown", 1, 1), ("t0", "complete", 1, 3)
+        ("orphan", "unknown", 1, 1),
+        ("t0", "complete", 1, 3),
     ]
 
 
@@ -104,9 +118,20 @@ def test_completeness_names_the_epochs_where_repetitions_are_missing(tmp_path):
     stats = aggregate.mi_stats(crafted(tmp_path, mi).mi)
     rows = stats.collect()
     assert rows.select("epoch", "n", "repetitions", "complete").rows() == [
-        (0, 3, 3, True), (1, 2, 3, False), (2, 2, 3, False), (3, 3, 3, True)
+        (0, 3, 3, True),
+        (1, 2, 3, False),
+        (2, 2, 3, False),
+        (3, 3, 3, True),
     ]
     summary = aggregate.completeness(stats).collect().row(0, named=True)
-    assert {k: summary[k] for k in ("repetitions", "epochs", "incomplete_epochs", "fewest", "first_incomplete", "last_incomplete")} == {
-        "repetitions": 3, "epochs": 4, "incomplete_epochs": 2, "fewest": 2, "first_incomplete": 1, "last_incomplete": 2
+    assert {
+        k: summary[k]
+        for k in ("repetitions", "epochs", "incomplete_epochs", "fewest", "first_incomplete", "last_incomplete")
+    } == {
+        "repetitions": 3,
+        "epochs": 4,
+        "incomplete_epochs": 2,
+        "fewest": 2,
+        "first_incomplete": 1,
+        "last_incomplete": 2,
     }

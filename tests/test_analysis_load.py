@@ -117,7 +117,9 @@ def test_broken_trial_json(tmp_path):
 
 def test_started_trials_without_rows(tmp_path):
     (tmp_path / "t").mkdir()
-    (tmp_path / "t" / "trial.json").write_text(json.dumps({"sweep": "s", "trial": "t", "status": "running", "config": {}}))
+    (tmp_path / "t" / "trial.json").write_text(
+        json.dumps({"sweep": "s", "trial": "t", "status": "running", "config": {}})
+    )
     with pytest.raises(ResultsError, match="written no MI rows yet"):
         load([tmp_path])
 

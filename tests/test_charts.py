@@ -56,7 +56,9 @@ def test_mi_over_epochs_has_a_std_band(stats):
     spec = charts.mi_over_epochs(group, "mi").to_dict()
     band, line = spec["spec"]["layer"]
     assert band["mark"]["type"] == "area" and band["encoding"]["y2"]["field"] == "high"
-    first = next(v for v in spec["data"]["values"] if v["quantity"] == "I(X;T)" and v["layer"] == 1 and v["global_epoch"] == 650)
+    first = next(
+        v for v in spec["data"]["values"] if v["quantity"] == "I(X;T)" and v["layer"] == 1 and v["global_epoch"] == 650
+    )
     row = group.filter(pl.col("layer") == 1, pl.col("global_epoch") == 650).row(0, named=True)
     assert first["high"] - first["mean"] == pytest.approx(row["mi_xt_std"], abs=1e-4)
     assert spec["facet"]["column"]["field"] == "quantity"
@@ -86,15 +88,31 @@ def test_plane_and_curves_share_data_layers_and_epoch_range(stats):
     assert plane["data"] == curves["data"]  # the page stores it once
     assert plane["width"] == curves["width"] == "container"
     line, points = plane["layer"]
-    assert line["encoding"]["x"]["scale"]["domain"] == [0, 13.0] and line["encoding"]["y"]["scale"]["domain"] == [0, 1.1]
+    assert line["encoding"]["x"]["scale"]["domain"] == [0, 13.0] and line["encoding"]["y"]["scale"]["domain"] == [
+        0,
+        1.1,
+    ]
     assert points["encoding"]["color"]["scale"]["domain"] == [0, 650.0]
     # a legend click picks a layer; the rest is dimmed; only epochs in [epoch_from, epoch_to] drawn
     pick = next(p for p in plane["params"] if p["name"] == charts.LAYER_PICK)
     assert pick["bind"] == "legend" and pick["select"]["fields"] == ["layer"]
-    assert points["encoding"]["opacity"] == {"condition": {"param": charts.LAYER_PICK, "value": 0.9}, "value": charts.DIMMED}
-    assert {p["name"]: p["value"] for p in plane["params"] if "value" in p} == dict(zip([charts.EPOCH_FROM, charts.EPOCH_TO], charts.ALL_EPOCHS))
+    assert points["encoding"]["opacity"] == {
+        "condition": {"param": charts.LAYER_PICK, "value": 0.9},
+        "value": charts.DIMMED,
+    }
+    assert {p["name"]: p["value"] for p in plane["params"] if "value" in p} == dict(
+        zip([charts.EPOCH_FROM, charts.EPOCH_TO], charts.ALL_EPOCHS)
+    )
     assert all(charts.EPOCH_FROM in layer["transform"][0]["filter"] for layer in plane["layer"])
-    assert [t["field"] for t in points["encoding"]["tooltip"]] == ["layer", "layer_name", "phase", "epoch", "mi_xt_mean", "mi_ty_mean", "n"]
+    assert [t["field"] for t in points["encoding"]["tooltip"]] == [
+        "layer",
+        "layer_name",
+        "phase",
+        "epoch",
+        "mi_xt_mean",
+        "mi_ty_mean",
+        "n",
+    ]
     brush = next(p for p in curves["params"] if p["name"] == charts.EPOCH_BRUSH)
     assert brush["select"] == {"type": "interval", "encodings": ["x"]}
     assert curves["layer"][0]["encoding"]["y"]["scale"]["domain"] == [0, 14.0]

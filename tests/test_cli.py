@@ -61,7 +61,10 @@ def test_missing_data_file_names_the_download_command(capsys, tmp_path):
     empty.mkdir()
     fails_cleanly(capsys, tmp_path, ["--dataset", "szt", "--data-dir", str(empty)], "ibray data download szt")
     fails_cleanly(
-        capsys, tmp_path, ["--dataset", "mnist", "--architecture", "bottleneck2", "--data-dir", str(empty)], "ibray data download mnist"
+        capsys,
+        tmp_path,
+        ["--dataset", "mnist", "--architecture", "bottleneck2", "--data-dir", str(empty)],
+        "ibray data download mnist",
     )
 
 
@@ -102,7 +105,20 @@ def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path, synthetic):
     run_trial(TrialConfig(**common), tmp_path / "whole", dataset=synthetic)
 
     out = tmp_path / "killed"
-    args = [IBRAY, "trial", "--seeds", "0-1", "--epochs", "150", "--write-every", "5", "--learning-rate", "0.01", "--out", str(out)]
+    args = [
+        IBRAY,
+        "trial",
+        "--seeds",
+        "0-1",
+        "--epochs",
+        "150",
+        "--write-every",
+        "5",
+        "--learning-rate",
+        "0.01",
+        "--out",
+        str(out),
+    ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Killed once a checkpoint and a few writes are on disk: at epoch 10 of 150, whatever the
     # machine's speed, the trial is well under way and far from done.
@@ -146,10 +162,18 @@ def test_data_download_from_a_mirror_then_train_on_it(tmp_path):
     shutil.copy(SHARED_VAR_U, served / "var_u.mat")
     data = tmp_path / "data"
     with serve_directory(served) as url:
-        result = subprocess.run([IBRAY, "data", "download", "szt", "--url", url, "--data-dir", str(data)], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [IBRAY, "data", "download", "szt", "--url", url, "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 0, result.stderr
     assert (data / "var_u.mat").read_bytes() == SHARED_VAR_U.read_bytes()
-    assert main(["trial", "--dataset", "szt", "--data-dir", str(data), "--epochs", "1", "--out", str(tmp_path / "szt")]) == 0
+    assert (
+        main(["trial", "--dataset", "szt", "--data-dir", str(data), "--epochs", "1", "--out", str(tmp_path / "szt")])
+        == 0
+    )
     assert pl.read_parquet(tmp_path / "szt" / "mi" / "*.parquet")["dataset"].unique().to_list() == ["szt"]
 
 
@@ -160,7 +184,14 @@ def test_bench_prints_its_figures_as_json(capsys):
     assert figures["device"] == "cpu"  # no GPU here
     # the printed table and the JSON carry the same measurements
     printed = [float(line.split()[-2]) for line in lines[1:-1]]
-    keys = ("seed_epochs_per_s_1", "seed_epochs_per_s_50", "seed_epochs_per_s_all_cores_25_mi5", "mi_ms_4096x10", "mi_ms_70000x16", "kde_ms_4096x10")
+    keys = (
+        "seed_epochs_per_s_1",
+        "seed_epochs_per_s_50",
+        "seed_epochs_per_s_all_cores_25_mi5",
+        "mi_ms_4096x10",
+        "mi_ms_70000x16",
+        "kde_ms_4096x10",
+    )
     assert printed == pytest.approx([figures[k] for k in keys], abs=0.051)  # printed to 1 or 2 decimals
     # 17x more rows and 1.6x more columns cost more time to count
     assert figures["mi_ms_70000x16"] > figures["mi_ms_4096x10"] > 0
@@ -181,11 +212,30 @@ def test_every_config_field_is_a_trial_flag_with_its_help(tmp_path, capsys):
         assert " ".join(helps[field.name].split()) in text, field.name
     # flags that had none before reach the config
     out = tmp_path / "t"
-    args = ["trial", "--epochs", "1", "--max-restarts", "3", "--bin-range", "-2", "2.5", "--ema-decay", "0.9",
-            "--split-seed", "7", "--out", str(out)]
+    args = [
+        "trial",
+        "--epochs",
+        "1",
+        "--max-restarts",
+        "3",
+        "--bin-range",
+        "-2",
+        "2.5",
+        "--ema-decay",
+        "0.9",
+        "--split-seed",
+        "7",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     config = json.loads((out / "trial.json").read_text())["config"]
-    assert (config["max_restarts"], config["bin_range"], config["ema_decay"], config["split_seed"]) == (3, [-2.0, 2.5], 0.9, 7)
+    assert (config["max_restarts"], config["bin_range"], config["ema_decay"], config["split_seed"]) == (
+        3,
+        [-2.0, 2.5],
+        0.9,
+        7,
+    )
 
 
 def test_the_gpu_check_runs_dry_on_the_cpu_without_ray_polars_or_altair(tmp_path):
@@ -211,7 +261,9 @@ def test_the_gpu_check_runs_dry_on_the_cpu_without_ray_polars_or_altair(tmp_path
     import torch
 
     if not torch.cuda.is_available():  # without a GPU the real check says so and exits 2
-        nothing = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_check.py")], capture_output=True, text=True, timeout=120)
+        nothing = subprocess.run(
+            [sys.executable, str(repo / "benchmarks" / "gpu_check.py")], capture_output=True, text=True, timeout=120
+        )
         assert nothing.returncode == 2 and "no CUDA device" in nothing.stdout
 
 
@@ -243,14 +295,25 @@ def test_a_second_trial_on_the_same_out_is_refused_naming_the_first(tmp_path, ca
     out = tmp_path / "out"
     common = ["trial", "--dataset", "synthetic12", "--seeds", "0", "--write-every", "20", "--out", str(out)]
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from ibray.cli import main; sys.exit(main(sys.argv[1:]))",
-         *common, "--activation", "tanh", "--epochs", "100000"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from ibray.cli import main; sys.exit(main(sys.argv[1:]))",
+            *common,
+            "--activation",
+            "tanh",
+            "--epochs",
+            "100000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.time() + 60
         # held, and the first rows written: the second trial would otherwise mix its own in
-        while f"pid {holder.pid} " not in ((out / TRIAL_LOCK).read_text() if (out / TRIAL_LOCK).exists() else "") or not list(out.glob("mi/*.parquet")):
+        while f"pid {holder.pid} " not in (
+            (out / TRIAL_LOCK).read_text() if (out / TRIAL_LOCK).exists() else ""
+        ) or not list(out.glob("mi/*.parquet")):
             assert holder.poll() is None and time.time() < deadline, "the first trial never took the lock"
             time.sleep(0.1)
         assert main([*common, "--activation", "relu", "--epochs", "5"]) == 2

@@ -22,8 +22,23 @@ def trial(tmp_path_factory):
     """A real trial: 2 seeds, MI at epochs 0, 2, 4, exact beside bin1000 (per-layer bounds) and kde."""
     out = tmp_path_factory.mktemp("compare") / "trial"
     args = [
-        "trial", "--dataset", "synthetic12", "--architecture", "8-4-2", "--estimators", "exact,bin1000,kde",
-        "--bin-bounds", "layer", "--epochs", "4", "--mi-every", "2", "--seeds", "0-1", "--out", str(out),
+        "trial",
+        "--dataset",
+        "synthetic12",
+        "--architecture",
+        "8-4-2",
+        "--estimators",
+        "exact,bin1000,kde",
+        "--bin-bounds",
+        "layer",
+        "--epochs",
+        "4",
+        "--mi-every",
+        "2",
+        "--seeds",
+        "0-1",
+        "--out",
+        str(out),
     ]
     assert main(args) == 0
     return out
@@ -58,7 +73,10 @@ def test_errors_are_those_of_the_rows_recomputed_by_hand(trial):
 
 def test_dpi_violations_are_counted_as_by_hand(trial):
     mi = pl.read_parquet(trial / "mi" / "*.parquet").filter(pl.col("estimator") == "kde").sort(POINT)
-    previous = pl.col("mi_xt").shift(1).over("seed", "phase", "epoch"), pl.col("mi_ty").shift(1).over("seed", "phase", "epoch")
+    previous = (
+        pl.col("mi_xt").shift(1).over("seed", "phase", "epoch"),
+        pl.col("mi_ty").shift(1).over("seed", "phase", "epoch"),
+    )
     marked = mi.with_columns(
         ((pl.col("mi_xt") > previous[0] + 1e-9) | (pl.col("mi_ty") > previous[1] + 1e-9)).alias("violation")
     ).filter(pl.col("layer") > 1)
@@ -71,8 +89,15 @@ def test_an_estimator_that_misses_the_phases_is_told_apart(tmp_path):
     mi, metrics = curves([0, 1], epochs=60, layers=2)
     exact = pl.from_arrow(mi)
     flat = table(
-        "mi", seed=exact["seed"].to_numpy(), epoch=exact["epoch"].to_numpy(), layer=exact["layer"].to_numpy(),
-        estimator="flat", mi_xt=np.full(exact.height, 3.0), mi_ty=np.full(exact.height, 0.5), sweep="s", trial="t0",
+        "mi",
+        seed=exact["seed"].to_numpy(),
+        epoch=exact["epoch"].to_numpy(),
+        layer=exact["layer"].to_numpy(),
+        estimator="flat",
+        mi_xt=np.full(exact.height, 3.0),
+        mi_ty=np.full(exact.height, 0.5),
+        sweep="s",
+        trial="t0",
     )
     write_trial(tmp_path / "t0", pa.concat_tables([mi, flat]), metrics)
     row = compare([tmp_path]).row(0, named=True)
@@ -113,7 +138,12 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     assert main(["compare", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ibray: error: ") and err.count("\n") == 1
-    expected = {"no results": "no ibray results", "missing": "no such file", "no exact": "no exact rows", "only exact": "only exact rows"}
+    expected = {
+        "no results": "no ibray results",
+        "missing": "no such file",
+        "no exact": "no exact rows",
+        "only exact": "only exact rows",
+    }
     assert expected[case] in err
 
 
@@ -123,7 +153,10 @@ def test_a_csv_among_the_results_read_is_refused_before_anything_is_written(tria
     for target in (part, trial / "compare.csv"):  # over a Parquet part, or a new file among them
         assert main(["compare", str(trial), "--csv", str(target)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"ibray: error: --csv {target}: is inside the results {trial} that are read") and err.count("\n") == 1
+        assert (
+            err.startswith(f"ibray: error: --csv {target}: is inside the results {trial} that are read")
+            and err.count("\n") == 1
+        )
     assert sorted(p.relative_to(trial) for p in trial.rglob("*")) == before
     assert pq_rows(part) > 0  # the part is still Parquet
 

@@ -95,9 +95,15 @@ def test_every_float_field_has_a_rule():
         (dict(ema_decay=1.0), "ema_decay: 1.0 is not allowed"),
         (dict(min_train_acc=float("inf")), "min_train_acc: inf is not allowed; give an accuracy in [0, 1]"),
         (dict(min_train_acc=-0.1), "min_train_acc: -0.1 is not allowed"),
-        (dict(train_fraction=float("-inf")), "train_fraction: -inf is not allowed; give a number strictly between 0 and 1"),
+        (
+            dict(train_fraction=float("-inf")),
+            "train_fraction: -inf is not allowed; give a number strictly between 0 and 1",
+        ),
         (dict(train_fraction=True), "train_fraction: True is not allowed"),
-        (dict(bin_range=(float("-inf"), float("inf"))), "bin_range: [-inf, inf] is not allowed; give [low, high], two finite numbers"),
+        (
+            dict(bin_range=(float("-inf"), float("inf"))),
+            "bin_range: [-inf, inf] is not allowed; give [low, high], two finite numbers",
+        ),
         (dict(bin_range=(0.0, float("nan"))), "bin_range: [0.0, nan] is not allowed"),
         (dict(bin_range=("a", 1)), "bin_range: ['a', 1] is not allowed"),
         (dict(bin_range=(1, 2, 3)), "bin_range: [1.0, 2.0, 3.0] is not allowed"),
@@ -129,7 +135,10 @@ def test_duplicates_are_found_among_many_seeds():
 def test_the_built_in_trial_ids_are_as_before():
     # label_column is not in the digest: results folders made before it existed still match
     assert TrialConfig().trial_id() == "synthetic12-syn-tanh-8b-ce18e8c613"
-    assert TrialConfig(dataset="mnist", architecture="conv", bits=4, seeds="0-9").trial_id() == "mnist-conv-tanh-4b-741cb9914b"
+    assert (
+        TrialConfig(dataset="mnist", architecture="conv", bits=4, seeds="0-9").trial_id()
+        == "mnist-conv-tanh-4b-741cb9914b"
+    )
 
 
 @pytest.mark.parametrize("dataset", ["synthetic12", "mnist"])
@@ -145,11 +154,20 @@ def test_dense_widths_name_a_network_that_fits_every_data_set(dataset):
     [
         ("8-0-2", "architecture: '8-0-2' has a layer of width 0; every width must be at least 1"),
         ("8-04-2", "architecture: '8-04-2' has widths with leading zeros; write it as 8-4-2"),
-        ("8--2", "architecture: unknown value '8--2'; allowed: syn, bottleneck2, bottleneck4, hourglass, 4x10, conv, or hidden widths"),
+        (
+            "8--2",
+            "architecture: unknown value '8--2'; allowed: syn, bottleneck2, bottleneck4, hourglass, 4x10, conv, or hidden widths",
+        ),
         ("8-4-", "architecture: unknown value '8-4-'"),
         ("-8", "architecture: unknown value '-8'"),
-        (f"{MAX_WIDTH + 1}-2", f"architecture: '{MAX_WIDTH + 1}-2' has a layer of 1,025 neurons; at most 1,024 per layer"),
-        ("-".join(["2"] * (MAX_HIDDEN_LAYERS + 1)), f"has {MAX_HIDDEN_LAYERS + 1} hidden layers; at most {MAX_HIDDEN_LAYERS}"),
+        (
+            f"{MAX_WIDTH + 1}-2",
+            f"architecture: '{MAX_WIDTH + 1}-2' has a layer of 1,025 neurons; at most 1,024 per layer",
+        ),
+        (
+            "-".join(["2"] * (MAX_HIDDEN_LAYERS + 1)),
+            f"has {MAX_HIDDEN_LAYERS + 1} hidden layers; at most {MAX_HIDDEN_LAYERS}",
+        ),
         ("1024-1024-1", "architecture: '1024-1024-1' has 1,049,600 weights between hidden layers; at most 1,048,576"),
     ],
 )
@@ -197,7 +215,9 @@ def test_a_tables_label_column_is_part_of_its_pinned_value(tmp_path):
     assert config.dataset == f"{tmp_path}/t.csv#target@{sha}"
     assert config.dataset_label == f"t.csv#target@{sha[:8]}"
     assert TrialConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ConfigError, match=r"names label column 'target' but label_column is 'label'; give the path alone"):
+    with pytest.raises(
+        ConfigError, match=r"names label column 'target' but label_column is 'label'; give the path alone"
+    ):
         TrialConfig(dataset=config.dataset)
     # a .npz has arrays x and y: a sweep's label_column (for its tables) leaves it alone
     np.savez(tmp_path / "n.npz", x=np.arange(40.0).reshape(20, 2), y=np.arange(20) % 2)
@@ -207,13 +227,25 @@ def test_a_tables_label_column_is_part_of_its_pinned_value(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(dataset="cifar"), "dataset: unknown value 'cifar'; allowed: synthetic12, szt, mnist, or a data file (.npz, .parquet, .csv)"),
-        (dict(dataset="data/table.xlsx"), "is a file of unknown type '.xlsx'; give a .npz file (arrays x and y), or a .parquet or .csv file"),
+        (
+            dict(dataset="cifar"),
+            "dataset: unknown value 'cifar'; allowed: synthetic12, szt, mnist, or a data file (.npz, .parquet, .csv)",
+        ),
+        (
+            dict(dataset="data/table.xlsx"),
+            "is a file of unknown type '.xlsx'; give a .npz file (arrays x and y), or a .parquet or .csv file",
+        ),
         (dict(dataset="data/"), "is a file without a file type"),
         (dict(label_column="a#b"), "label_column: 'a#b' is not allowed; give a column name without '#' or '@'"),
         (dict(label_column=""), "label_column: '' is not allowed"),
-        (dict(dataset="/d/x.npz@" + "0" * 64, architecture="conv"), "architecture: 'conv' needs images and fits dataset mnist only"),
-        (dict(dataset="mnist", architecture="syn"), "for mnist use bottleneck2, bottleneck4, hourglass, 4x10, conv, or hidden widths such as 16-8-4"),
+        (
+            dict(dataset="/d/x.npz@" + "0" * 64, architecture="conv"),
+            "architecture: 'conv' needs images and fits dataset mnist only",
+        ),
+        (
+            dict(dataset="mnist", architecture="syn"),
+            "for mnist use bottleneck2, bottleneck4, hourglass, 4x10, conv, or hidden widths such as 16-8-4",
+        ),
     ],
 )
 def test_bad_data_values_name_the_key_and_the_fix(overrides, message):

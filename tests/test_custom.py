@@ -117,7 +117,10 @@ def test_a_sweep_of_custom_networks_on_an_npz_and_a_csv(ray_cluster, tmp_path, m
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     for network in NETWORKS:
         for label in labels.values():
-            assert re.search(rf"{re.escape(label)}[0-9a-f]* · {re.escape(network)} · tanh · 8-bit", page), (label, network)
+            assert re.search(rf"{re.escape(label)}[0-9a-f]* · {re.escape(network)} · tanh · 8-bit", page), (
+                label,
+                network,
+            )
 
     # the same files: the sweep may go on; a changed file: refused, naming both hashes
     spec = load_sweep(path)
@@ -137,7 +140,9 @@ def test_a_sweep_of_custom_networks_on_an_npz_and_a_csv(ray_cluster, tmp_path, m
 def test_a_custom_network_seed_does_not_depend_on_its_batch_mates(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_npz(tmp_path / "blobs.npz")
-    common = dict(dataset="blobs.npz", architecture="9-5-3-2", activation="relu", epochs=5, batch_size=32, learning_rate=0.01)
+    common = dict(
+        dataset="blobs.npz", architecture="9-5-3-2", activation="relu", epochs=5, batch_size=32, learning_rate=0.01
+    )
     run_trial(TrialConfig(seeds=(3,), **common), tmp_path / "alone")
     run_trial(TrialConfig(seeds=(1, 3, 4), **common), tmp_path / "shared")
     alone = pl.read_parquet(f"{tmp_path}/alone/mi/*.parquet")
@@ -145,7 +150,10 @@ def test_a_custom_network_seed_does_not_depend_on_its_batch_mates(tmp_path, monk
     columns = [c for c in alone.columns if c != "trial"]
     assert alone.height == 6 * 5  # epochs 0..5 x four hidden layers and the output
     assert alone.select(columns).sort("epoch", "layer").equals(shared.select(columns).sort("epoch", "layer"))
-    metrics = [pl.read_parquet(f"{tmp_path}/{name}/metrics/*.parquet").filter(pl.col("seed") == 3) for name in ("alone", "shared")]
+    metrics = [
+        pl.read_parquet(f"{tmp_path}/{name}/metrics/*.parquet").filter(pl.col("seed") == 3)
+        for name in ("alone", "shared")
+    ]
     columns = [c for c in metrics[0].columns if c != "trial"]
     assert metrics[0].select(columns).sort("epoch").equals(metrics[1].select(columns).sort("epoch"))
 
@@ -174,7 +182,19 @@ def test_the_trial_command_on_a_file_it_generated_in_one_line(tmp_path, monkeypa
     rng = np.random.default_rng(0)
     x = rng.integers(0, 2, size=(512, 10))
     np.savez("my.npz", x=x, y=(x.sum(axis=1) > 5).astype(int))
-    args = ["trial", "--dataset", "my.npz", "--architecture", "8-4-2", "--seeds", "0-1", "--epochs", "3", "--out", "results/mine"]
+    args = [
+        "trial",
+        "--dataset",
+        "my.npz",
+        "--architecture",
+        "8-4-2",
+        "--seeds",
+        "0-1",
+        "--epochs",
+        "3",
+        "--out",
+        "results/mine",
+    ]
     assert main(args) == 0
     sha = sha256_of(tmp_path / "my.npz")
     assert f"trial my.npz-{sha[:8]}-8-4-2-tanh-8b-" in capsys.readouterr().out

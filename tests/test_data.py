@@ -445,7 +445,10 @@ def three_files(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def test_npz_csv_and_parquet_give_the_same_data_set(tmp_path):
     x, y = three_files(tmp_path)
-    loaded = [data.load_dataset(str(tmp_path / f"d.{kind}"), train_fraction=0.7, split_seed=3) for kind in ("npz", "csv", "parquet")]
+    loaded = [
+        data.load_dataset(str(tmp_path / f"d.{kind}"), train_fraction=0.7, split_seed=3)
+        for kind in ("npz", "csv", "parquet")
+    ]
     train, test = data.stratified_split(y, 0.7, 3)
     for dataset, kind in zip(loaded, ("npz", "csv", "parquet")):
         assert dataset.x.dtype == np.float32 and np.array_equal(dataset.x, x.astype(np.float32))
@@ -492,5 +495,8 @@ def test_a_data_file_is_not_a_download(tmp_path):
     with pytest.raises(DataError) as refused:
         data.download("my.npz", tmp_path)
     assert str(refused.value) == "unknown data set 'my.npz'; allowed: synthetic12, szt, mnist"
-    with pytest.raises(DataError, match=r"unknown data set 'cifar'; allowed: synthetic12, szt, mnist, or a data file \(.npz, .parquet, .csv\)"):
+    with pytest.raises(
+        DataError,
+        match=r"unknown data set 'cifar'; allowed: synthetic12, szt, mnist, or a data file \(.npz, .parquet, .csv\)",
+    ):
         data.load_dataset("cifar")

@@ -58,15 +58,32 @@ def test_a_compiled_seed_is_independent_of_its_mates_and_repeatable(tmp_path, sy
     assert alone.equals(shared.filter(pl.col("seed") == 3))
     assert shared.equals(rows(tmp_path / "again"))
     # the compiled trial is another trial than the eager one: its own id
-    assert TrialConfig(seeds=(3,), **COMPILED).trial_id() != TrialConfig(seeds=(3,), **{**COMPILED, "engine": "eager"}).trial_id()
+    assert (
+        TrialConfig(seeds=(3,), **COMPILED).trial_id()
+        != TrialConfig(seeds=(3,), **{**COMPILED, "engine": "eager"}).trial_id()
+    )
 
 
 def test_without_a_cxx_compiler_the_trial_runs_eagerly_after_one_warning(tmp_path):
     # A real failure: the C++ compiler inductor is told to use does not exist (and an empty
     # cache, so nothing compiled earlier is reused).
     env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "ibray.cli", "trial", "--engine", "compiled", "--seeds", "0-1", "--epochs", "2",
-               "--batch-size", "113", "--out", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "ibray.cli",
+        "trial",
+        "--engine",
+        "compiled",
+        "--seeds",
+        "0-1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "113",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if "torch.compile failed for the training step" in line]

@@ -99,7 +99,9 @@ def test_kde_over_distinct_rows_with_counts_equals_the_pairwise_sums(monkeypatch
     labels = rng.integers(0, 3, samples)
     sizes = []
     kernel_sums = estimators._kernel_sums
-    monkeypatch.setattr(estimators, "_kernel_sums", lambda points, *rest: sizes.append(points.shape[:2]) or kernel_sums(points, *rest))
+    monkeypatch.setattr(
+        estimators, "_kernel_sums", lambda points, *rest: sizes.append(points.shape[:2]) or kernel_sums(points, *rest)
+    )
     chosen = kde_information(values, labels, noise_var, lower)  # distinct rows where fewer than 0.7 N
     assert sizes == [(1, 12), (1, len(np.unique(many, axis=0))), (1, samples)]  # the float seed pairwise
     monkeypatch.setattr(estimators, "UNIQUE_SHARE", 0.0)  # every seed pairwise
@@ -127,7 +129,9 @@ def test_kozachenko_leonenko_entropies_give_the_gaussian_pairs_mi():
     a, b = gaussian_pair(r)
     assert kl_entropy(a)[0] == pytest.approx(0.5 * math.log2(2 * math.pi * math.e), abs=0.05)
     joint = np.hstack([a, b])
-    assert (kl_entropy(a) + kl_entropy(b) - kl_entropy(joint))[0] == pytest.approx(-0.5 * math.log2(1 - r * r), abs=0.08)
+    assert (kl_entropy(a) + kl_entropy(b) - kl_entropy(joint))[0] == pytest.approx(
+        -0.5 * math.log2(1 - r * r), abs=0.08
+    )
 
 
 def test_knn_mi_with_labels_agrees_with_scikit_learn_on_one_feature():
@@ -200,7 +204,9 @@ def test_torch_tensors_give_the_numpy_answers():
     codes, values, labels = quantized_layer(800)
     for estimator in ("kde", "knn", "edge", "abin10"):
         from_numpy = estimated_information(estimator, values, labels)
-        from_torch = estimated_information(estimator, torch.as_tensor(values, dtype=torch.float32), torch.as_tensor(labels))
+        from_torch = estimated_information(
+            estimator, torch.as_tensor(values, dtype=torch.float32), torch.as_tensor(labels)
+        )
         assert from_torch.mi_xt == pytest.approx(from_numpy.mi_xt, abs=1e-6)
         assert from_torch.mi_ty == pytest.approx(from_numpy.mi_ty, abs=1e-6)
 
@@ -220,7 +226,10 @@ def test_quadratic_estimators_see_one_fixed_subset():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(estimators=("exact", "mine")), "estimators: unknown estimator 'mine'; allowed: exact, bin<n> with n >= 2"),
+        (
+            dict(estimators=("exact", "mine")),
+            "estimators: unknown estimator 'mine'; allowed: exact, bin<n> with n >= 2",
+        ),
         (dict(estimators=("abin1",)), "estimators: unknown estimator 'abin1'"),
         (dict(kde_noise_var=0.0), "kde_noise_var: 0.0 is not allowed; give a finite number > 0"),
         (dict(kde_noise_var=float("inf")), "kde_noise_var: inf is not allowed"),
@@ -239,10 +248,15 @@ def test_bad_estimator_settings_are_refused(overrides, message):
 def test_new_fields_leave_existing_trial_ids_alone_and_round_trip():
     # the ids computed before these fields existed
     assert TrialConfig().trial_id() == "synthetic12-syn-tanh-8b-ce18e8c613"
-    assert TrialConfig(dataset="mnist", architecture="conv", bits=4, seeds="0-9").trial_id() == "mnist-conv-tanh-4b-741cb9914b"
+    assert (
+        TrialConfig(dataset="mnist", architecture="conv", bits=4, seeds="0-9").trial_id()
+        == "mnist-conv-tanh-4b-741cb9914b"
+    )
     binning = TrialConfig(seeds="0-2", estimators=("exact", "bin30"), bits=32, bin_bounds="layer")
     assert binning.trial_id() == "synthetic12-syn-tanh-32b-36471d88a6"
-    config = TrialConfig(estimators=("exact", "kde", "knn", "abin30"), kde_noise_var=1e-2, knn_k=5, estimator_samples=1000)
+    config = TrialConfig(
+        estimators=("exact", "kde", "knn", "abin30"), kde_noise_var=1e-2, knn_k=5, estimator_samples=1000
+    )
     again = TrialConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and again.trial_id() == config.trial_id()
     assert TrialConfig(knn_k=5).trial_id() != TrialConfig().trial_id()
@@ -254,7 +268,19 @@ def test_new_fields_leave_existing_trial_ids_alone_and_round_trip():
 def test_a_trial_writes_rows_of_every_estimator(tmp_path):
     out = tmp_path / "trial"
     estimators = ["exact", "kde", "knn", "edge", "abin10"]
-    args = ["trial", "--seeds", "0-1", "--epochs", "2", "--estimators", ",".join(estimators), "--estimator-samples", "512", "--out", str(out)]
+    args = [
+        "trial",
+        "--seeds",
+        "0-1",
+        "--epochs",
+        "2",
+        "--estimators",
+        ",".join(estimators),
+        "--estimator-samples",
+        "512",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     mi = pl.read_parquet(out / "mi" / "*.parquet")
     layers = mi["layer"].n_unique()

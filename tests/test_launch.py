@@ -171,7 +171,9 @@ def test_a_trial_keeps_busy_exactly_the_cpus_ray_gave_it(synthetic):
 
 def test_a_file_uri_results_folder_equals_a_local_one(tmp_path, synthetic):
     # min_train_acc 1.0 at epoch 2 restarts every seed once: drop_seed rewrites parts on the URI too
-    config = TrialConfig(seeds=(0, 1), epochs=4, mi_every=2, write_every=2, restart_epoch=2, min_train_acc=1.0, max_restarts=1)
+    config = TrialConfig(
+        seeds=(0, 1), epochs=4, mi_every=2, write_every=2, restart_epoch=2, min_train_acc=1.0, max_restarts=1
+    )
     local = tmp_path / "local"
     uri = (tmp_path / "uri").as_uri()
     run_trial(config, local, sweep="s", dataset=synthetic)
@@ -207,7 +209,9 @@ def test_sweep_end_to_end_on_a_uri_root(ray_cluster, tmp_path, capsys):
     # once, but a trial of 20 seed-epochs may be done before the other's worker has started (a
     # fresh-clone CI run failed on "at most 2" once trials got faster); test_cluster checks that
     # the trials spread over the nodes.
-    assert re.search(r"\[e2e \d+:\d\d\] ended: 2 of 2 trials done, at most [12] at once \| seed-epochs 40/40 written", out), out[-3000:]
+    assert re.search(
+        r"\[e2e \d+:\d\d\] ended: 2 of 2 trials done, at most [12] at once \| seed-epochs 40/40 written", out
+    ), out[-3000:]
     assert "sweep 'e2e': 2/2 trials complete" in out
     assert f"report: ibray report {uri}/e2e -o report-e2e.html" in out
     # the sweep verifies its own trials (on the URI, as `ibray verify` would)
@@ -266,9 +270,13 @@ def test_gpu_request_on_a_cluster_without_gpus(ray_cluster, tmp_path, capsys):
     from ibray.launch.launcher import _check_resources
 
     spec = load_sweep(sweep_file(tmp_path, "gpu", resources={"cpu": 1, "gpu": 0.5}))
-    with pytest.raises(SweepError, match=r"resources.gpu: 0.5 per trial, but the Ray cluster has 0 GPUs; set resources"):
+    with pytest.raises(
+        SweepError, match=r"resources.gpu: 0.5 per trial, but the Ray cluster has 0 GPUs; set resources"
+    ):
         _check_resources(spec, ray.cluster_resources(), embedded=True)
-    _check_resources(spec, ray.cluster_resources(), embedded=False)  # an autoscaling cluster may add GPU nodes: a warning
+    _check_resources(
+        spec, ray.cluster_resources(), embedded=False
+    )  # an autoscaling cluster may add GPU nodes: a warning
     assert "warning:" in capsys.readouterr().out
 
 
@@ -296,7 +304,10 @@ def test_trial_killed_mid_run_resumes_from_its_checkpoint(ray_cluster, tmp_path)
     assert killed_at < 80 and result.complete == 1 and not result.failed
 
     # Tune restarted the trial from a checkpoint, not from scratch
-    attempts = [json.loads(line) for line in (root / "killed" / "tune" / trial.trial_id() / "result.json").read_text().splitlines()]
+    attempts = [
+        json.loads(line)
+        for line in (root / "killed" / "tune" / trial.trial_id() / "result.json").read_text().splitlines()
+    ]
     assert 5 <= attempts[-1]["resumed_from"] <= killed_at
     ray.get(reference)
     for name, key in (("mi", MI_KEY), ("metrics", METRICS_KEY)):
@@ -314,10 +325,14 @@ def test_driver_killed_mid_sweep_then_resume_finishes_only_the_rest(ray_cluster,
 
     def partly_done() -> bool:
         statuses = [i["status"] for i in infos(folder).values()] if folder.exists() else []
-        return "complete" in statuses and any(i["status"] == "running" and i["epochs_run"] >= 5 for i in infos(folder).values())
+        return "complete" in statuses and any(
+            i["status"] == "running" and i["epochs_run"] >= 5 for i in infos(folder).values()
+        )
 
     with open(tmp_path / "driver.log", "w") as log:
-        driver = subprocess.Popen([*command, "--address", ray_cluster.address, "--view-every", "1"], stdout=log, stderr=subprocess.STDOUT)
+        driver = subprocess.Popen(
+            [*command, "--address", ray_cluster.address, "--view-every", "1"], stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             wait_for(partly_done, 120, "one trial complete and another checkpointed")
         finally:
@@ -335,10 +350,15 @@ def test_driver_killed_mid_sweep_then_resume_finishes_only_the_rest(ray_cluster,
     out = capsys.readouterr().out
     assert f"taking over the lock of a driver that is gone (host {socket.gethostname()}, pid {driver.pid}, " in out
     # every trial that was not complete continues from its own checkpoint, whatever Tune saved
-    assert f"resuming sweep 'driver': {len(done)} of 4 trials complete; the others continue from their own checkpoints" in out
+    assert (
+        f"resuming sweep 'driver': {len(done)} of 4 trials complete; the others continue from their own checkpoints"
+        in out
+    )
     assert "4/4 trials complete" in out
     assert not (folder / "driver.lock").exists()
-    assert {t: i["status"] for t, i in infos(folder).items()} == {t.trial_id(): "complete" for t in load_sweep(path).trials}
+    assert {t: i["status"] for t, i in infos(folder).items()} == {
+        t.trial_id(): "complete" for t in load_sweep(path).trials
+    }
     after = snapshot(folder / "trials")
     assert {k: v for k, v in after.items() if k in before} == before  # finished trials untouched
     mi = table(folder)

@@ -55,7 +55,10 @@ def test_a_config_outside_the_grid_is_refused_before_anything_is_written(tmp_pat
         (other_cadence, rf"trial {spec.trials[0].trial_id()} is not one of its 2 grid points"),
         (unknown_key, r"not a trial config: unknown key\(s\) \['colour'\]"),
     ):
-        with pytest.raises(StrayTrialError, match=rf"sweep 'grid': Tune started a trial whose config is not in sweep.yaml's grid \({why}"):
+        with pytest.raises(
+            StrayTrialError,
+            match=rf"sweep 'grid': Tune started a trial whose config is not in sweep.yaml's grid \({why}",
+        ):
             train_trial(config, sweep="grid", trials_root=str(trials_root), grid=grid)
     assert not trials_root.exists()
 
@@ -73,7 +76,9 @@ def test_results_roots_that_cannot_be_written_exit_2_before_anything_is_written(
     if os.geteuid() != 0:  # root writes through any permission bits
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        cases.append((locked / "results", f"results root {locked / 'results'} is not writable ({locked}: Permission denied)"))
+        cases.append(
+            (locked / "results", f"results root {locked / 'results'} is not writable ({locked}: Permission denied)")
+        )
     before = sorted(tmp_path.rglob("*"))
     for root, message in cases:
         assert main(["sweep", str(path), "--results", str(root)]) == 2
@@ -134,11 +139,16 @@ def test_a_driver_lock_is_stale_only_when_its_driver_is_gone(tmp_path, monkeypat
         first = json.loads(lock_path.read_text())
         assert (first["host"], first["pid"], first["sweep"]) == (here, os.getpid(), "locked")
         wait_for(lambda: json.loads(lock_path.read_text())["heartbeat"] > first["heartbeat"], 10, "a heartbeat")
-        with pytest.raises(SweepError, match=rf"sweep 'locked' is being run by another driver \(host {here}, pid {os.getpid()}, since "):
+        with pytest.raises(
+            SweepError, match=rf"sweep 'locked' is being run by another driver \(host {here}, pid {os.getpid()}, since "
+        ):
             DriverLock(spec, folder).refuse_if_held()
         raise RuntimeError("boom")
     assert not lock_path.exists()
-    assert f"taking over the lock of a driver that is gone (host elsewhere, pid {gone.pid}, since " in capsys.readouterr().out
+    assert (
+        f"taking over the lock of a driver that is gone (host elsewhere, pid {gone.pid}, since "
+        in capsys.readouterr().out
+    )
 
 
 def test_a_sweep_locked_by_a_driver_on_another_host_is_refused(tmp_path, capsys):
@@ -152,7 +162,9 @@ def test_a_sweep_locked_by_a_driver_on_another_host_is_refused(tmp_path, capsys)
     for flags in ([], ["--resume"], ["--overwrite"]):
         assert main(["sweep", str(path), "--results", str(tmp_path / "root"), *flags]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"ibray: error: sweep 'busy' is being run by another driver (host node-7, pid 4242, since {since}, heartbeat ")
+        assert err.startswith(
+            f"ibray: error: sweep 'busy' is being run by another driver (host node-7, pid 4242, since {since}, heartbeat "
+        )
         assert err.endswith(f"wait for it to end, or stop it (Ctrl-C) and run `ibray sweep {path} --resume`\n")
         assert err.count("\n") == 1
     assert sorted(p.name for p in folder.iterdir()) == ["driver.lock"]
@@ -164,11 +176,21 @@ def test_the_live_line_counts_restarted_seed_epochs_in_the_time_left():
     config = {"seeds": [0, 1], "epochs": 100}
     # 2 seeds of 100 epochs: the slowest at epoch 40, but one seed restarted, so 150 are left
     restarted = {"epoch": 40, "seed_epochs_done": 50, "seed_epochs_left": 150}
-    line = progress_line("s", elapsed=10, work=50, trials=[("RUNNING", config, restarted), ("PENDING", config, {})], at_once=1)
-    assert line == "[s 0:10] trials: 0 done, 1 running, 1 pending, at most 1 at once | seed-epochs 50/400 | 5.0 seed-epochs/s | ~1:10 left"
+    line = progress_line(
+        "s", elapsed=10, work=50, trials=[("RUNNING", config, restarted), ("PENDING", config, {})], at_once=1
+    )
+    assert (
+        line
+        == "[s 0:10] trials: 0 done, 1 running, 1 pending, at most 1 at once | seed-epochs 50/400 | 5.0 seed-epochs/s | ~1:10 left"
+    )
     # a trial that reports only at writes: the epoch reached tells
-    line = progress_line("s", elapsed=10, work=80, trials=[("RUNNING", config, {"epoch": 40}), ("TERMINATED", config, {})], at_once=2)
-    assert line == "[s 0:10] trials: 1 done, 1 running, 0 pending, at most 2 at once | seed-epochs 280/400 | 8.0 seed-epochs/s | ~0:15 left"
+    line = progress_line(
+        "s", elapsed=10, work=80, trials=[("RUNNING", config, {"epoch": 40}), ("TERMINATED", config, {})], at_once=2
+    )
+    assert (
+        line
+        == "[s 0:10] trials: 1 done, 1 running, 0 pending, at most 2 at once | seed-epochs 280/400 | 8.0 seed-epochs/s | ~0:15 left"
+    )
 
 
 # -- on the session's Ray ----------------------------------------------------------------------
@@ -180,7 +202,9 @@ def test_a_second_driver_is_refused_then_ctrl_c_then_tune_state_decides_nothing(
     command = [*CLI, str(path), "--results", str(root)]
     log, err = tmp_path / "first.out", tmp_path / "first.err"
     with open(log, "w") as out, open(err, "w") as errors:
-        first = subprocess.Popen([*command, "--resume", "--address", ray_cluster.address, "--view-every", "1"], stdout=out, stderr=errors)
+        first = subprocess.Popen(
+            [*command, "--resume", "--address", ray_cluster.address, "--view-every", "1"], stdout=out, stderr=errors
+        )
     try:
         wait_for((folder / "driver.lock").exists, 120, "the first driver's lock")
         lock = json.loads((folder / "driver.lock").read_text())
@@ -190,7 +214,9 @@ def test_a_second_driver_is_refused_then_ctrl_c_then_tune_state_decides_nothing(
         second = subprocess.run([*command, "--overwrite"], capture_output=True, text=True, timeout=120, check=False)
         assert second.returncode == 2, second.stdout + second.stderr
         (refusal,) = own_lines(second.stderr)
-        assert refusal.startswith(f"ibray: error: sweep 'duo' is being run by another driver (host {socket.gethostname()}, pid {first.pid}, since ")
+        assert refusal.startswith(
+            f"ibray: error: sweep 'duo' is being run by another driver (host {socket.gethostname()}, pid {first.pid}, since "
+        )
         assert f"run `ibray sweep {path} --resume`" in refusal
         assert main([*command[3:], "--resume"]) == 2
         assert f"pid {first.pid}, since " in capsys.readouterr().err
@@ -234,7 +260,9 @@ def test_a_second_driver_is_refused_then_ctrl_c_then_tune_state_decides_nothing(
     assert {p.name for p in (folder / "tune").iterdir() if p.is_dir()} == grid
     for trial_id, epoch in reached.items():
         if epoch < 100:  # went on from its own checkpoint, not from scratch
-            reports = [json.loads(line) for line in (folder / "tune" / trial_id / "result.json").read_text().splitlines()]
+            reports = [
+                json.loads(line) for line in (folder / "tune" / trial_id / "result.json").read_text().splitlines()
+            ]
             assert 20 <= reports[-1]["resumed_from"] <= epoch
     mi = table(folder)
     assert set(mi["trial"]) == grid and not mi.select(MI_KEY).is_duplicated().any()
@@ -263,7 +291,9 @@ def test_ctrl_c_before_any_trial_reports(ray_cluster, tmp_path):
     assert own_lines(stderr) == [f"ibray: interrupted; run `ibray sweep {path} --resume` to finish the sweep"]
     assert not driver_tracebacks(stderr) and "TypeError" not in stderr
     last = [line for line in stdout.splitlines() if line.startswith("[early ")][-1]
-    assert re.search(r"\] interrupted: 0 of 2 trials done, 2 unfinished, at most [0-2] at once \| seed-epochs 0/1,200 written$", last)
+    assert re.search(
+        r"\] interrupted: 0 of 2 trials done, 2 unfinished, at most [0-2] at once \| seed-epochs 0/1,200 written$", last
+    )
     assert not (folder / "driver.lock").exists()
     assert epochs_run(next(folder.glob("trials/*/trial.json"), folder / "none")) in (-1, 0)
 
@@ -271,11 +301,15 @@ def test_ctrl_c_before_any_trial_reports(ray_cluster, tmp_path):
 def test_the_live_line_moves_between_far_apart_writes(ray_cluster, tmp_path, capsys):
     from ibray.launch.launcher import run_sweep
 
-    spec = load_sweep(sweep_file(tmp_path, "sparse", activation="tanh", seeds=1, epochs=300, mi_every=50, write_every=300))
+    spec = load_sweep(
+        sweep_file(tmp_path, "sparse", activation="tanh", seeds=1, epochs=300, mi_every=50, write_every=300)
+    )
     outcome = run_sweep(spec, str(tmp_path / "root"), view_every=0.5)
     assert outcome.complete == 1
     lines = [line for line in capsys.readouterr().out.splitlines() if "1 running" in line]
-    moving = [int(m.group(1).replace(",", "")) for m in (re.search(r"seed-epochs ([\d,]+)/300", line) for line in lines) if m]
+    moving = [
+        int(m.group(1).replace(",", "")) for m in (re.search(r"seed-epochs ([\d,]+)/300", line) for line in lines) if m
+    ]
     assert any(0 < done < 300 for done in moving), lines
 
 
@@ -320,7 +354,9 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(ray_clus
     root = tmp_path / "small"
     root.mkdir()
     # a real full disk: a tmpfs of 640 KiB, about half of what this sweep writes
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=640k", "tmpfs", str(root)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=640k", "tmpfs", str(root)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (not root?): {mounted.stderr.strip()}")
     try:
@@ -381,13 +417,18 @@ def test_tune_failing_to_save_its_state_on_a_full_disk_prints_no_traceback():
                 try:
                     raise error
                 except Exception:
-                    logger.error("Saving experiment state to storage at '/r/sweep/tune' failed with exception: ", exc_info=True)
+                    logger.error(
+                        "Saving experiment state to storage at '/r/sweep/tune' failed with exception: ", exc_info=True
+                    )
     finally:
         logger.removeHandler(handler)
     assert [record.exc_info[1].args[0] for record in seen] == ["connection reset"]
     assert messages.storage_fault == "/r/sweep/tune/experiment_state.json: No space left on device"
     outcome = SweepOutcome("s", "/r/sweep", 2, 2, True, tune_fault=messages.storage_fault)
-    assert "warning: Tune could not save its own state (/r/sweep/tune/experiment_state.json: No space left" in outcome.summary("s.yaml")
+    assert (
+        "warning: Tune could not save its own state (/r/sweep/tune/experiment_state.json: No space left"
+        in outcome.summary("s.yaml")
+    )
     assert "warning" not in SweepOutcome("s", "/r/sweep", 2, 2, True).summary("s.yaml")
 
 
@@ -415,26 +456,45 @@ def test_the_next_start_names_what_a_killed_drivers_local_ray_left_behind(tmp_pa
     try:
         assert driver.stdout.readline().strip() == "up", (tmp_path / "driver.err").read_text()[-2000:]
         raylets = [p for p in _children(driver.pid) if "raylet" in Path(f"/proc/{p}/cmdline").read_text()]
-        wait_for(lambda: len([c for r in raylets for c in _children(r) if "Agent" in Path(f"/proc/{c}/cmdline").read_text()]) == 2,
-                 60, "the raylet's two agents")
+        wait_for(
+            lambda: (
+                len([c for r in raylets for c in _children(r) if "Agent" in Path(f"/proc/{c}/cmdline").read_text()])
+                == 2
+            ),
+            60,
+            "the raylet's two agents",
+        )
         agents = [c for r in raylets for c in _children(r) if "Agent" in Path(f"/proc/{c}/cmdline").read_text()]
         assert not set(agents) & {leftover.pid for leftover in leftover_ray_processes()}  # alive: not leftovers
         driver.kill()
         driver.wait(30)
-        wait_for(lambda: set(agents) <= {leftover.pid for leftover in leftover_ray_processes()}, 60, "the agents to be orphaned")
+        wait_for(
+            lambda: set(agents) <= {leftover.pid for leftover in leftover_ray_processes()},
+            60,
+            "the agents to be orphaned",
+        )
         found = [leftover for leftover in leftover_ray_processes() if leftover.pid not in before]
         assert {leftover.pid for leftover in found} >= set(agents)
-        assert {leftover.name for leftover in found if leftover.pid in agents} == {"ray::DashboardAgent", "ray::RuntimeEnvAgent"}
+        assert {leftover.name for leftover in found if leftover.pid in agents} == {
+            "ray::DashboardAgent",
+            "ray::RuntimeEnvAgent",
+        }
         assert all(leftover.rss_mb > 1 for leftover in found)
         note = leftover_note(found)
         assert note.startswith(f"note: {len(found)} process(es) of an earlier local Ray outlived their killed driver")
         assert note.endswith("end them with `kill -9 " + " ".join(str(leftover.pid) for leftover in found) + "`")
         # the next `ibray sweep` says so first (here it is then refused: nothing listens at the address)
         path = sweep_file(tmp_path, "next")
-        run = subprocess.run([*CLI, str(path), "--results", str(tmp_path / "r"), "--address", "127.0.0.1:9"],
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [*CLI, str(path), "--results", str(tmp_path / "r"), "--address", "127.0.0.1:9"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         said = [line for line in run.stdout.splitlines() if line.startswith("note: ")]
-        assert run.returncode == 2 and len(said) == 1 and "of an earlier local Ray outlived their killed driver" in said[0]
+        assert (
+            run.returncode == 2 and len(said) == 1 and "of an earlier local Ray outlived their killed driver" in said[0]
+        )
         assert all(f"{pid} ray::" in said[0] and f" {pid}" in said[0].split("kill -9")[1] for pid in agents)
     finally:
         driver.kill()

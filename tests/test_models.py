@@ -15,7 +15,9 @@ MNIST = dict(inputs=784, classes=10, image_shape=(28, 28))
 
 def network(architecture, bits=8, seeds=2, **kwargs):
     shape = MNIST if architecture != "syn" else dict(inputs=12, classes=2)
-    net = batched_network(architecture, "relu" if architecture != "syn" else "tanh", bits=bits, seeds=seeds, **shape, **kwargs)
+    net = batched_network(
+        architecture, "relu" if architecture != "syn" else "tanh", bits=bits, seeds=seeds, **shape, **kwargs
+    )
     for slot in range(seeds):
         net.init_slot(slot, torch.Generator().manual_seed(slot))
     return net

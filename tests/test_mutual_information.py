@@ -95,7 +95,9 @@ def test_rank_rows():
 
 
 def test_float_codes_are_exact_and_fold_negative_zero():
-    values = np.array([[0.0, 1.0], [-0.0, 1.0], [0.0, np.nextafter(np.float32(1.0), np.float32(2.0))]], dtype=np.float32)
+    values = np.array(
+        [[0.0, 1.0], [-0.0, 1.0], [0.0, np.nextafter(np.float32(1.0), np.float32(2.0))]], dtype=np.float32
+    )
     codes = float_codes(values)
     assert (codes[0] == codes[1]).all()
     assert not (codes[0] == codes[2]).all()
@@ -224,7 +226,11 @@ def test_counting_on_the_device_equals_numpys(seeds, samples, width, levels):
         assert on_device.h_t[seed] == pytest.approx(h_t, abs=1e-9)
         # a seed counted alone gets the same bits as in its batch
         alone = device_layer_information(torch.from_numpy(codes[seed : seed + 1].copy()), labels)
-        assert (alone.h_t[0], alone.mi_ty[0], alone.n_states[0]) == (on_device.h_t[seed], on_device.mi_ty[seed], on_device.n_states[seed])
+        assert (alone.h_t[0], alone.mi_ty[0], alone.n_states[0]) == (
+            on_device.h_t[seed],
+            on_device.mi_ty[seed],
+            on_device.n_states[seed],
+        )
 
 
 def test_counting_on_the_device_knows_an_injective_layer():

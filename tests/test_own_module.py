@@ -80,7 +80,11 @@ def test_an_importable_module_is_pinned_by_its_source_file(tmp_path, monkeypatch
         ("missing", {}, r"^architecture: .*own_nets.py has no factory 'missing'; it defines .*bottleneck2"),
         ("raises", {}, r"^architecture: own_nets.py:raises@\w+: the factory raised RuntimeError: no network today$"),
         ("not_a_module", {}, r"the factory returned a str, not a torch.nn.Module"),
-        ("mlp_batch_norm", {"measure": ("fc9",)}, r"^measure: 'fc9' is not a submodule of own_nets.py:mlp_batch_norm@\w+; its submodules: 0, 1, 2"),
+        (
+            "mlp_batch_norm",
+            {"measure": ("fc9",)},
+            r"^measure: 'fc9' is not a submodule of own_nets.py:mlp_batch_norm@\w+; its submodules: 0, 1, 2",
+        ),
         ("no_activation_module", {}, r"^measure: .* has no activation module"),
         ("with_dropout", {}, r"^architecture: .* holds dropout \(2\)"),
     ],
@@ -105,7 +109,10 @@ def test_a_missing_file_or_module_is_refused_in_one_line(tmp_path):
 @pytest.mark.parametrize(
     "factory, message",
     [
-        ("three_logits", r"^architecture: .* returns logits of shape \(2, 3\) for inputs \(2, 12\); the data set has 2 classes"),
+        (
+            "three_logits",
+            r"^architecture: .* returns logits of shape \(2, 3\) for inputs \(2, 12\); the data set has 2 classes",
+        ),
         ("wrong_inputs", r"^architecture: .* rejects inputs of shape \(2, 12\) .*RuntimeError: mat1 and mat2"),
         ("shared_relu", r"^measure: '1' runs 2 times in .*'s forward pass"),
     ],
@@ -211,7 +218,9 @@ def image_dataset(samples: int = 240) -> Dataset:
     for row, label in enumerate(y):
         images[row, 2 * label : 2 * label + 3, 2:5] += 0.7
     train, test = stratified_split(y, 0.8, 0)
-    return Dataset("tiny-images", images.reshape(samples, 64), y.astype(np.int64), train, test, n_classes=3, image_shape=(8, 8))
+    return Dataset(
+        "tiny-images", images.reshape(samples, 64), y.astype(np.int64), train, test, n_classes=3, image_shape=(8, 8)
+    )
 
 
 def test_exact_mi_obeys_the_dpi_across_a_cnns_measured_layers():
@@ -221,7 +230,10 @@ def test_exact_mi_obeys_the_dpi_across_a_cnns_measured_layers():
     measurements = [trainer.start()] + [trainer.step()[0] for _ in range(3)]
     for measurement in measurements:
         mi = measurement.mi
-        rows = {(s, e, layer): (xt, ty) for s, e, layer, xt, ty in zip(mi["seed"], mi["epoch"], mi["layer"], mi["mi_xt"], mi["mi_ty"])}
+        rows = {
+            (s, e, layer): (xt, ty)
+            for s, e, layer, xt, ty in zip(mi["seed"], mi["epoch"], mi["layer"], mi["mi_xt"], mi["mi_ty"])
+        }
         for (seed, epoch, layer), (xt, ty) in rows.items():
             if layer > 1:
                 before = rows[(seed, epoch, layer - 1)]
@@ -231,7 +243,19 @@ def test_exact_mi_obeys_the_dpi_across_a_cnns_measured_layers():
 
 def test_ibray_trial_with_an_own_module_writes_rows_that_verify_accepts(tmp_path, capsys):
     out = tmp_path / "trial"
-    args = ["trial", "--architecture", f"{NETS}:mlp_batch_norm", "--measure", "2,4", "--seeds", "0-1", "--epochs", "2", "--out", str(out)]
+    args = [
+        "trial",
+        "--architecture",
+        f"{NETS}:mlp_batch_norm",
+        "--measure",
+        "2,4",
+        "--seeds",
+        "0-1",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert main(["verify", str(out)]) == 0
     assert "every row once" in capsys.readouterr().out

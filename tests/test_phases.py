@@ -61,7 +61,12 @@ def test_dpi_violations_counted(tmp_path):
         rows.append(table("mi", estimator=estimator, layer=3, epoch=epochs, mi_xt=[1.0] * 3, mi_ty=[0.1] * 3))
     results, _ = stats_of(tmp_path, pa.concat_tables(rows))
     found = phases.dpi_violations(results.mi).collect()
-    counts = {(e, layer): (xt, ty, both, checked) for e, layer, xt, ty, both, checked in found.select("estimator", "layer", "dpi_xt", "dpi_ty", "dpi", "checked").rows()}
+    counts = {
+        (e, layer): (xt, ty, both, checked)
+        for e, layer, xt, ty, both, checked in found.select(
+            "estimator", "layer", "dpi_xt", "dpi_ty", "dpi", "checked"
+        ).rows()
+    }
     assert counts == {
         ("bin30", 2): (2, 1, 3, 3),
         ("bin30", 3): (0, 0, 0, 3),

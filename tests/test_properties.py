@@ -26,17 +26,30 @@ scalars = st.one_of(
     st.sampled_from([0, -1, 2**31, 2**63, 10**12, -(10**12)]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(alphabet=string.ascii_letters + string.digits + "-_.,@#/ :", max_size=16),
-    st.sampled_from(["exact", "bin30", "tanh", "relu", "szt", "8-4-2", "bottleneck2", "0-9", "0-100000000000", "a.npz#y"]),
+    st.sampled_from(
+        ["exact", "bin30", "tanh", "relu", "szt", "8-4-2", "bottleneck2", "0-9", "0-100000000000", "a.npz#y"]
+    ),
 )
 values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["cpu", "gpu", "x"]), inner, max_size=2),
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["cpu", "gpu", "x"]), inner, max_size=2)
+    ),
     max_leaves=8,
 )
-anything = st.dictionaries(st.sampled_from(KEYS) | st.text(string.ascii_lowercase + "_", min_size=1, max_size=10), values, max_size=8)
+anything = st.dictionaries(
+    st.sampled_from(KEYS) | st.text(string.ascii_lowercase + "_", min_size=1, max_size=10), values, max_size=8
+)
 # a working sweep with one or two keys changed: reaches the validators past the first error
-near_valid = st.dictionaries(st.sampled_from(KEYS), values | scalars, max_size=2).map(lambda changed: {"name": "p", "epochs": 3, **changed})
+near_valid = st.dictionaries(st.sampled_from(KEYS), values | scalars, max_size=2).map(
+    lambda changed: {"name": "p", "epochs": 3, **changed}
+)
 mappings = anything | near_valid
-PROPERTY = settings(max_examples=int(os.environ.get("IBRAY_PROPERTY_EXAMPLES", "300")), deadline=5000, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=int(os.environ.get("IBRAY_PROPERTY_EXAMPLES", "300")),
+    deadline=5000,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @PROPERTY

@@ -13,9 +13,18 @@ from ibray.records import METRICS_SCHEMA, ResultsWriter, part_name, part_write, 
 
 def rows(seed, restarts, epochs):
     n = len(epochs)
-    axes = dict(sweep=[""] * n, trial=["t"] * n, dataset=["synthetic12"] * n, architecture=["syn"] * n,
-                activation=["tanh"] * n, bits=[8] * n, seed=[seed] * n, restarts=[restarts] * n,
-                phase=["train"] * n, epoch=list(epochs))
+    axes = dict(
+        sweep=[""] * n,
+        trial=["t"] * n,
+        dataset=["synthetic12"] * n,
+        architecture=["syn"] * n,
+        activation=["tanh"] * n,
+        bits=[8] * n,
+        seed=[seed] * n,
+        restarts=[restarts] * n,
+        phase=["train"] * n,
+        epoch=list(epochs),
+    )
     metrics = {**axes, "train_loss": [0.5] * n, "test_loss": [0.6] * n, "train_acc": [0.9] * n, "test_acc": [0.8] * n}
     return SimpleNamespace(mi={}, metrics=metrics)
 

@@ -30,15 +30,25 @@ def test_only_picks_experiments_by_sweep_name_or_half_in_page_order():
     picked = replicate.chosen("appendix-e-mnist,syn-8bit", "machine")
     assert [file for file, _, _ in picked] == ["syn_8bit.yaml", "appendix_e_mnist.yaml"]
     assert [file for file, _, _ in replicate.chosen("mnist", "machine")] == [
-        "mnist_bottleneck2.yaml", "appendix_e_mnist.yaml", "appendix_e_mnist_wide.yaml"
+        "mnist_bottleneck2.yaml",
+        "appendix_e_mnist.yaml",
+        "appendix_e_mnist_wide.yaml",
     ]
 
 
 def test_an_unknown_experiment_is_refused_with_the_names_to_choose_from(tmp_path):
     run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "replicate.py"), "run", "--only", "mnist-bottlenek2",
-         "--results", str(tmp_path / "r")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "replicate.py"),
+            "run",
+            "--only",
+            "mnist-bottlenek2",
+            "--results",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 2
     assert "--only 'mnist-bottlenek2' is not an experiment" in run.stderr and "mnist-bottleneck2" in run.stderr
@@ -49,9 +59,20 @@ def test_mnist_experiments_are_skipped_and_said_to_be_without_the_mnist_files(tm
     empty = tmp_path / "data"
     empty.mkdir()
     run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "replicate.py"), "run", "--only", "mnist", "--data-dir", str(empty),
-         "--results", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "replicate.py"),
+            "run",
+            "--only",
+            "mnist",
+            "--data-dir",
+            str(empty),
+            "--results",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     assert "skipping the MNIST experiments" in run.stderr
@@ -76,7 +97,10 @@ def test_a_page_rebuilt_without_results_keeps_every_section_and_dates_it(tmp_pat
     page = (docs / "replication.md").read_text()
     assert page.count(f"## {first}") == 1
     assert f"## {first}\n\nSection built on 2026-11-28.\n\nThe study: 50 seeds." in page
-    assert f"Kept from an earlier build, whose results are not on the machine that built this page (each section says when it was built): {first}." in page
+    assert (
+        f"Kept from an earlier build, whose results are not on the machine that built this page (each section says when it was built): {first}."
+        in page
+    )
     missing = [e.title for e in replication_page.EXPERIMENTS[1:] + replication_page.MNIST_EXPERIMENTS]
     assert "Not run to completion yet, so not shown: " + "; ".join(missing) + "." in page
     # rebuilt again, the dated section stays as it is, not dated twice

@@ -27,7 +27,9 @@ def built(tmp_path_factory):
     write_sweep(root, XSS, 1, 2, 120, layers=3, bits=4, yaml_text=f"name: '{XSS}'\n", folder_name="xss")
     # a partly written trial: still running, fewer epochs
     mi, metrics = curves([9], epochs=30, layers=3, sweep="main", trial="trial-running")
-    write_trial(root / "main" / "trials" / "trial-running", mi, metrics, {"seeds": [9], "epochs": 120}, status="running")
+    write_trial(
+        root / "main" / "trials" / "trial-running", mi, metrics, {"seeds": [9], "epochs": 120}, status="running"
+    )
     out = report.build_report([root], root / "out" / "report.html")
     return root, out, out.read_text(encoding="utf-8")
 
@@ -46,7 +48,18 @@ def test_report_is_one_self_contained_file(built):
     # curves, the median-deviating repetition and the spread; 2 accuracy charts; comparisons
     # (estimators, bits)
     assert len(ids) == 3 * 5 + 2 + 2 and len(set(ids)) == len(ids)
-    anchors = ("planes", "variance", "accuracy-curves", "cmp-estimators", "cmp-bits", "trials", "completeness", "accuracy", "phases", "sweeps")
+    anchors = (
+        "planes",
+        "variance",
+        "accuracy-curves",
+        "cmp-estimators",
+        "cmp-bits",
+        "trials",
+        "completeness",
+        "accuracy",
+        "phases",
+        "sweeps",
+    )
     for anchor in anchors:
         assert f'href="#{anchor}"' in page and f'id="{anchor}"' in page
     # charts first (the planes leading), then the tables, the sweep files last
@@ -58,7 +71,9 @@ def page_data(page: str) -> tuple[dict, dict]:
     """The page's data store and each chart's spec, by chart id."""
     store = json.loads(re.search(r'<script type="application/json" id="ibray-data">(.*?)</script>', page).group(1))
     specs = {
-        chart: json.loads(re.search(rf'<script type="application/json" id="spec-{chart}">(.*?)</script>', page).group(1))
+        chart: json.loads(
+            re.search(rf'<script type="application/json" id="spec-{chart}">(.*?)</script>', page).group(1)
+        )
         for chart in chart_ids(page)
     }
     return store, specs
@@ -80,13 +95,25 @@ def test_header_says_what_was_run(built):
 def test_groups_that_differ_in_one_axis_share_a_row_and_its_scales(built):
     _, _, page = built
     store, specs = page_data(page)
-    rows = re.findall(r'<div class="set" data-set="([^"]+)">(.*?)</div></div></div>(?=<div class="set"|<h2)', page[: page.index('id="variance"')])
+    rows = re.findall(
+        r'<div class="set" data-set="([^"]+)">(.*?)</div></div></div>(?=<div class="set"|<h2)',
+        page[: page.index('id="variance"')],
+    )
     planes = [[c for c in chart_ids(body) if c.endswith("-mean")] for _, body in rows]
     # exact: the 8-bit and 4-bit networks (they differ in bits only) side by side, 8-bit... sorted up
-    assert planes == [["plane-synthetic12-syn-tanh-4-exact-mean", "plane-synthetic12-syn-tanh-8-exact-mean"], ["plane-synthetic12-syn-tanh-8-bin30-mean"]]
+    assert planes == [
+        ["plane-synthetic12-syn-tanh-4-exact-mean", "plane-synthetic12-syn-tanh-8-exact-mean"],
+        ["plane-synthetic12-syn-tanh-8-bin30-mean"],
+    ]
     four, eight = (specs[c] for c in planes[0])
     assert four["layer"][0]["encoding"]["x"]["scale"]["domain"] == eight["layer"][0]["encoding"]["x"]["scale"]["domain"]
-    largest = max(max(row[store[specs[c]["data"]["name"]]["fields"].index("mi_xt_mean")] for row in store[specs[c]["data"]["name"]]["rows"]) for c in planes[0])
+    largest = max(
+        max(
+            row[store[specs[c]["data"]["name"]]["fields"].index("mi_xt_mean")]
+            for row in store[specs[c]["data"]["name"]]["rows"]
+        )
+        for c in planes[0]
+    )
     assert four["layer"][0]["encoding"]["x"]["scale"]["domain"] == [0, round(1.03 * largest, 4)]
     # the plane and its curves read one data set, stored once
     group = "plane-synthetic12-syn-tanh-8-exact"
@@ -166,8 +193,14 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
     ):
         options.add_argument(flag)
     profile = tempfile.mkdtemp(prefix="ibray-chromium-")
@@ -238,10 +271,15 @@ def side_by_side_hover_and_legend(driver, page: str) -> None:
     shown = dict(tooltip)
     column = {f: i for i, f in enumerate(table["fields"])}
     row = next(
-        r for r in table["rows"]
-        if r[column["layer"]] == int(shown["layer"]) and r[column["epoch"]] == int(shown["epoch"]) and r[column["phase"]] == shown["phase"]
+        r
+        for r in table["rows"]
+        if r[column["layer"]] == int(shown["layer"])
+        and r[column["epoch"]] == int(shown["epoch"])
+        and r[column["phase"]] == shown["phase"]
     )
-    assert shown["I(X;T)"] == f"{row[column['mi_xt_mean']]:.3f}" and shown["I(T;Y)"] == f"{row[column['mi_ty_mean']]:.3f}"
+    assert (
+        shown["I(X;T)"] == f"{row[column['mi_xt_mean']]:.3f}" and shown["I(T;Y)"] == f"{row[column['mi_ty_mean']]:.3f}"
+    )
     assert int(shown["repetitions"]) == row[column["n"]]
 
     def opacities() -> dict[int, set[float]]:
@@ -258,7 +296,9 @@ def side_by_side_hover_and_legend(driver, page: str) -> None:
     assert opacities() == {1: {0.9}, 2: {0.9}, 3: {0.9}}
     label = next(t for t in eight.find_elements(By.CSS_SELECTOR, "g.role-legend-label text") if t.text == "2")
     ActionChains(driver).move_to_element(label).click().perform()
-    assert driver.execute_script("return ibrayViews[arguments[0]].signal('layer_pick')", eight.get_attribute("id"))["layer"] == [2]
+    assert driver.execute_script("return ibrayViews[arguments[0]].signal('layer_pick')", eight.get_attribute("id"))[
+        "layer"
+    ] == [2]
     assert opacities() == {1: {0.08}, 2: {0.9}, 3: {0.08}}
 
 
@@ -358,10 +398,14 @@ def watched(tmp_path, epochs: int) -> tuple[Path, Path, object]:
 
     root = tmp_path / "results"
     mi, metrics = curves([0, 1], epochs=epochs, layers=2, sweep="live", trial="t0")
-    folder = write_trial(root / "live" / "trials" / "t0", mi, metrics, {"seeds": [0, 1], "epochs": 30}, status="running")
+    folder = write_trial(
+        root / "live" / "trials" / "t0", mi, metrics, {"seeds": [0, 1], "epochs": 30}, status="running"
+    )
     out = tmp_path / "live.html"
     command = [sys.executable, "-m", "analysis.report", str(root), "-o", str(out), "--watch", "1"]
-    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 120
     while not out.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -371,7 +415,9 @@ def watched(tmp_path, epochs: int) -> tuple[Path, Path, object]:
 
 def facts_of(page: str) -> dict[str, str]:
     header = page[page.index("<header>") : page.index("</header>")]
-    return dict(re.findall(r"<dt>([^<]+)</dt><dd>([^<]+)</dd>", header)) | {"badge": re.search(r'class="badge (\w+)"', header).group(1)}
+    return dict(re.findall(r"<dt>([^<]+)</dt><dd>([^<]+)</dd>", header)) | {
+        "badge": re.search(r'class="badge (\w+)"', header).group(1)
+    }
 
 
 def test_watch_rewrites_the_report_until_every_trial_is_complete(tmp_path):
@@ -381,7 +427,9 @@ def test_watch_rewrites_the_report_until_every_trial_is_complete(tmp_path):
         assert facts_of(page).items() >= {"badge": "partial", "trials": "0 of 1 complete", "epochs": "10"}.items()
         assert '<meta http-equiv="refresh" content="1">' in page and "Rewritten every 1 s" in page
         mi, metrics = curves([0, 1], epochs=30, layers=2, sweep="live", trial="t0")
-        write_trial(folder, mi, metrics, {"seeds": [0, 1], "epochs": 30}, status="complete")  # the trial goes on and ends
+        write_trial(
+            folder, mi, metrics, {"seeds": [0, 1], "epochs": 30}, status="complete"
+        )  # the trial goes on and ends
         assert process.wait(timeout=120) == 0
     finally:
         process.kill() if process.poll() is None else None

@@ -88,7 +88,11 @@ def cluster(s3, tmp_path_factory):
     cluster = Cluster(
         initialize_head=True,
         connect=False,  # the drivers are other processes; this one stays on the session's Ray
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "env_vars": {NODE_DISK_ENV: str(folders["head-disk"])}},
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": False,
+            "env_vars": {NODE_DISK_ENV: str(folders["head-disk"])},
+        },
     )
     nodes = {
         "a": cluster.add_node(num_cpus=1, env_vars={"IBRAY_DATA_DIR": str(folders["data-a"])}),
@@ -151,12 +155,24 @@ def test_a_results_root_the_nodes_do_not_share_is_refused(cluster, tmp_path):
 @pytest.mark.skipif(not SHARED_VAR_U.exists(), reason="../shared/data/var_u.mat is not here")
 def test_data_missing_on_a_node_fails_its_trial_once(cluster, s3, tmp_path):
     cluster, nodes, folders = cluster
-    path = sweep_file(tmp_path, "on-workers", dataset="szt", activation=["tanh", "relu"], epochs=4, write_every=2, mi_every=2)
+    path = sweep_file(
+        tmp_path, "on-workers", dataset="szt", activation=["tanh", "relu"], epochs=4, write_every=2, mi_every=2
+    )
     assert load_sweep(path).max_failures == 3
     results = f"{s3}/on-workers-root"
     # Two trials of one CPU on two one-CPU workers: one runs on A (has var_u.mat), one on B (has none).
     run = subprocess.run(
-        [*CLI, str(path), "--results", results, "--address", cluster.address, "--data-on-workers", "--view-every", "0.5"],
+        [
+            *CLI,
+            str(path),
+            "--results",
+            results,
+            "--address",
+            cluster.address,
+            "--data-on-workers",
+            "--view-every",
+            "0.5",
+        ],
         capture_output=True,
         text=True,
         timeout=240,
@@ -172,7 +188,9 @@ def test_data_missing_on_a_node_fails_its_trial_once(cluster, s3, tmp_path):
     assert "(not retried: it fails the same way every time)" in out and "Tune retries it" not in out
     assert re.search(r"ended: 1 of 2 trials done, 1 failed, at most [12] at once \| seed-epochs 8/16 written", out)
     # Tune ran the failing trial once: one report, from B
-    reports = [json.loads(line) for line in read_text(f"{results}/on-workers/tune/{failed[0]}/result.json").splitlines()]
+    reports = [
+        json.loads(line) for line in read_text(f"{results}/on-workers/tune/{failed[0]}/result.json").splitlines()
+    ]
     assert len(reports) == 1 and reports[0]["node"] == nodes["b"].node_id
 
 
@@ -182,7 +200,16 @@ def test_a_sweep_on_s3_resumes_on_another_node_when_one_is_lost(cluster, s3, tmp
     from ibray.run import run_trial
 
     cluster, nodes, folders = cluster
-    path = sweep_file(tmp_path, "lost-node", dataset=DATASET, activation="tanh", epochs=120, mi_every=10, write_every=10, max_failures=2)
+    path = sweep_file(
+        tmp_path,
+        "lost-node",
+        dataset=DATASET,
+        activation="tanh",
+        epochs=120,
+        mi_every=10,
+        write_every=10,
+        max_failures=2,
+    )
     (trial,) = load_sweep(path).trials
     results = f"{s3}/lost-node-root"
     folder = f"{results}/lost-node"
@@ -191,12 +218,23 @@ def test_a_sweep_on_s3_resumes_on_another_node_when_one_is_lost(cluster, s3, tmp
         # The data comes from the driver's --data-dir through Ray's object store: the trial runs on
         # B too (before or after the loss), which has no data file.
         driver = subprocess.Popen(
-            [*CLI, str(path), "--results", results, "--address", cluster.address, "--data-dir", str(folders["data-a"]),
-             "--view-every", "1"],
+            [
+                *CLI,
+                str(path),
+                "--results",
+                results,
+                "--address",
+                cluster.address,
+                "--data-dir",
+                str(folders["data-a"]),
+                "--view-every",
+                "1",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
+
         def reached() -> int:
             try:
                 info = read_trial_info(f"{folder}/trials/{trial.trial_id()}")

@@ -117,24 +117,46 @@ def test_seeds_forms_and_list_valued_keys():
         ("seeds: [1, 2, 2]\n", ["f.yaml: seeds: [2] appear more than once", "value [1, 2, 2]", "allowed:"]),
         ("seeds: 0\n", ["f.yaml: seeds:", "at least 1"]),
         ("learning_rate: fast\n", ["f.yaml: learning_rate: 'fast' is not allowed; give a number"]),
-        ("resources: {cpu: 0, tpu: 1}\n", ["f.yaml: resources.cpu: 0", "f.yaml: resources.tpu: unknown resource; allowed: cpu, gpu"]),
+        (
+            "resources: {cpu: 0, tpu: 1}\n",
+            ["f.yaml: resources.cpu: 0", "f.yaml: resources.tpu: unknown resource; allowed: cpu, gpu"],
+        ),
         ("estimators: [exact, bin1]\n", ["f.yaml: estimators: unknown estimator 'bin1'; allowed: exact, bin<n>"]),
         ("name: 'a/b'\n", ["f.yaml: name: 'a/b' is not a usable folder name"]),
-        ("dataset: synthetic12\narchitecture: [syn, conv]\n", ["f.yaml: architecture: 'conv' does not fit dataset 'synthetic12'; for synthetic12 use syn"]),
+        (
+            "dataset: synthetic12\narchitecture: [syn, conv]\n",
+            ["f.yaml: architecture: 'conv' does not fit dataset 'synthetic12'; for synthetic12 use syn"],
+        ),
         ("dataset: mnist\n", ["f.yaml: architecture: 'syn' does not fit dataset 'mnist'"]),
         ("epochs: 0\n", ["f.yaml: epochs: train for at least one epoch"]),
         ("- a\n- b\n", ["f.yaml: a sweep file is a mapping"]),
         ("a: [\n", ["f.yaml: not valid YAML: line 2, column 1: expected the node content, but found '<stream end>'"]),
-        ("a: 'x\n", ["f.yaml: not valid YAML: line 2, column 1: found unexpected end of stream (while scanning a quoted scalar at line 1, column 4)"]),
-        ("a: 1\n\tb: 2\n", ["f.yaml: not valid YAML: line 2, column 1: found character '\\t' that cannot start any token"]),
+        (
+            "a: 'x\n",
+            [
+                "f.yaml: not valid YAML: line 2, column 1: found unexpected end of stream (while scanning a quoted scalar at line 1, column 4)"
+            ],
+        ),
+        (
+            "a: 1\n\tb: 2\n",
+            ["f.yaml: not valid YAML: line 2, column 1: found character '\\t' that cannot start any token"],
+        ),
         ("a: b: c\n", ["f.yaml: not valid YAML: line 1, column 5: mapping values are not allowed here"]),
         ("a: \x01\n", ["f.yaml: not valid YAML: line 1: character U+0001 is not allowed"]),
-        ("name: a\nbits: 8\nepochs: 3\nbits: 4\n", ["f.yaml: line 4: key 'bits' is given twice (first on line 2); keep one"]),
+        (
+            "name: a\nbits: 8\nepochs: 3\nbits: 4\n",
+            ["f.yaml: line 4: key 'bits' is given twice (first on line 2); keep one"],
+        ),
         ("resources:\n  cpu: 1\n  cpu: 2\n", ["f.yaml: line 3: key 'cpu' is given twice (first on line 2)"]),
         ("", ["f.yaml: the file states nothing", "name: my-sweep"]),
         ("# a comment only\n", ["f.yaml: the file states nothing"]),
         ("{}\n", ["f.yaml: the file states nothing"]),
-        ("name: café\n", ["f.yaml: name: 'café' is not a usable folder name; use ASCII letters (A-Z, a-z), digits, '_', '.' and '-'"]),
+        (
+            "name: café\n",
+            [
+                "f.yaml: name: 'café' is not a usable folder name; use ASCII letters (A-Z, a-z), digits, '_', '.' and '-'"
+            ],
+        ),
         ("name: 'ab\n'\n", ["f.yaml: name: 'ab ' is not a usable folder name"]),
         (f"name: {'a' * 101}\n", ["is not a usable folder name", "at most 100 characters"]),
         ("learning_rate: .inf\n", ["f.yaml: learning_rate: inf is not allowed; give a finite number > 0"]),
@@ -145,7 +167,10 @@ def test_seeds_forms_and_list_valued_keys():
         ("learning_rate: 0\n", ["f.yaml: learning_rate: 0.0 is not allowed"]),
         ("learning_rate: [0.1, .inf]\n", ["f.yaml: learning_rate: inf is not allowed"]),
         ("ema_decay: .nan\n", ["f.yaml: ema_decay: nan is not allowed; give a number strictly between 0 and 1"]),
-        ("bin_range: [-.inf, .inf]\n", ["f.yaml: bin_range: [-inf, inf] is not allowed; give [low, high], two finite numbers"]),
+        (
+            "bin_range: [-.inf, .inf]\n",
+            ["f.yaml: bin_range: [-inf, inf] is not allowed; give [low, high], two finite numbers"],
+        ),
         ("bin_range: [a, 1]\n", ["f.yaml: bin_range: ['a', 1] is not allowed"]),
         ("estimators: [1, 2]\n", ["f.yaml: estimators: unknown estimator 1"]),
         ("resources: {cpu: .inf}\n", ["f.yaml: resources.cpu: inf is not allowed"]),
@@ -156,8 +181,14 @@ def test_seeds_forms_and_list_valued_keys():
         ("dataset: [synthetic12, mnist]\n", ["f.yaml: architecture: 'syn' does not fit dataset 'mnist'"]),
         ("architecture: [8-4-2, 8-4-2]\n", ["f.yaml: architecture: '8-4-2' is listed twice"]),
         ("architecture: [8-4-2, 0]\n", ["f.yaml: architecture: '0' has a layer of width 0"]),
-        ("architecture: 2020-01-02\n", ["f.yaml: architecture: YAML reads 2020-01-02 as a date; quote the widths, e.g. architecture: '2020-1-2'"]),
-        ("dataset: [mnist, synthetic12]\narchitecture: [16-8, conv]\n", ["f.yaml: architecture: 'conv' does not fit dataset 'synthetic12'"]),
+        (
+            "architecture: 2020-01-02\n",
+            ["f.yaml: architecture: YAML reads 2020-01-02 as a date; quote the widths, e.g. architecture: '2020-1-2'"],
+        ),
+        (
+            "dataset: [mnist, synthetic12]\narchitecture: [16-8, conv]\n",
+            ["f.yaml: architecture: 'conv' does not fit dataset 'synthetic12'"],
+        ),
         ("dataset: data.tsv\n", ["f.yaml: dataset: '", "data.tsv' is a file of unknown type '.tsv'"]),
         ("label_column: [a, b]\n", ["f.yaml: label_column: ['a', 'b']: a list is not allowed here"]),
         ("label_column: 'x@y'\n", ["f.yaml: label_column: 'x@y' is not allowed"]),
@@ -292,7 +323,10 @@ def test_a_data_file_pinned_by_hand_is_checked_when_it_loads(tmp_path):
     sha = hashlib.sha256((tmp_path / "a.npz").read_bytes()).hexdigest()
     spec = parse_sweep(f"dataset: {tmp_path}/a.npz@{'0' * 64}\n")
     assert spec.trials[0].dataset == f"{tmp_path}/a.npz@{'0' * 64}"  # taken as written: no file read
-    with pytest.raises(DataError, match=rf"the file changed: its SHA-256 is {sha[:12]}\.\.\., but this trial was set up with 000000000000"):
+    with pytest.raises(
+        DataError,
+        match=rf"the file changed: its SHA-256 is {sha[:12]}\.\.\., but this trial was set up with 000000000000",
+    ):
         load_dataset(spec.trials[0].dataset)
 
 
@@ -317,7 +351,9 @@ def test_unbounded_sweep_files_are_refused_quickly_in_one_readable_line(tmp_path
 
     nine = ", ".join(["x"] * 9)
     levels = [f"l0: &l0 [{nine}]"] + [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 9)]
-    bomb = write(tmp_path, "name: bomb\n" + "\n".join(levels) + "\nactivation: [" + ", ".join(["*l8"] * 9) + "]\n", "bomb.yaml")
+    bomb = write(
+        tmp_path, "name: bomb\n" + "\n".join(levels) + "\nactivation: [" + ", ".join(["*l8"] * 9) + "]\n", "bomb.yaml"
+    )
     loop = write(tmp_path, "name: loop\nactivation: &a [tanh, *a]\n", "loop.yaml")
     huge = write(tmp_path, "name: huge\nactivation: " + "x" * 2_000_000 + "\n", "huge.yaml")
     long_value = write(tmp_path, "name: long\nactivation: " + "x" * 200_000 + "\n", "long.yaml")
@@ -335,7 +371,11 @@ def test_unbounded_sweep_files_are_refused_quickly_in_one_readable_line(tmp_path
         assert time.time() - started < 5, path.name
     # the long value is cut in the middle; the fix at the end of the line stays
     err_long = (main(["validate", str(long_value)]), capsys.readouterr().err)[1]
-    assert "characters cut" in err_long and err_long.rstrip().endswith("allowed: tanh, relu, sigmoid, elu, leaky_relu, linear")
+    assert "characters cut" in err_long and err_long.rstrip().endswith(
+        "allowed: tanh, relu, sigmoid, elu, leaky_relu, linear"
+    )
     # aliases within the bound still load: the activations reused as an anchor's values
-    fine = parse_sweep("name: ok\nactivation: &acts [tanh, relu]\nestimators: [exact]\n<<: {architecture: syn}\n", "ok.yaml")
+    fine = parse_sweep(
+        "name: ok\nactivation: &acts [tanh, relu]\nestimators: [exact]\n<<: {architecture: syn}\n", "ok.yaml"
+    )
     assert sorted({t.activation for t in fine.trials}) == ["relu", "tanh"]

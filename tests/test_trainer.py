@@ -71,8 +71,10 @@ def test_same_config_and_seed_give_the_same_numbers(tmp_path, synthetic):
     second = run(tmp_path, synthetic, "b", seeds=(0, 1), epochs=4, prefit_epochs=2)
     key = ["seed", "phase", "epoch", "layer"]
     assert first.sort(key).equals(second.sort(key))
-    assert read(tmp_path / "a", "metrics").sort("seed", "phase", "epoch").equals(
-        read(tmp_path / "b", "metrics").sort("seed", "phase", "epoch")
+    assert (
+        read(tmp_path / "a", "metrics")
+        .sort("seed", "phase", "epoch")
+        .equals(read(tmp_path / "b", "metrics").sort("seed", "phase", "epoch"))
     )
 
 
@@ -148,7 +150,16 @@ def test_binning_estimators_on_a_float_network(tmp_path, synthetic):
 
 @pytest.mark.parametrize("bounds", ["layer", "fixed"])
 def test_binning_bounds_per_layer_and_fixed(tmp_path, synthetic, bounds):
-    mi = run(tmp_path, synthetic, bits=32, seeds=(0,), epochs=2, estimators=("bin30",), bin_bounds=bounds, bin_range=(-1.0, 1.0))
+    mi = run(
+        tmp_path,
+        synthetic,
+        bits=32,
+        seeds=(0,),
+        epochs=2,
+        estimators=("bin30",),
+        bin_bounds=bounds,
+        bin_range=(-1.0, 1.0),
+    )
     # The output's two softmax units sum to 1, so a pair of bins is nearly fixed by the first:
     # at most 2 states per bin of the first unit; on fixed (-1, 1) bins, [0, 1] spans only 15.
     output = mi.filter(pl.col("layer") == 6)["n_states"]
@@ -168,8 +179,14 @@ def tiny_mnist(samples=240) -> Dataset:
 def test_every_mnist_network_trains_and_measures(tmp_path, architecture, bits):
     estimators = ("exact", "bin30") if bits == 32 else ("exact",)
     config = TrialConfig(
-        dataset="mnist", architecture=architecture, activation="relu", bits=bits, seeds=(0, 1), epochs=2,
-        batch_size=64, estimators=estimators,
+        dataset="mnist",
+        architecture=architecture,
+        activation="relu",
+        bits=bits,
+        seeds=(0, 1),
+        epochs=2,
+        batch_size=64,
+        estimators=estimators,
     )
     run_trial(config, tmp_path / "run", dataset=tiny_mnist())
     mi = read(tmp_path / "run")
@@ -217,7 +234,10 @@ def partial_restart_config(synthetic, **overrides) -> TrialConfig:
     The bar is the median training accuracy at `restart_epoch`, measured here, so the premise
     does not hang on a hard-coded number. restart_epoch > 2 x write_every: parts written
     before the restart would be overwritten if part names followed the seeds' epochs."""
-    common = {**FAST, **dict(activation="relu", seeds=tuple(range(6)), epochs=24, mi_every=2, write_every=5, restart_epoch=12)}
+    common = {
+        **FAST,
+        **dict(activation="relu", seeds=tuple(range(6)), epochs=24, mi_every=2, write_every=5, restart_epoch=12),
+    }
     probe = Trainer(TrialConfig(**{**common, "epochs": 12, "min_train_acc": 0.0}), synthetic)
     probe.start()
     while not probe.done:

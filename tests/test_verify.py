@@ -38,7 +38,13 @@ def run_verify(capsys, *paths) -> tuple[int, str]:
 def test_the_measuring_grid_follows_from_the_config():
     config = TrialConfig(prefit_epochs=4, epochs=10, mi_every=3, restart_epoch=5)
     assert measured_epochs(config) == [
-        ("prefit", 0), ("prefit", 3), ("prefit", 4), ("train", 2), ("train", 5), ("train", 8), ("train", 10)
+        ("prefit", 0),
+        ("prefit", 3),
+        ("prefit", 4),
+        ("train", 2),
+        ("train", 5),
+        ("train", 8),
+        ("train", 10),
     ]
     assert measured_epochs(config, up_to=6) == [("prefit", 0), ("prefit", 3), ("prefit", 4), ("train", 2)]
 
@@ -79,7 +85,9 @@ def test_rows_of_a_discarded_attempt_or_a_foreign_seed_are_stray(complete, tmp_p
     table = pq.read_table(part)
     restarts = table.column("restarts").to_pylist()
     seeds = table.column("seed").to_pylist()
-    table = table.set_column(table.schema.get_field_index("restarts"), "restarts", pa.array([r + 1 for r in restarts], pa.int32()))
+    table = table.set_column(
+        table.schema.get_field_index("restarts"), "restarts", pa.array([r + 1 for r in restarts], pa.int32())
+    )
     info = json.loads((folder / "trial.json").read_text())
     info["restarts"] = {"0": 1, "1": 1}  # as if both seeds were rerun: attempt 0's rows must be gone
     (folder / "trial.json").write_text(json.dumps(info))
@@ -94,7 +102,9 @@ def test_an_unfinished_trial_fails_but_its_rows_so_far_check_out(capsys, complet
     info = json.loads((folder / "trial.json").read_text())
     info.update(status="running", epochs_run=4)
     (folder / "trial.json").write_text(json.dumps(info))
-    for part in sorted((folder / "mi").glob("part-*.parquet"))[2:] + sorted((folder / "metrics").glob("part-*.parquet"))[2:]:
+    for part in (
+        sorted((folder / "mi").glob("part-*.parquet"))[2:] + sorted((folder / "metrics").glob("part-*.parquet"))[2:]
+    ):
         part.unlink()
     check = verify_trial(folder)
     assert check.problems == [] and not check.ok
@@ -146,10 +156,16 @@ def test_a_part_off_the_declared_schema_is_named_with_its_columns(capsys, comple
     elif change == "extra column":
         table = table.append_column("bogus", pa.array([1] * table.num_rows))
     else:
-        table = table.set_column(table.schema.get_field_index("mi_xt"), "mi_xt", table.column("mi_xt").cast(pa.float32()))
+        table = table.set_column(
+            table.schema.get_field_index("mi_xt"), "mi_xt", table.column("mi_xt").cast(pa.float32())
+        )
     pq.write_table(table, part)
     code, out = run_verify(capsys, folder)
-    expected = {"missing h_t": "missing h_t", "extra column": "extra bogus", "other type": "mi_xt (float, declared double)"}[change]
+    expected = {
+        "missing h_t": "missing h_t",
+        "extra column": "extra bogus",
+        "other type": "mi_xt (float, declared double)",
+    }[change]
     line = next(line for line in out.splitlines() if line.startswith("FAILED"))
     assert code == 1 and part.name in line and "columns differ from the declared schema" in line and expected in line
     assert len(line) < 400

@@ -173,7 +173,9 @@ def run_sweep(
             if overwrite and existing is not None:
                 clear_sweep_folder(folder)
             write_text_atomic(spec.text, join(folder, SWEEP_FILE))
-            results, at_once, tune_fault = _fit(spec, folder, resume and existing is not None, data_dir, shared, view_every)
+            results, at_once, tune_fault = _fit(
+                spec, folder, resume and existing is not None, data_dir, shared, view_every
+            )
     finally:
         if started_ray:
             ray.shutdown()
@@ -223,10 +225,7 @@ def _outcome(spec: SweepSpec, folder: str, results, seconds: float, at_once: int
 
 def load_datasets(spec: SweepSpec, data_dir: str | None) -> dict[DataKey, Dataset]:
     """Every data set the sweep's trials train on, once each, split as the trials split it."""
-    return {
-        key: key.load(data_dir)
-        for key in sorted({DataKey.of(trial) for trial in spec.trials})
-    }
+    return {key: key.load(data_dir) for key in sorted({DataKey.of(trial) for trial in spec.trials})}
 
 
 def _local_resources() -> dict[str, float]:
@@ -241,7 +240,9 @@ def _check_resources(spec: SweepSpec, available: dict, embedded: bool, where: st
     if gpu > 0 and available.get("GPU", 0) < gpu:
         message = f"{spec.path}: resources.gpu: {gpu:g} per trial, but {where} has {available.get('GPU', 0):g} GPUs"
         if embedded:
-            raise SweepError(f"{message}; set resources: {{gpu: 0}} to train on CPUs, or join a GPU cluster with --address")
+            raise SweepError(
+                f"{message}; set resources: {{gpu: 0}} to train on CPUs, or join a GPU cluster with --address"
+            )
         print(f"warning: {message}; trials wait until the autoscaler adds GPU nodes", flush=True)
         return True
     if cpu > available.get("CPU", 0):

@@ -70,12 +70,18 @@ class LiveView(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **_info) -> None:
         if result.get(STORAGE_ERROR):
-            print(f"[{self.sweep}] trial {trial_dirname(trial)} cannot write its results: {result[STORAGE_ERROR]}; "
-                  f"stopping the sweep (no retry can succeed until there is room)", flush=True)
+            print(
+                f"[{self.sweep}] trial {trial_dirname(trial)} cannot write its results: {result[STORAGE_ERROR]}; "
+                f"stopping the sweep (no retry can succeed until there is room)",
+                flush=True,
+            )
             return
         if result.get(DATA_ERROR):
-            print(f"[{self.sweep}] trial {trial_dirname(trial)} cannot load its data on node {result.get('node', '?')}: "
-                  f"{result[DATA_ERROR]} (not retried: it fails the same way every time)", flush=True)
+            print(
+                f"[{self.sweep}] trial {trial_dirname(trial)} cannot load its data on node {result.get('node', '?')}: "
+                f"{result[DATA_ERROR]} (not retried: it fails the same way every time)",
+                flush=True,
+            )
             return
         seeds = int(result.get("seeds", 0))
         done = int(result.get("seed_epochs_done", seeds * int(result.get("epoch", 0))))
@@ -86,8 +92,11 @@ class LiveView(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **_info) -> None:
         self.done.pop(trial.trial_id, None)
         reached = (trial.last_result or {}).get("epoch", 0)
-        print(f"[{self.sweep}] trial {trial_dirname(trial)} failed at epoch >= {reached}; "
-              f"Tune retries it from its last checkpoint", flush=True)
+        print(
+            f"[{self.sweep}] trial {trial_dirname(trial)} failed at epoch >= {reached}; "
+            f"Tune retries it from its last checkpoint",
+            flush=True,
+        )
 
     def on_trial_error(self, iteration, trials, trial, **_info) -> None:
         print(f"[{self.sweep}] trial {trial_dirname(trial)} failed and is out of retries", flush=True)

@@ -40,8 +40,6 @@ def storage_fault(error: BaseException, where: str | None = None) -> str | None:
     return None
 
 
-
-
 def grid_key(trial: TrialConfig) -> str:
     """The whole config as one string: two trials are the same grid point iff their keys are equal."""
     return json.dumps(trial.to_dict(), sort_keys=True)

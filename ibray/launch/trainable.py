@@ -73,7 +73,7 @@ def remove_orphaned_checkpoint_folders(root: str | Path | None = None) -> list[P
     is gone: a worker killed with SIGKILL cannot remove its own (1.3 MB each on MNIST)."""
     removed = []
     for folder in Path(root or tempfile.gettempdir()).glob(f"{CHECKPOINT_PREFIX}*-*"):
-        pid = folder.name[len(CHECKPOINT_PREFIX):].split("-", 1)[0]
+        pid = folder.name[len(CHECKPOINT_PREFIX) :].split("-", 1)[0]
         if not pid.isdigit() or pid == str(os.getpid()):
             continue
         try:
@@ -154,7 +154,15 @@ def train_trial(
     extra = {"progress_every": progress_every} if progress_every is not None else {}
     try:
         run_trial(
-            trial, out, sweep=sweep, dataset=dataset, state=state, on_write=report, on_progress=progress, threads=threads, **extra
+            trial,
+            out,
+            sweep=sweep,
+            dataset=dataset,
+            state=state,
+            on_write=report,
+            on_progress=progress,
+            threads=threads,
+            **extra,
         )
     except Exception as error:
         fault = storage_fault(error, str(out))
