@@ -504,3 +504,23 @@ def test_the_next_start_names_what_a_killed_drivers_local_ray_left_behind(tmp_pa
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not set(agents) & {leftover.pid for leftover in leftover_ray_processes()}, 30, "the agents to end")
+
+
+def test_a_sweep_of_module_files_ships_their_one_folder_to_the_cluster(tmp_path):
+    from ibray.launch.launcher import module_env
+    from ibray.sweep import SweepError, parse_sweep
+
+    source = (Path(__file__).parent / "own_nets.py").read_text()
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "nets.py").write_text(source)
+    one = parse_sweep(f"name: one\narchitecture: {tmp_path}/a/nets.py:bottleneck2\nepochs: 2\n", str(tmp_path / "one.yaml"))
+    assert module_env(one) == {"working_dir": str(tmp_path / "a")}
+    built_in = parse_sweep("name: plain\nepochs: 2\n", str(tmp_path / "plain.yaml"))
+    assert module_env(built_in) is None
+    two = parse_sweep(
+        f"name: two\narchitecture: [{tmp_path}/a/nets.py:bottleneck2, {tmp_path}/b/nets.py:bottleneck2]\nepochs: 2\n",
+        str(tmp_path / "two.yaml"),
+    )
+    with pytest.raises(SweepError, match=r"the module files lie in 2 folders .*: put the files in one folder"):
+        module_env(two)

@@ -48,6 +48,7 @@ from ibray.launch.ray_leftovers import leftover_note, leftover_ray_processes
 from ibray.launch.storage_probe import SHARED_STORAGE_FIX, check_shared
 from ibray.launch.trainable import train_trial
 from ibray.launch.tune_state import TuneMessages, last_line, trial_dirname, trial_of
+from ibray.module_names import module_ref
 from ibray.storage import join, resolve, write_text_atomic
 from ibray.sweep import SweepError, SweepSpec
 from ibray.sweep_folder import (
@@ -155,7 +156,7 @@ def run_sweep(
     # (they keep the experiment state fresh for --resume), so their warning is noise.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started_ray = _connect(address)
+    started_ray = _connect(address, module_env(spec))
     try:
         waits = _check_resources(spec, ray.cluster_resources(), embedded=embedded)
         if not embedded:  # trials may run on other machines than this one: do they share the root?
@@ -273,8 +274,33 @@ def _refuse_silent_address(address: str) -> None:
         ) from None
 
 
-def _connect(address: str | None) -> bool:
-    """Join `address`, or start an embedded local Ray; True when this call started Ray."""
+def module_env(spec: SweepSpec) -> dict | None:
+    """Ray's runtime environment for a sweep of own modules given as files: their folder as the
+    workers' working directory, so that a node without the file gets it with the sweep (a pinned
+    file missing at its path is looked for there, by name, and used only if its SHA-256 matches).
+    None when no trial names a module file. Raises SweepError when the files lie in several
+    folders: Ray ships one working directory."""
+    folders = sorted(
+        {
+            os.path.dirname(ref.source)
+            for trial in spec.trials
+            if (ref := module_ref(trial.architecture)) and ref.is_file
+        }
+    )
+    if not folders:
+        return None
+    if len(folders) > 1:
+        raise SweepError(
+            f"{spec.path}: architecture: the module files lie in {len(folders)} folders ({', '.join(folders)}); Ray "
+            f"ships one folder to the cluster's nodes: put the files in one folder"
+        )
+    return {"working_dir": folders[0]}
+
+
+def _connect(address: str | None, runtime_env: dict | None = None) -> bool:
+    """Join `address`, or start an embedded local Ray; True when this call started Ray. A
+    `runtime_env` (module_env's) goes with a join: an embedded Ray's workers read this machine's
+    files where they are."""
     if ray.is_initialized():
         return False
     note = leftover_note(leftover_ray_processes())
@@ -282,7 +308,7 @@ def _connect(address: str | None) -> bool:
         print(note, flush=True)
     if address:
         _refuse_silent_address(address)
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
     else:
         ray.init(address="local", include_dashboard=False)  # a new instance, never someone else's
     return True
