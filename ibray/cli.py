@@ -60,17 +60,20 @@ def _trial_parser(sub) -> None:
 
 def _config_from_args(args):
     """The TrialConfig of the `trial` flags (every flag named like a config field sets it), its
-    data file pinned."""
+    data file pinned and, once read, checked against the architecture (conv takes images)."""
     import dataclasses
 
-    from ibray.config import TrialConfig
-    from ibray.data import pin_dataset
+    from ibray.config import TrialConfig, check_sample_shape
+    from ibray.data import pin_dataset_shape
     from ibray.own_module import pin_module
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrialConfig)}
     for key in ("estimators", "measure"):
         values[key] = tuple(e.strip() for e in getattr(args, key).split(",") if e.strip())
-    return pin_module(pin_dataset(TrialConfig(**values)))
+    config, shape = pin_dataset_shape(TrialConfig(**values))
+    if shape is not None:
+        check_sample_shape(config.architecture, config.dataset, shape)
+    return pin_module(config)
 
 
 def _run_trial(args) -> int:

@@ -29,9 +29,10 @@ from ibray.data_names import (
 from ibray.errors import ConfigError
 from ibray.module_names import MODULE_GRAMMAR, ModuleRef, module_ref
 
-# architecture -> the data-set family it fits ("synthetic": 12 binary inputs, "mnist": images).
-# Dense networks of any shape are named by their hidden widths ('10-7-5-4-3') and fit every
-# data set; conv needs images and so fits mnist only.
+# architecture -> the built-in data-set family it fits ("synthetic": 12 binary inputs, "mnist":
+# images). Dense networks of any shape are named by their hidden widths ('10-7-5-4-3') and fit
+# every data set; conv needs images: of the built-in sets mnist, and any data file of images
+# (checked by check_sample_shape once the file is read: this module reads no file).
 ARCHITECTURES = {
     "syn": "synthetic",
     "bottleneck2": "mnist",
@@ -131,6 +132,35 @@ DENSE_WIDTHS = {
     "4x10": (10, 10, 10, 10),
 }
 CONV_HIDDEN_LAYERS = 3  # conv: two convolutions (each pooled) and a dense layer
+
+
+# conv's smallest image side: two 3x3 convolutions, each followed by 2x2 pooling, leave
+# ((side - 2) // 2 - 2) // 2 pixels, at least one from 10 on.
+CONV_MIN_SIDE = 10
+
+
+def check_sample_shape(architecture: str, dataset: str, sample_shape: tuple[int, ...]) -> None:
+    """The pairing rules that need the data's shape, known once the data set is read: conv takes
+    images (sample_shape (height, width) or (channels, height, width)) of at least CONV_MIN_SIDE
+    pixels a side, not feature rows (features,). Raises ConfigError naming the data and its shape."""
+    if architecture != "conv":
+        return
+    shown = dataset_label(dataset) if data_file(dataset) is not None else dataset
+    others = (
+        "use a dense network (" + ", ".join(a for a in ARCHITECTURES if a != "conv") + ", or widths such as 16-8-4)"
+    )
+    if len(sample_shape) < 2:
+        raise ConfigError(
+            f"architecture: 'conv' needs images, but {shown} holds feature rows (x of shape (samples, {sample_shape[0]})); "
+            f"save x as (samples, height, width) or (samples, channels, height, width), or {others}"
+        )
+    height, width = sample_shape[-2:]
+    if min(height, width) < CONV_MIN_SIDE:
+        raise ConfigError(
+            f"architecture: 'conv' needs images of at least {CONV_MIN_SIDE}x{CONV_MIN_SIDE} pixels (two 3x3 "
+            f"convolutions, each 2x2-pooled), but {shown} holds images of shape {tuple(sample_shape)}; "
+            f"{others}, or your own module"
+        )
 
 
 def hidden_widths(architecture: str) -> tuple[int, ...]:
@@ -333,12 +363,7 @@ class TrialConfig:
         ):
             raise ConfigError(f"bits: {self.bits!r} is not allowed; use {MIN_BITS}..{MAX_BITS}, or 32 for float32")
         family = ARCHITECTURES.get(self.architecture)  # None: a custom dense network or an own module, fits all
-        if file is not None and family == "mnist" and self.architecture == "conv":
-            dense = [a for a in ARCHITECTURES if a != "conv"]
-            raise ConfigError(
-                f"architecture: 'conv' needs images and fits dataset mnist only; for the data file "
-                f"{dataset_label(self.dataset)} use a dense network: {', '.join(dense)}, or hidden widths such as 16-8-4"
-            )
+        # (a data file fits every architecture here; conv's need of images is check_sample_shape's)
         if file is None and family is not None and DATASET_FAMILY[self.dataset] != family:
             fits = [a for a, f in ARCHITECTURES.items() if f == DATASET_FAMILY[self.dataset]]
             raise ConfigError(

@@ -147,11 +147,18 @@ def pin_dataset(config: ConfigT) -> ConfigT:
     (DataError when it is not usable) and its value gets the SHA-256 of its bytes. A built-in
     data set, or a value pinned already, comes back as it is, without reading anything. The
     sweep loader and `ibray trial` take this step; the config itself reads no file."""
+    return pin_dataset_shape(config)[0]
+
+
+def pin_dataset_shape(config: ConfigT) -> tuple[ConfigT, tuple[int, ...] | None]:
+    """`pin_dataset(config)` and, when that read a file, the shape of one of its samples
+    ((features,), (height, width) or (channels, height, width)); None when it read nothing.
+    The sweep loader checks the pairings that need the shape (conv takes images) with it."""
     file = data_file(config.dataset)
     if file is None or file.sha256 is not None:
-        return config
+        return config, None
     loaded = DataKey.of(config).load()
-    return dataclasses.replace(config, dataset=loaded.name)
+    return dataclasses.replace(config, dataset=loaded.name), loaded.sample_shape
 
 
 # ---------------------------------------------------------------- synthetic12

@@ -1,6 +1,7 @@
 """The user's own data files as data sets: .npz, .parquet and .csv, checked and pinned.
 
-.npz: arrays x (samples, features) and y (labels), optionally `split`; .parquet / .csv:
+.npz: arrays x (samples, features), or images (samples, height, width) or (samples, channels,
+height, width), and y (labels), optionally `split`; .parquet / .csv:
 numeric feature columns and a label column, optionally a `split` column. A file is read once
 into memory, hashed (SHA-256) and parsed from those same bytes, so the hash names exactly the
 data that was checked. Every problem a user can fix raises DataError naming the file, what is
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 from pathlib import Path
 
@@ -33,7 +35,9 @@ def load_file(
     """A data file as a Dataset named by its pinned value (absolute path, label column when
     not 'label', SHA-256 of its bytes), which is what a TrialConfig holds for it.
 
-    .npz: array x (samples, features), array y (samples,) of labels, optional array `split`.
+    .npz: array x (samples, features), or images (samples, height, width) or (samples, channels,
+    height, width), kept flat with their image shape; array y (samples,) of labels, optional
+    array `split`.
     .parquet / .csv: a column `label_column` of labels, optional column `split`, every other
     column a numeric feature. Labels are integers 0..K-1 (2 <= K <= MAX_CLASSES), each
     occurring; `split` marks each sample 1/true/'train' or 0/false/'test'. A relative path is
@@ -66,8 +70,9 @@ def load_file(
             f"{file.sha256[:12]}...; put that version back, or start over on the new file (ibray sweep --overwrite, "
             f"or a new --out for ibray trial)"
         )
+    image_shape = None
     if suffix == ".npz":
-        x, y, split = _read_npz(path, raw)
+        x, y, split, image_shape = _read_npz(path, raw)
     else:
         x, y, split = _read_table(path, raw, suffix, column)
     x, y = _checked_samples(path, x, y, f"label column {column!r}" if suffix != ".npz" else "y")
@@ -78,10 +83,12 @@ def load_file(
         _check_class_sizes(path, y, n_classes, train_fraction)
         train_idx, test_idx = stratified_split(y, train_fraction, split_seed)
     name = DataFile(path, None, sha256).identity(column)
-    return Dataset(name, x, y, train_idx, test_idx, n_classes=n_classes, image_shape=None)
+    return Dataset(name, x, y, train_idx, test_idx, n_classes=n_classes, image_shape=image_shape)
 
 
-def _read_npz(path: str, raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _read_npz(path: str, raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, ...] | None]:
+    """x flattened to (samples, features), y, the split marks and x's image shape (None for
+    feature rows)."""
     how = "save it with numpy.savez(path, x=features, y=labels)"
     try:
         # allow_pickle=False: a data file must never run code; an object array is refused
@@ -107,9 +114,13 @@ def _read_npz(path: str, raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray
     x, y = arrays["x"], arrays["y"]
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: x holds {x.dtype} values, not numbers; {how} with numeric features")
-    if x.ndim != 2:
-        raise DataError(f"{path}: x has shape {x.shape}; give it as (samples, features), e.g. x.reshape(len(x), -1)")
-    return x, y, arrays.get(SPLIT_NAME)
+    shapes = "(samples, features), or images as (samples, height, width) or (samples, channels, height, width)"
+    if x.ndim not in (2, 3, 4):
+        raise DataError(f"{path}: x has shape {x.shape}; give it as {shapes}")
+    if x.ndim > 2 and 0 in x.shape[1:]:
+        raise DataError(f"{path}: x has shape {x.shape}, images without pixels; give it as {shapes}")
+    image_shape = tuple(int(side) for side in x.shape[1:]) if x.ndim > 2 else None
+    return x.reshape(x.shape[0], math.prod(x.shape[1:])), y, arrays.get(SPLIT_NAME), image_shape
 
 
 def _read_table(

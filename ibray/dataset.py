@@ -18,12 +18,21 @@ from ibray.errors import DataError  # noqa: F401 (imported from here too)
 @dataclass(frozen=True, eq=False)
 class Dataset:
     name: str  # a built-in's name, or a file's pinned value (absolute path@SHA-256, see TrialConfig)
-    x: np.ndarray  # (samples, features) float32; synthetic: 0/1 bits, mnist: pixels in [0, 1]; files: as given
+    # (samples, features) float32; synthetic: 0/1 bits, mnist: pixels in [0, 1]; files: as given
+    # (images: each sample's pixels flat, in C order: channel by channel, row by row)
+    x: np.ndarray
     y: np.ndarray  # (samples,) int64 class labels 0..n_classes-1
     train_idx: np.ndarray  # int64 indices into x / y, sorted
     test_idx: np.ndarray  # int64 indices, sorted; disjoint from train_idx, together all samples
     n_classes: int
-    image_shape: tuple[int, int] | None  # (height, width) in pixels for images, else None
+    # images: (height, width) in pixels, one channel (mnist, a file's x of (N, H, W)), or
+    # (channels, height, width) (a file's x of (N, C, H, W)); None: feature rows
+    image_shape: tuple[int, ...] | None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's shape: its image shape, or (features,)."""
+        return self.image_shape if self.image_shape is not None else (int(self.x.shape[1]),)
 
 
 def stratified_split(y: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ibray.config import FLOAT_BITS, hidden_widths, own_module
+from ibray.config import CONV_MIN_SIDE, FLOAT_BITS, hidden_widths, own_module
 from ibray.device import LANES, pad_to_lanes
 from ibray.errors import ConfigError
 from ibray.own_module import build, measured_names, quoted
@@ -449,18 +449,22 @@ class DenseNetwork(BatchedNetwork):
 class ConvNetwork(BatchedNetwork):
     """The study's conv network on images: two 3x3 convolutions of CONV_CHANNELS channels, each
     followed by the activation, its quantizer and 2x2 max-pooling, a dense layer of CONV_DENSE
-    and the softmax output; channels first, (S, C, B, H, W), trained by autograd."""
+    and the softmax output; channels first, (S, C, B, H, W), trained by autograd. Images of any
+    size from CONV_MIN_SIDE pixels a side: (H, W) one channel, or (C, H, W)."""
 
     def __init__(
-        self, activation: str, classes: int, bits: int, seeds: int, image_shape: tuple[int, int] | None, **options
+        self, activation: str, classes: int, bits: int, seeds: int, image_shape: tuple[int, ...] | None, **options
     ) -> None:
         super().__init__(activation, classes, bits, seeds, **options)
-        if image_shape is None:
-            raise ValueError("the conv network needs image inputs")
+        if image_shape is None or len(image_shape) not in (2, 3) or min(image_shape[-2:]) < CONV_MIN_SIDE:
+            raise ValueError(
+                f"the conv network needs image inputs of at least {CONV_MIN_SIDE}x{CONV_MIN_SIDE} pixels, not {image_shape}"
+            )
         self.architecture = "conv"
-        self.image_shape = image_shape
-        side_h, side_w = image_shape
-        channels_in = 1
+        self.channels = image_shape[0] if len(image_shape) == 3 else 1
+        self.image_shape = tuple(image_shape[-2:])  # (H, W)
+        side_h, side_w = self.image_shape
+        channels_in = self.channels
         for number in (1, 2):
             self._add_conv(f"conv{number}", channels_in, CONV_CHANNELS)
             side_h, side_w = (side_h - 2) // 2, (side_w - 2) // 2
@@ -544,8 +548,12 @@ class ConvNetwork(BatchedNetwork):
         weights, biases = self._views()
         values: list[torch.Tensor] = []
         codes: list[torch.Tensor | None] = []
-        # flat images -> (S, 1, B, H, W), channels first; shared by all seeds: (1, 1, B, H, W)
-        hidden = x.reshape(-1, 1, batch, *self.image_shape)
+        # flat images (pixels channel by channel) -> (S, C, B, H, W), channels first; shared by all
+        # seeds: (1, C, B, H, W). One channel: a plain reshape, as it always was.
+        if self.channels == 1:
+            hidden = x.reshape(-1, 1, batch, *self.image_shape)
+        else:
+            hidden = x.reshape(-1, batch, self.channels, *self.image_shape).transpose(1, 2)
         for index in (0, 1):  # the convolutions, each quantized, then pooled
             out = self.activation(self._conv(hidden, weights[index], biases[index]))
             out, code = self._quantize(index, out, valid, batch_dim=2)
@@ -782,7 +790,7 @@ def batched_network(
     init: str = "truncated_normal",
     tracking: str = "epoch",
     ema_decay: float = 0.999,
-    image_shape: tuple[int, int] | None = None,
+    image_shape: tuple[int, ...] | None = None,
     measure: tuple[str, ...] = (),
 ) -> BatchedNetwork:
     """The engine for `architecture`: ModuleNetwork for an own module ('nets.py:lenet5@...',

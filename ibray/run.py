@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ibray.config import TrialConfig, binning_bins, own_module
+from ibray.config import TrialConfig, binning_bins, check_sample_shape, own_module
 from ibray.data import DataKey, Dataset, pin_dataset
 from ibray.measure import Measurement
 from ibray.own_module import changed_module, pin_module
@@ -125,6 +125,7 @@ def run_trial(
     if dataset is None:
         config = pin_dataset(config)  # so is a data file
         dataset = DataKey.of(config).load(data_dir)
+    check_sample_shape(config.architecture, dataset.name, dataset.sample_shape)  # conv: images
     trainer, writer, ranges, parts = _prepared(config, dataset, out, sweep, state, threads)
     last = _train(trainer, writer, out, sweep, ranges, parts, on_write, on_progress, progress_every)
     return TrialSummary(
@@ -265,6 +266,7 @@ def run_resumable(
     out = Path(out)
     config = pin_module(pin_dataset(config))
     dataset = DataKey.of(config).load(data_dir)
+    check_sample_shape(config.architecture, dataset.name, dataset.sample_shape)  # before --overwrite deletes
     info = read_trial_info(out)
     state = None
     if info is not None and not overwrite:

@@ -44,13 +44,14 @@ from ibray.config import (
     TIED_FIELDS,
     ConfigError,
     TrialConfig,
+    check_sample_shape,
     data_file,
     dataset_label,
     default_for,
     field_type,
     parse_seeds,
 )
-from ibray.data import DataError, pin_dataset
+from ibray.data import DataError, pin_dataset_shape
 from ibray.errors import SweepError
 from ibray.module_names import ModuleRef, module_ref
 
@@ -324,6 +325,7 @@ class _Validator:
         self.values = values
         self.default_name = default_name
         self.errors: list[str] = []
+        self.sample_shapes: dict[str, tuple[int, ...]] = {}  # a pinned data file's value -> one sample's shape
 
     def error(self, key: str, message: str) -> None:
         self.errors.append(_readable(f"{self.source}: {key}: {message}"))
@@ -513,7 +515,9 @@ class _Validator:
         try:
             config = TrialConfig.from_dict(probe)
             if key == "dataset":
-                config = pin_dataset(config)  # reads the file once, here, for every trial
+                config, shape = pin_dataset_shape(config)  # reads the file once, here, for every trial
+                if shape is not None:
+                    self.sample_shapes[config.dataset] = shape
             if key == "architecture" and module_ref(value) is not None:
                 from ibray.own_module import pin_module  # imports torch: only for an own module
 
@@ -576,6 +580,8 @@ class _Validator:
             point = {**spec.constants, **dict(zip(keys, values))}
             try:
                 config = TrialConfig.from_dict(point)
+                if config.dataset in self.sample_shapes:  # a file read when it was pinned (above)
+                    check_sample_shape(config.architecture, config.dataset, self.sample_shapes[config.dataset])
                 if module_ref(config.architecture) is not None:
                     from ibray.own_module import check_measure_names
 

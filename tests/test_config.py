@@ -17,6 +17,7 @@ from ibray.config import (
     ConfigError,
     DataFile,
     TrialConfig,
+    check_sample_shape,
     custom_widths,
     data_file,
     dataset_label,
@@ -239,10 +240,6 @@ def test_a_tables_label_column_is_part_of_its_pinned_value(tmp_path):
         (dict(label_column="a#b"), "label_column: 'a#b' is not allowed; give a column name without '#' or '@'"),
         (dict(label_column=""), "label_column: '' is not allowed"),
         (
-            dict(dataset="/d/x.npz@" + "0" * 64, architecture="conv"),
-            "architecture: 'conv' needs images and fits dataset mnist only",
-        ),
-        (
             dict(dataset="mnist", architecture="syn"),
             "for mnist use bottleneck2, bottleneck4, hourglass, 4x10, conv, or hidden widths such as 16-8-4",
         ),
@@ -252,6 +249,17 @@ def test_bad_data_values_name_the_key_and_the_fix(overrides, message):
     with pytest.raises(ConfigError) as error:
         TrialConfig(**overrides)
     assert message in str(error.value)
+
+
+def test_conv_on_a_data_file_waits_for_the_files_shape():
+    # the config reads no file: conv's need of images is checked once the file is read
+    assert TrialConfig(dataset="/d/x.npz@" + "0" * 64, architecture="conv").architecture == "conv"
+    check_sample_shape("conv", "mnist", (28, 28))
+    check_sample_shape("16-8", "/d/x.npz@" + "0" * 64, (12,))
+    with pytest.raises(ConfigError, match=r"^architecture: 'conv' needs images, but x.npz@00000000 holds feature rows"):
+        check_sample_shape("conv", "/d/x.npz@" + "0" * 64, (12,))
+    with pytest.raises(ConfigError, match=r"at least 10x10 pixels .* holds images of shape \(3, 10, 9\)"):
+        check_sample_shape("conv", "/d/x.npz@" + "0" * 64, (3, 10, 9))
 
 
 def test_data_file_reads_names_paths_and_pinned_values():

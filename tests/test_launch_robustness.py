@@ -514,7 +514,9 @@ def test_a_sweep_of_module_files_ships_their_one_folder_to_the_cluster(tmp_path)
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "nets.py").write_text(source)
-    one = parse_sweep(f"name: one\narchitecture: {tmp_path}/a/nets.py:bottleneck2\nepochs: 2\n", str(tmp_path / "one.yaml"))
+    one = parse_sweep(
+        f"name: one\narchitecture: {tmp_path}/a/nets.py:bottleneck2\nepochs: 2\n", str(tmp_path / "one.yaml")
+    )
     assert module_env(one) == {"working_dir": str(tmp_path / "a")}
     built_in = parse_sweep("name: plain\nepochs: 2\n", str(tmp_path / "plain.yaml"))
     assert module_env(built_in) is None
