@@ -130,7 +130,8 @@ WALL_TIMES = "wall_times.jsonl"  # beside sweep.yaml: one line per `ibray sweep`
 
 
 def record_wall_time(folder: Path, seconds: float, code: int) -> None:
-    """Append one run's wall time to the experiment's folder (the page sums them)."""
+    """Append one run's wall time to the experiment's folder (the page sums them; a line may
+    carry a "note", e.g. that the machine was shared, which the page prints beside the time)."""
     if not folder.is_dir():
         return  # refused before it made its folder: nothing ran
     line = {

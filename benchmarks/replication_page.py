@@ -540,9 +540,11 @@ def claims_mnist_b2(n: Numbers) -> list[list[str]]:
         r["layer"]: r["mi_xt_peak_epoch"]
         for r in n.points.filter(*[pl.col(k) == v for k, v in where.items()]).iter_rows(named=True)
     }
+    ends = {r["layer"]: r["compress_end"] for r in n.phase_rows(**where).iter_rows(named=True)}
     around = [layer for layer in hidden if 1000 <= peaks[layer] <= 2000]
     detail = ", ".join(
-        f"{layer} from epoch {peaks[layer]}: {sizes[layer][0]:.2f} of {sizes[layer][1]:.2f} bits" for layer in hidden
+        f"{layer} from epoch {peaks[layer]} to {ends[layer]}: {sizes[layer][0]:.2f} of {sizes[layer][1]:.2f} bits"
+        for layer in hidden
     )
     rows.append(
         [
@@ -748,7 +750,10 @@ def wall_time(folder: Path) -> str:
     minutes = round(sum(run["seconds"] for run in runs) / 60)
     cpus = sorted({run.get("cpus") for run in runs if run.get("cpus")})
     where = f" on {'/'.join(map(str, cpus))} CPUs" if cpus else ""
-    return f"{minutes // 60} h {minutes % 60:02d} min over {len(runs)} run(s) of `ibray sweep`{where}"
+    notes = "; ".join(run["note"] for run in runs if run.get("note"))
+    return f"{minutes // 60} h {minutes % 60:02d} min over {len(runs)} run(s) of `ibray sweep`{where}" + (
+        f" ({notes})" if notes else ""
+    )
 
 
 def kept_sections(page: Path) -> tuple[dict[str, str], str]:
