@@ -526,3 +526,41 @@ def test_a_sweep_of_module_files_ships_their_one_folder_to_the_cluster(tmp_path)
     )
     with pytest.raises(SweepError, match=r"the module files lie in 2 folders .*: put the files in one folder"):
         module_env(two)
+
+
+def test_a_results_root_turned_read_only_mid_sweep_stops_it_in_one_line_and_resume_finishes_it(ray_cluster, tmp_path):
+    root = tmp_path / "ro"
+    root.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(root)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (not root?): {mounted.stderr.strip()}")
+    try:
+        path = sweep_file(tmp_path, "ro", seeds_per_trial=1, epochs=300, mi_every=1, write_every=10)
+        command = [*CLI, str(path), "--results", str(root), "--address", ray_cluster.address, "--view-every", "60"]
+        with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+            driver = subprocess.Popen(command, stdout=out, stderr=err)
+        try:
+            wait_for(lambda: any((root / "ro" / "trials").glob("*/mi/*.parquet")), 120, "a first part")
+            # a remount fails while a file is open for writing (EBUSY): try until a moment with none
+            deadline = time.monotonic() + 30
+            while subprocess.run(["mount", "-o", "remount,ro", str(root)], capture_output=True).returncode != 0:
+                assert time.monotonic() < deadline, "could not remount read-only"
+                time.sleep(0.05)
+            driver.wait(180)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+        stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+        assert driver.returncode == 3, stdout[-3000:] + stderr[-3000:]
+        lines = own_lines(stderr)
+        assert len(lines) == 1 and "Read-only file system" in lines[0] and f"ibray sweep {path} --resume" in lines[0]
+        output = stdout + stderr
+        assert not driver_tracebacks(output), output[output.find("Traceback") - 300 :][:3000]
+        subprocess.run(["mount", "-o", "remount,rw", str(root)], check=True)
+        again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "2 complete with every row exactly once" in again.stdout
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
