@@ -650,14 +650,17 @@ class Page:
 
     def chart(self, figure: Figure) -> str:
         spec = figure.chart.to_dict()
+        found = spec.pop("datasets", {})  # Altair names each frame's rows by their hash
         values = spec.get("data", {}).get("values")
-        if values:
+        if values:  # data too large for a frame, inline: named the same way here
             text = json.dumps(values, separators=(",", ":"))
             name = "data-" + hashlib.sha1(text.encode()).hexdigest()[:12]
+            found[name] = values
+            spec["data"] = {"name": name}
+        for name, values in found.items():
             if name not in self.data:
                 fields = list(dict.fromkeys(f for row in values for f in row))
                 self.data[name] = {"fields": fields, "rows": [[row.get(f) for f in fields] for row in values]}
-            spec["data"] = {"name": name}
         group = f' data-group="{esc(figure.group)}"' if figure.group else ""
         return (
             f'<div class="chart" id="{figure.slug}" data-role="{esc(figure.role)}"{group} data-spec="spec-{figure.slug}"></div>'

@@ -44,7 +44,7 @@ def test_information_plane_spec(stats):
     assert points["encoding"]["x"]["field"] == "mi_xt_mean" and points["encoding"]["y"]["field"] == "mi_ty_mean"
     assert points["encoding"]["color"]["field"] == "global_epoch"
     assert points["encoding"]["color"]["type"] == "quantitative"
-    values = spec["data"]["values"]
+    values = charts.rows(spec)
     assert {v["layer"] for v in values} == {1, 2, 3}
     assert len(values) <= 3 * 200
     assert "of 651 recorded epochs drawn" in spec["title"]["subtitle"][1]  # prefit 0..50, train 1..600
@@ -57,7 +57,7 @@ def test_mi_over_epochs_has_a_std_band(stats):
     band, line = spec["spec"]["layer"]
     assert band["mark"]["type"] == "area" and band["encoding"]["y2"]["field"] == "high"
     first = next(
-        v for v in spec["data"]["values"] if v["quantity"] == "I(X;T)" and v["layer"] == 1 and v["global_epoch"] == 650
+        v for v in charts.rows(spec) if v["quantity"] == "I(X;T)" and v["layer"] == 1 and v["global_epoch"] == 650
     )
     row = group.filter(pl.col("layer") == 1, pl.col("global_epoch") == 650).row(0, named=True)
     assert first["high"] - first["mean"] == pytest.approx(row["mi_xt_std"], abs=1e-4)
@@ -67,7 +67,7 @@ def test_mi_over_epochs_has_a_std_band(stats):
 def test_accuracy_chart(stats):
     _, metrics = stats
     spec = charts.accuracy(metrics.filter(pl.col("bits") == 8), "acc").to_dict()
-    assert {v["split"] for v in spec["data"]["values"]} == {"train", "test"}
+    assert {v["split"] for v in charts.rows(spec)} == {"train", "test"}
     assert spec["layer"][1]["encoding"]["x"]["field"] == "global_epoch"
 
 
@@ -77,7 +77,7 @@ def test_comparison_orders_estimators_and_bits(stats):
     assert spec["facet"]["column"]["sort"] == ["exact", "bin30", "bin100", "bin256"]
     spec = charts.comparison(mi.filter(pl.col("estimator") == "exact"), "bits", "bits").to_dict()
     assert spec["facet"]["column"]["sort"] == [4, 8]
-    assert len(spec["data"]["values"]) <= 2 * 3 * 100
+    assert len(charts.rows(spec)) <= 2 * 3 * 100
 
 
 def test_plane_and_curves_share_data_layers_and_epoch_range(stats):
@@ -124,5 +124,5 @@ def test_spread_shows_the_standard_deviation_per_layer(stats):
     assert spec["transform"][0] == {"fold": ["mi_xt_std", "mi_ty_std"], "as": ["quantity", "std"]}
     assert spec["encoding"]["y"]["field"] == "std" and spec["encoding"]["strokeDash"]["field"] == "quantity"
     row = one_group(mi).filter(pl.col("layer") == 2, pl.col("global_epoch") == 650).row(0, named=True)
-    drawn = next(v for v in spec["data"]["values"] if v["layer"] == 2 and v["global_epoch"] == 650)
+    drawn = next(v for v in charts.rows(spec) if v["layer"] == 2 and v["global_epoch"] == 650)
     assert drawn["mi_xt_std"] == pytest.approx(row["mi_xt_std"], abs=1e-5) and row["mi_xt_std"] > 0
