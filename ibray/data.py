@@ -157,8 +157,17 @@ def pin_dataset_shape(config: ConfigT) -> tuple[ConfigT, tuple[int, ...] | None]
     file = data_file(config.dataset)
     if file is None or file.sha256 is not None:
         return config, None
-    loaded = DataKey.of(config).load()
-    return dataclasses.replace(config, dataset=loaded.name), loaded.sample_shape
+    config, loaded = load_pinned(config)
+    return config, loaded.sample_shape
+
+
+def load_pinned(config: ConfigT, data_dir: str | os.PathLike | None = None) -> tuple[ConfigT, Dataset]:
+    """`config`'s data set, read once, and `config` with a data file it names pinned by that
+    read (a pinned value, or a built-in set, comes back as it is)."""
+    dataset = DataKey.of(config).load(data_dir)
+    if data_file(config.dataset) is not None and config.dataset != dataset.name:
+        config = dataclasses.replace(config, dataset=dataset.name)
+    return config, dataset
 
 
 # ---------------------------------------------------------------- synthetic12

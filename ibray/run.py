@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ibray.config import TrialConfig, binning_bins, check_sample_shape, own_module
-from ibray.data import DataKey, Dataset, pin_dataset
+from ibray.data import Dataset, load_pinned
 from ibray.measure import Measurement
 from ibray.own_module import changed_module, pin_module
 from ibray.records import (
@@ -123,8 +123,7 @@ def run_trial(
     out = out if is_uri(out) else Path(out)
     config = pin_module(config)  # an own module's file named but not pinned yet: read and pinned here
     if dataset is None:
-        config = pin_dataset(config)  # so is a data file
-        dataset = DataKey.of(config).load(data_dir)
+        config, dataset = load_pinned(config, data_dir)  # so is a data file, by the one read
     check_sample_shape(config.architecture, dataset.name, dataset.sample_shape)  # conv: images
     trainer, writer, ranges, parts = _prepared(config, dataset, out, sweep, state, threads)
     last = _train(trainer, writer, out, sweep, ranges, parts, on_write, on_progress, progress_every)
@@ -264,8 +263,7 @@ def run_resumable(
     Returns None when `out` already holds this trial, complete (nothing is redone).
     """
     out = Path(out)
-    config = pin_module(pin_dataset(config))
-    dataset = DataKey.of(config).load(data_dir)
+    config, dataset = load_pinned(pin_module(config), data_dir)
     check_sample_shape(config.architecture, dataset.name, dataset.sample_shape)  # before --overwrite deletes
     info = read_trial_info(out)
     state = None

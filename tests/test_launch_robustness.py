@@ -350,32 +350,45 @@ def test_a_folder_of_another_sweep_is_named_by_its_own_name_and_what_changed(tmp
     assert "holds sweep 'gpu1' from a different sweep file (keys changed: epochs, mi_every)" in message
 
 
-def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(ray_cluster, tmp_path):
-    root = tmp_path / "small"
+@contextlib.contextmanager
+def tmpfs(root: Path, size: str):
+    """A real tmpfs of `size` mounted at `root` for the test's length (skipped where mounting is
+    not allowed, e.g. not as root)."""
     root.mkdir()
-    # a real full disk: a tmpfs of 640 KiB, about half of what this sweep writes
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=640k", "tmpfs", str(root)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)], capture_output=True, text=True
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (not root?): {mounted.stderr.strip()}")
     try:
+        yield root
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+
+
+def assert_one_storage_line(stdout: str, stderr: str, error: str, path: Path) -> None:
+    """The sweep stopped on a storage fault as it should: one line of its own naming `error` and
+    the resume command, and no traceback of the driver."""
+    lines = own_lines(stderr)
+    assert len(lines) == 1 and error in lines[0] and f"ibray sweep {path} --resume" in lines[0]
+    output = stdout + stderr
+    assert not driver_tracebacks(output), output[output.find("Traceback") - 300 :][:3000]
+
+
+def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(ray_cluster, tmp_path):
+    # a real full disk: a tmpfs of 640 KiB, about half of what this sweep writes
+    with tmpfs(tmp_path / "small", "640k") as root:
         path = sweep_file(tmp_path, "full", seeds_per_trial=1, epochs=200, mi_every=1, write_every=10)
         command = [*CLI, str(path), "--results", str(root), "--address", ray_cluster.address, "--view-every", "60"]
         run = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert run.returncode == 3, run.stdout[-3000:] + run.stderr[-3000:]
-        lines = own_lines(run.stderr)
-        assert len(lines) == 1 and "No space left on device" in lines[0] and f"ibray sweep {path} --resume" in lines[0]
-        assert str(root / "full") in lines[0]  # the place is named
-        output = run.stdout + run.stderr
-        assert not driver_tracebacks(output), output[output.find("Traceback") - 300 :][:3000]
+        assert_one_storage_line(run.stdout, run.stderr, "No space left on device", path)
+        assert str(root / "full") in own_lines(run.stderr)[0]  # the place is named
         assert "retries it" not in run.stdout  # no retry on a disk that stays full
         subprocess.run(["mount", "-o", "remount,size=16m", str(root)], check=True)
         again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert "2 complete with every row exactly once" in again.stdout
-    finally:
-        subprocess.run(["umount", str(root)], check=True)
 
 
 def test_the_storage_stopper_stops_every_trial_once_one_faults_but_not_a_resumed_run():
@@ -529,14 +542,7 @@ def test_a_sweep_of_module_files_ships_their_one_folder_to_the_cluster(tmp_path)
 
 
 def test_a_results_root_turned_read_only_mid_sweep_stops_it_in_one_line_and_resume_finishes_it(ray_cluster, tmp_path):
-    root = tmp_path / "ro"
-    root.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(root)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (not root?): {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "16m") as root:
         path = sweep_file(tmp_path, "ro", seeds_per_trial=1, epochs=300, mi_every=1, write_every=10)
         command = [*CLI, str(path), "--results", str(root), "--address", ray_cluster.address, "--view-every", "60"]
         with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
@@ -554,13 +560,8 @@ def test_a_results_root_turned_read_only_mid_sweep_stops_it_in_one_line_and_resu
                 driver.kill()
         stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
         assert driver.returncode == 3, stdout[-3000:] + stderr[-3000:]
-        lines = own_lines(stderr)
-        assert len(lines) == 1 and "Read-only file system" in lines[0] and f"ibray sweep {path} --resume" in lines[0]
-        output = stdout + stderr
-        assert not driver_tracebacks(output), output[output.find("Traceback") - 300 :][:3000]
+        assert_one_storage_line(stdout, stderr, "Read-only file system", path)
         subprocess.run(["mount", "-o", "remount,rw", str(root)], check=True)
         again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert "2 complete with every row exactly once" in again.stdout
-    finally:
-        subprocess.run(["umount", str(root)], check=True)
