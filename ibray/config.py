@@ -46,7 +46,7 @@ ACTIVATIONS = ("tanh", "relu", "sigmoid", "elu", "leaky_relu", "linear")
 INITS = ("truncated_normal", "glorot")
 RANGE_TRACKING = ("epoch", "moving_average", "batch")
 ENGINES = ("eager", "compiled")
-BIN_BOUNDS = ("global", "layer", "fixed")
+BIN_BOUNDS = ("global", "layer", "neuron", "fixed")
 FLOAT_BITS = 32  # bits == 32 means the plain float32 network
 MIN_BITS, MAX_BITS = 2, 16
 # More seeds than any study needs; it stops a typo ('0-1000000000') from filling the memory
@@ -58,12 +58,13 @@ TIED_FIELDS = ("dataset", "architecture", "epochs", "prefit_epochs", "measure", 
 _BINNING = re.compile(r"^bin(\d+)$")
 _ADAPTIVE_BINNING = re.compile(r"^abin(\d+)$")
 # Estimators by name, besides bin<n> (uniform) and abin<n> (equal-frequency) binning; see
-# ibray/estimators.py. The sampled ones cost O(N^2) and see at most estimator_samples samples.
-NAMED_ESTIMATORS = ("exact", "kde", "kde_lower", "knn", "edge")
-SAMPLED_ESTIMATORS = ("kde", "kde_lower", "knn")
+# ibray/estimators.py. The sampled ones cost O(N^2) (renyi O(N^3)) and see at most
+# estimator_samples samples.
+NAMED_ESTIMATORS = ("exact", "kde", "kde_lower", "knn", "edge", "renyi")
+SAMPLED_ESTIMATORS = ("kde", "kde_lower", "knn", "renyi")
 ESTIMATORS_ALLOWED = (
     "exact, bin<n> with n >= 2 (e.g. bin30), abin<n> with n >= 2 (equal-frequency bins, e.g. abin30), "
-    "kde, kde_lower, knn, edge"
+    "kde, kde_lower, knn, edge, renyi"
 )
 # KDE's noise variance per data set when kde_noise_var is None (Saxe et al. 2018): 1e-1 on
 # MNIST, 1e-3 on the synthetic sets and on data files.
@@ -264,7 +265,8 @@ class TrialConfig:
     bits: int = described(8, "quantization bits per neuron, 2..16, or 32 for the float32 network")
     seeds: tuple[int, ...] = described((0,), "repetitions trained together as one batched model, e.g. 0-9 or 0,3,5-7")
     estimators: tuple[str, ...] = described(
-        ("exact",), "any of exact, bin<n> (e.g. bin30), abin<n> (bins of equal counts), kde, kde_lower, knn, edge"
+        ("exact",),
+        "any of exact, bin<n> (e.g. bin30), abin<n> (bins of equal counts), kde, kde_lower, knn, edge, renyi (matrix-based Renyi entropy)",
     )
     epochs: int = described(100, "training epochs on the true labels")
     prefit_epochs: int = described(0, "epochs on shuffled training labels before training (appendix D)")
@@ -274,7 +276,10 @@ class TrialConfig:
     init: str = described("truncated_normal", "weights: truncated normal, std 1/sqrt(width); or glorot")
     range_tracking: str = described("epoch", "quantizer range: min/max over the epoch, EMA, or batch")
     ema_decay: float = described(0.999, "decay of the moving-average range (range_tracking=moving_average)")
-    bin_bounds: str = described("global", "binning range: per run (global), per layer and epoch, fixed")
+    bin_bounds: str = described(
+        "global",
+        "bin<n>'s range: per run over all layers and epochs (global), per layer and epoch (layer), per neuron, layer and epoch (neuron: each neuron's bins over its own min/max), or bin_range (fixed)",
+    )
     bin_range: tuple[float, float] = described((-1.0, 1.0), "the range when bin_bounds == 'fixed'")
     kde_noise_var: float | None = described(
         None,
@@ -282,7 +287,7 @@ class TrialConfig:
     )
     knn_k: int = described(3, "knn: neighbours k")
     estimator_samples: int = described(
-        4096, "kde, kde_lower, knn: at most this many samples (one fixed random subset; all when fewer)"
+        4096, "kde, kde_lower, knn, renyi: at most this many samples (one fixed random subset; all when fewer)"
     )
     min_train_acc: float = described(0.55, "a seed below this training accuracy at restart_epoch reruns")
     restart_epoch: int = described(1000, "training epoch at which dead seeds are detected")

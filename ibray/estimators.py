@@ -19,10 +19,15 @@ X is uniform over the samples and T = f(X) is deterministic, so I(X;T) is an ent
 - `edge`: Noshad, Zeng & Hero (2019)'s ensemble dependence-graph estimator: hash T into cells
   of width eps, plug-in MI of the cells with each point's log ratio clipped at U, the median
   over L shifted hashes. O(N d L).
+- `renyi`: the matrix-based Renyi alpha-entropy of Giraldo, Rao & Principe (2015), as Yu et al.
+  (2019) and Wickstrom et al. (2019) used it on networks: the eigenvalues of T's normalised
+  Gaussian Gram matrix, alpha = 1.01, the kernel width from the data (Wickstrom et al.'s rule:
+  the mean distance to the 50th neighbour); I(X;T) = S(T), I(T;Y) = S(T) + S(Y) - S(T,Y). See
+  `renyi_information`. O(N^3) per seed (an eigendecomposition), over T's distinct rows.
 - `abin<n>`: equal-frequency binning, n bins per neuron, then the exact count.
 
-The quadratic ones (kde, kde_lower, knn) see at most `samples` samples, one fixed subset
-(SUBSAMPLE_SEED) for every seed, layer and epoch.
+The quadratic and cubic ones (kde, kde_lower, knn, renyi) see at most `samples` samples, one
+fixed subset (SUBSAMPLE_SEED) for every seed, layer and epoch.
 """
 
 from __future__ import annotations
@@ -52,6 +57,11 @@ EDGE_ENSEMBLE = 10
 EDGE_WIDTH_RANGE = 0.1
 EDGE_CLIP_XT = 20.0
 EDGE_CLIP_TY = 10.0
+# The matrix-based Renyi entropy's order (Yu et al. 2019 and Wickstrom et al. 2019: near 1, so
+# near Shannon's) and the neighbour whose mean distance sets its kernel width (Wickstrom et
+# al.'s published code for the information plane of their networks: 50).
+RENYI_ALPHA = 1.01
+RENYI_NEIGHBOUR = 50
 _LN2 = math.log(2.0)
 
 
@@ -61,7 +71,7 @@ class Settings:
 
     noise_var: float = 1e-3  # KDE's noise variance s2, in the layer's squared units
     k: int = 3  # kNN's neighbours
-    samples: int = 4096  # at most this many samples for kde, kde_lower, knn
+    samples: int = 4096  # at most this many samples for kde, kde_lower, knn, renyi
 
 
 def estimated_information(estimator: str, values, labels, settings: Settings = Settings()) -> LayerInformation:
@@ -88,6 +98,8 @@ def estimated_information(estimator: str, values, labels, settings: Settings = S
         mi_xt, mi_ty = knn_information(values, labels, settings.k)
     elif estimator == "edge":
         mi_xt, mi_ty = edge_information(values, labels)
+    elif estimator == "renyi":
+        mi_xt, mi_ty = renyi_information(values, labels)
     else:
         raise ValueError(f"unknown estimator {estimator!r}")
     states = row_ids(float_codes(values.cpu().numpy())).max(axis=1) + 1
@@ -331,6 +343,102 @@ def edge_information(
         estimates_xt.append(np.minimum(ratio_xt, clip_xt).mean(axis=1))
         estimates_ty.append(np.minimum(ratio_ty, clip_ty).mean(axis=1))
     return np.median(estimates_xt, axis=0), np.median(estimates_ty, axis=0)
+
+
+# -- matrix-based Renyi entropy -----------------------------------------------------------------
+
+
+def renyi_information(
+    values,
+    labels,
+    width: float | None = None,
+    alpha: float = RENYI_ALPHA,
+    neighbour: int = RENYI_NEIGHBOUR,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Matrix-based Renyi alpha-entropies (Giraldo, Rao & Principe 2015), bits per seed: I(X;T)
+    and I(T;Y) as Yu et al. (2019) and Wickstrom et al. (2019) estimate them in networks.
+
+    T's Gram matrix K_ij = exp(-D_ij / (2 sigma^2)), D_ij = ||t_i - t_j||^2, normalised to
+    A_ij = K_ij / (N sqrt(K_ii K_jj)) = K_ij / N (trace 1); S(A) = log2(sum_k lambda_k^alpha) /
+    (1 - alpha) over A's eigenvalues. The joint entropy is S(A o B / tr(A o B)), o the Hadamard
+    product. The width sigma: `width`, or by default Wickstrom et al.'s rule (their published
+    code): r = the mean over the samples of the Euclidean distance to the `neighbour`-th nearest
+    other sample (cut to N - 1; tied samples count), in their kernel exp(-D / r^2), that is
+    sigma = r / sqrt(2) here. Where r = 0 (every sample has at least `neighbour` others equal
+    to it) the kernel is its limit, K_ij = [t_i = t_j].
+
+    X: every sample is its own input (X uniform over the samples, as the exact count has it),
+    so A_X = I / N, A_X o A_T / tr = I / N: S(X,T) = S(X) = log2 N, and I(X;T) = S(X) + S(T) -
+    S(X,T) = S(T). (Wickstrom et al.'s code gives the inputs a Gaussian Gram matrix of their
+    own; here X is the sample, not its pixels.) Y: the Gaussian kernel of the one-hot labels in
+    its zero-width limit, K_Y[i,j] = [y_i = y_j] (their rule gives exactly this whenever every
+    class holds more than `neighbour` samples), so S(Y) is the Renyi entropy of the label
+    frequencies and A_T o A_Y / tr = K_T o K_Y / N is block diagonal by class: S(T,Y) from the
+    eigenvalues of the classes' blocks. I(T;Y) = S(T) + S(Y) - S(T,Y).
+
+    Computed over T's distinct rows u (counts c_u): with P the samples' membership of the rows,
+    K = P K_u P^T, and (1/N) P K_u P^T has the nonzero eigenvalues of (1/N) C^1/2 K_u C^1/2,
+    C = diag(c) (AB and BA share them): the same entropies (not an approximation) from a
+    matrix of side `distinct` instead of N; so too each class's block. Each seed alone."""
+    values, labels = _as_values(values), _as_labels(labels).to(values.device)
+    seeds, samples, _ = values.shape
+    classes, label_index, class_sizes = torch.unique(labels, return_inverse=True, return_counts=True)
+    frequencies = class_sizes.to(values.dtype) / samples
+    label_entropy = _renyi_of_spectrum(frequencies, alpha)
+    mi_xt = torch.empty(seeds, dtype=values.dtype, device=values.device)
+    mi_ty = torch.empty_like(mi_xt)
+    for seed in range(seeds):
+        rows, inverse, counts = torch.unique(values[seed], dim=0, return_inverse=True, return_counts=True)
+        sigma = renyi_kernel_width(rows, counts, neighbour) if width is None else float(width)
+        gram = _gaussian_gram(rows, sigma)
+        entropy = _renyi_of_spectrum(_weighted_spectrum(gram, counts, samples), alpha)
+        joint = []
+        for label in range(len(classes)):
+            # the class's distinct rows, with their counts within the class
+            ids, class_counts = torch.unique(inverse[label_index == label], return_counts=True)
+            joint.append(_weighted_spectrum(gram[ids][:, ids], class_counts, samples))
+        joint_entropy = _renyi_of_spectrum(torch.cat(joint), alpha)
+        mi_xt[seed] = entropy
+        mi_ty[seed] = entropy + label_entropy - joint_entropy
+    return mi_xt.double().cpu().numpy(), mi_ty.double().cpu().numpy()
+
+
+def renyi_kernel_width(rows: torch.Tensor, counts: torch.Tensor, neighbour: int = RENYI_NEIGHBOUR) -> float:
+    """sigma = r / sqrt(2), r the mean over the samples of the Euclidean distance to their
+    `neighbour`-th nearest other sample (cut to N - 1), from the distinct rows (distinct, d)
+    and their counts: a row's k-th neighbour is where the counts of the rows sorted by distance
+    from it (itself first) reach k + 1, so a row repeated more than k times is at distance 0."""
+    samples = int(counts.sum())
+    k = max(0, min(neighbour, samples - 1))
+    total = torch.zeros((), dtype=rows.dtype, device=rows.device)
+    for start, stop in _row_blocks(1, rows.shape[0]):
+        distances = torch.cdist(rows[start:stop], rows, compute_mode="donot_use_mm_for_euclid_dist")
+        ordered, order = distances.sort(dim=1)
+        reached = counts[order].cumsum(dim=1)
+        position = (reached < k + 1).sum(dim=1, keepdim=True)  # the first where the counts reach k + 1
+        total += (ordered.gather(1, position).squeeze(1) * counts[start:stop].to(rows.dtype)).sum()
+    return float(total / samples) / math.sqrt(2.0)
+
+
+def _gaussian_gram(rows: torch.Tensor, sigma: float) -> torch.Tensor:
+    """exp(-||r_u - r_v||^2 / (2 sigma^2)) of distinct rows; at sigma = 0, its limit: the identity."""
+    if sigma <= 0:
+        return torch.eye(rows.shape[0], dtype=rows.dtype, device=rows.device)
+    squared = torch.cdist(rows, rows, compute_mode="donot_use_mm_for_euclid_dist").square_()
+    return squared.div_(-2.0 * sigma * sigma).exp_()
+
+
+def _weighted_spectrum(gram: torch.Tensor, counts: torch.Tensor, samples: int) -> torch.Tensor:
+    """The eigenvalues of (1/N) C^1/2 K C^1/2, the nonzero ones of the samples' normalised Gram
+    matrix (each distinct row repeated its count times), clipped at 0 (rounding)."""
+    root = counts.to(gram.dtype).sqrt()
+    weighted = gram * root[:, None] * root[None, :] / samples
+    return torch.linalg.eigvalsh(weighted).clamp_(min=0)
+
+
+def _renyi_of_spectrum(eigenvalues: torch.Tensor, alpha: float) -> torch.Tensor:
+    """log2(sum lambda^alpha) / (1 - alpha): the Renyi alpha-entropy of a spectrum summing to 1."""
+    return torch.log2(eigenvalues.pow(alpha).sum()) / (1.0 - alpha)
 
 
 # -- adaptive binning ---------------------------------------------------------------------------

@@ -238,7 +238,12 @@ class Measurer:
             layer_codes = [pick(c).to(torch.int32) for c in codes]
         elif codes is not None:
             layer_codes = [host_codes(pick(c), config.bits) for c in codes]
-        bounds = [self._bin_bounds(extreme, global_bounds) for extreme in extremes] if binning else None
+        bounds = None
+        if binning:
+            bounds = [
+                bin_bounds(config.bin_bounds, extreme, global_bounds, config.bin_range, layer)
+                for extreme, layer in zip(extremes, layer_values)
+            ]
         mi = mi_columns(
             config.estimators,
             model.layers,
@@ -306,12 +311,25 @@ class Measurer:
             out[f"{split}_acc"] = correct[:, idx].double().mean(dim=1).cpu().numpy()
         return out
 
-    def _bin_bounds(self, extremes: tuple[list[float], list[float]], global_bounds: list | None):
-        """(low, high) of the bins of one layer, broadcastable over (seeds, samples, neurons)."""
-        if self.config.bin_bounds == "fixed":
-            return self.config.bin_range
-        if self.config.bin_bounds == "global" and global_bounds is not None:
-            low, high = np.array([b[0] for b in global_bounds]), np.array([b[1] for b in global_bounds])
-        else:  # per layer and epoch (the range pass of global bounds bins nothing)
-            low, high = np.array(extremes[0]), np.array(extremes[1])
-        return low[:, None, None], high[:, None, None]
+
+def bin_bounds(
+    mode: str,
+    extremes: tuple[list[float], list[float]],
+    global_bounds: list | None,
+    bin_range: tuple[float, float],
+    values: np.ndarray,
+):
+    """(low, high) of the bins of one layer, broadcastable over its values (seeds, samples,
+    neurons), by `bin_bounds`: 'fixed' bin_range; 'global' each run's range over all its layers
+    and epochs (`global_bounds`, per seed); 'layer' each seed's extremes of this layer at this
+    measurement (`extremes`: per-seed minima and maxima); 'neuron' each neuron's own minimum
+    and maximum over the samples, per seed, at this measurement."""
+    if mode == "fixed":
+        return bin_range
+    if mode == "neuron":
+        return values.min(axis=1, keepdims=True), values.max(axis=1, keepdims=True)
+    if mode == "global" and global_bounds is not None:
+        low, high = np.array([b[0] for b in global_bounds]), np.array([b[1] for b in global_bounds])
+    else:  # per layer and epoch (the range pass of global bounds bins nothing)
+        low, high = np.array(extremes[0]), np.array(extremes[1])
+    return low[:, None, None], high[:, None, None]

@@ -51,6 +51,7 @@ def test_defaults_follow_the_protocol():
         (dict(learning_rate=0), "learning_rate: 0"),
         (dict(seeds="3,1-4"), "seeds: [3] appear more than once"),
         (dict(seeds="a-b"), "seeds: 'a-b' is not a seed"),
+        (dict(bin_bounds="neurons"), "bin_bounds: unknown value 'neurons'; allowed: global, layer, neuron, fixed"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(overrides, message):
@@ -130,6 +131,14 @@ def test_seed_ranges_are_bounded_before_they_are_expanded():
 def test_duplicates_are_found_among_many_seeds():
     with pytest.raises(ConfigError, match=r"seeds: \[7, 123456\] appear more than once"):
         parse_seeds([*range(200_000), 123456, 7])
+
+
+def test_bins_per_neuron_are_a_bin_bounds_value_that_trial_help_explains():
+    from ibray.config import field_help
+
+    config = TrialConfig(estimators=("bin30",), bin_bounds="neuron")
+    assert config.trial_id() != TrialConfig(estimators=("bin30",), bin_bounds="layer").trial_id()
+    assert "per neuron, layer and epoch (neuron: each neuron's bins over its own min/max)" in field_help()["bin_bounds"]
 
 
 # -- your own networks and data files ------------------------------------------------------------

@@ -21,6 +21,8 @@ from ibray.estimators import (
     kl_entropy,
     knn_information,
     ksg_information,
+    renyi_information,
+    renyi_kernel_width,
     sample_index,
 )
 from ibray.mutual_information import layer_information
@@ -186,8 +188,84 @@ def test_adaptive_bins_hold_equal_shares_and_keep_ties_together():
     assert [set(codes[tied[:, 0] == v]) for v in (0.0, 1.0, 2.0)] == [{0}, {5}, {7}]
 
 
+# -- matrix-based Renyi -------------------------------------------------------------------------
+def renyi_of_counts(counts, alpha: float = 1.01) -> float:
+    """The Renyi alpha-entropy (bits) of the frequencies of some counts."""
+    p = np.asarray(counts, dtype=np.float64) / np.sum(counts)
+    return float(np.log2((p**alpha).sum()) / (1 - alpha))
+
+
+def direct_renyi(values: np.ndarray, labels: np.ndarray, alpha: float = 1.01, k: int = 50) -> tuple[float, float]:
+    """The matrix-based I(X;T), I(T;Y) of one seed as written: N x N Gram matrices, eigvalsh."""
+    samples = len(values)
+    distances = np.sqrt(((values[:, None, :] - values[None, :, :]) ** 2).sum(axis=2))
+    width = np.sort(distances, axis=1)[:, min(k, samples - 1)].mean()  # column 0: the point itself
+    gram = np.exp(-(distances**2) / width**2)  # Wickstrom et al.'s exp(-D / r^2)
+    a_t = gram / samples
+    a_y = (labels[:, None] == labels[None, :]) / samples
+    joint = a_t * a_y / np.trace(a_t * a_y)
+
+    def entropy(matrix):
+        eigenvalues = np.clip(np.linalg.eigvalsh(matrix), 0, None)
+        return np.log2((eigenvalues**alpha).sum()) / (1 - alpha)
+
+    return entropy(a_t), entropy(a_t) + entropy(a_y) - entropy(joint)
+
+
+@pytest.mark.parametrize("alpha", [1.01, 2.0])
+def test_renyi_of_well_separated_points_is_log_n_and_a_parity_label_one_bit(alpha):
+    points, parity = grid_points()
+    # points 1 apart, kernel width 0.01: A = I / N, whose eigenvalues 1/N give log2 N at any alpha
+    mi_xt, mi_ty = renyi_information(points, parity, width=0.01, alpha=alpha)
+    assert mi_xt == pytest.approx([4.0], abs=1e-9) and mi_ty == pytest.approx([1.0], abs=1e-9)
+
+
+def test_renyi_of_identical_points_is_zero():
+    mi_xt, mi_ty = renyi_information(np.full((200, 3), 0.25), np.arange(200) % 3)
+    assert mi_xt == pytest.approx([0.0], abs=1e-12) and mi_ty == pytest.approx([0.0], abs=1e-12)
+
+
+def test_renyi_says_nothing_of_a_label_that_every_state_splits_alike():
+    # 150 distinct continuous rows, each once with label 0 and once with label 1: T and Y are
+    # independent in the sample, so S(T,Y) = S(T) + 1 whatever the (data-driven) kernel width
+    rng = np.random.default_rng(6)
+    rows = rng.standard_normal((150, 3))
+    values, labels = np.vstack([rows, rows]), np.repeat([0, 1], 150)
+    mi_xt, mi_ty = renyi_information(values, labels)
+    assert 0 < mi_xt[0] < math.log2(150) and mi_ty == pytest.approx([0.0], abs=1e-9)
+
+
+def test_renyi_of_states_repeated_past_the_neighbour_is_the_plug_in_renyi_entropy():
+    # 64 states of 3 neurons, 64 samples each: every sample's 50th neighbour is at distance 0, so
+    # the kernel is [t_i = t_j] and the entropies are the Renyi entropies of the frequencies
+    rng = np.random.default_rng(7)
+    codes = np.array([[i % 4, i // 4 % 4, i // 16] for i in range(64)]).repeat(64, axis=0)
+    labels = rng.integers(0, 2, len(codes))  # independent of T
+    values = torch.as_tensor(codes / 4.0)
+    assert renyi_kernel_width(*torch.unique(values, dim=0, return_counts=True)) == 0.0
+    mi_xt, mi_ty = renyi_information(values, labels)
+    _, joint = np.unique(np.column_stack([codes, labels]), axis=0, return_counts=True)
+    plug_in = renyi_of_counts([64] * 64) + renyi_of_counts(np.bincount(labels)) - renyi_of_counts(joint)
+    assert mi_xt == pytest.approx([6.0], abs=1e-9) and mi_ty == pytest.approx([plug_in], abs=1e-9)
+    # near the exact count's I(T;Y) of a label independent of T: both near 0
+    exact = layer_information(codes, labels).mi_ty[0]
+    assert abs(plug_in) < 0.02 and mi_ty[0] == pytest.approx(exact, abs=1e-3)
+
+
+def test_renyi_agrees_with_the_gram_matrices_written_out():
+    rng = np.random.default_rng(8)
+    values = np.round(rng.standard_normal((2, 160, 3)), 0)  # many ties: the regrouped rows are tested
+    values[1] = rng.standard_normal((160, 3))  # and a seed of distinct rows
+    labels = rng.integers(0, 3, 160)
+    mi_xt, mi_ty = renyi_information(values, labels)
+    assert len(np.unique(values[0], axis=0)) < 80
+    for seed in range(2):
+        direct_xt, direct_ty = direct_renyi(values[seed], labels)
+        assert mi_xt[seed] == pytest.approx(direct_xt, abs=1e-9) and mi_ty[seed] == pytest.approx(direct_ty, abs=1e-9)
+
+
 # -- all of them ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("estimator", ["kde", "kde_lower", "knn", "edge", "abin10"])
+@pytest.mark.parametrize("estimator", ["kde", "kde_lower", "knn", "edge", "abin10", "renyi"])
 def test_every_estimator_is_invariant_to_the_order_of_the_samples(estimator):
     rng = np.random.default_rng(5)
     values = np.round(rng.standard_normal((2, 600, 3)), 1)
@@ -202,7 +280,7 @@ def test_every_estimator_is_invariant_to_the_order_of_the_samples(estimator):
 
 def test_torch_tensors_give_the_numpy_answers():
     codes, values, labels = quantized_layer(800)
-    for estimator in ("kde", "knn", "edge", "abin10"):
+    for estimator in ("kde", "knn", "edge", "abin10", "renyi"):
         from_numpy = estimated_information(estimator, values, labels)
         from_torch = estimated_information(
             estimator, torch.as_tensor(values, dtype=torch.float32), torch.as_tensor(labels)
@@ -242,7 +320,7 @@ def test_bad_estimator_settings_are_refused(overrides, message):
     with pytest.raises(ConfigError) as error:
         TrialConfig(**overrides)
     assert message in str(error.value)
-    assert "kde, kde_lower, knn, edge" in str(error.value) or "estimators" not in message
+    assert "kde, kde_lower, knn, edge, renyi" in str(error.value) or "estimators" not in message
 
 
 def test_new_fields_leave_existing_trial_ids_alone_and_round_trip():
@@ -267,9 +345,11 @@ def test_new_fields_leave_existing_trial_ids_alone_and_round_trip():
 # -- one trial ------------------------------------------------------------------------------------
 def test_a_trial_writes_rows_of_every_estimator(tmp_path):
     out = tmp_path / "trial"
-    estimators = ["exact", "kde", "knn", "edge", "abin10"]
+    estimators = ["exact", "kde", "knn", "edge", "abin10", "renyi", "bin30"]
     args = [
         "trial",
+        "--bin-bounds",
+        "neuron",
         "--seeds",
         "0-1",
         "--epochs",
@@ -289,7 +369,9 @@ def test_a_trial_writes_rows_of_every_estimator(tmp_path):
     assert mi.select(pl.col("mi_xt", "mi_ty", "h_t").is_finite().all()).row(0) == (True, True, True)
     bounded = mi.filter(pl.col("estimator") != "knn")  # knn's I(X;T) is a differential entropy where T does not tie
     assert bounded["mi_xt"].min() >= 0 and bounded["mi_xt"].max() <= math.log2(4096) + 1e-9
-    assert mi.filter(pl.col("estimator") == "kde")["mi_xt"].max() <= math.log2(512) + 1e-9  # the subset it saw
+    for sampled in ("kde", "renyi"):  # the subset they saw
+        assert mi.filter(pl.col("estimator") == sampled)["mi_xt"].max() <= math.log2(512) + 1e-9
     assert mi["mi_ty"].min() >= -0.05 and mi["mi_ty"].max() <= 1 + 1e-9  # two balanced classes: H(Y) = 1
     config = json.loads((out / "trial.json").read_text())["config"]
     assert config["estimator_samples"] == 512 and config["knn_k"] == 3 and config["kde_noise_var"] is None
+    assert config["bin_bounds"] == "neuron"

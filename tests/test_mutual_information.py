@@ -120,6 +120,31 @@ def test_binning_uses_exactly_n_uniform_bins():
     assert per_seed[:, 0, 0].tolist() == [5, 1]
 
 
+def test_bins_per_neuron_and_per_layer_give_the_hand_counted_mi():
+    from ibray.measure import bin_bounds
+
+    # neuron a spans [0, 1], neuron b only [0, 0.1], and b's half of its range is the label
+    a = [0, 0, 0, 0, 0, 0, 1, 1]
+    b = [0, 0, 0, 0.1, 0.1, 0.1, 0, 0.1]
+    labels = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    values = np.array([a, b], dtype=np.float64).T[None]  # one seed, 8 samples, 2 neurons
+    extremes = ([0.0], [1.0])  # the layer's min and max per seed
+    # per layer: 2 bins over [0, 1]; b lies in the first, so T = a: states 6 and 2, no label
+    layer = layer_information(bin_codes(values, 2, *bin_bounds("layer", extremes, None, (-1, 1), values)), labels)
+    assert layer.h_t[0] == pytest.approx(2 - 0.75 * math.log2(3), abs=1e-12)  # H(3/4, 1/4)
+    assert layer.mi_ty[0] == pytest.approx(0.0, abs=1e-12) and layer.n_states[0] == 2
+    # per neuron: b's 2 bins over [0, 0.1] tell 0 from 0.1; states 3, 3, 1, 1 and b is Y
+    low, high = bin_bounds("neuron", extremes, None, (-1, 1), values)
+    assert (low.tolist(), high.tolist()) == ([[[0.0, 0.0]]], [[[1.0, 0.1]]])
+    neuron = layer_information(bin_codes(values, 2, low, high), labels)
+    assert neuron.h_t[0] == pytest.approx(3 - 0.75 * math.log2(3), abs=1e-12)  # H(3/8, 3/8, 1/8, 1/8)
+    assert neuron.mi_ty[0] == pytest.approx(1.0, abs=1e-12) and neuron.n_states[0] == 4
+    # each seed its own bounds: a second seed of the values scaled and shifted bins alike
+    seeds = np.concatenate([values, 5 * values - 3])
+    both = layer_information(bin_codes(seeds, 2, *bin_bounds("neuron", extremes, None, (-1, 1), seeds)), labels)
+    assert both.h_t.tolist() == [neuron.h_t[0]] * 2 and both.mi_ty.tolist() == [1.0, 1.0]
+
+
 def test_rejects_bad_codes():
     with pytest.raises(ValueError):
         layer_information(np.array([[0.5]]), np.array([0]))
