@@ -61,7 +61,7 @@ AXES = [
 MI_SCHEMA = pa.schema(
     AXES
     + [
-        ("estimator", pa.string()),  # 'exact', 'bin<n>', 'abin<n>', 'kde', 'kde_lower', 'knn' or 'edge'
+        ("estimator", pa.string()),  # 'exact', 'bin<n>', 'abin<n>', 'kde', 'kde_lower', 'knn', 'edge' or 'renyi'
         ("layer", pa.int32()),  # 1 = first hidden layer; the last is the softmax output
         ("layer_name", pa.string()),
         ("width", pa.int32()),  # neurons in the layer's output T
