@@ -1,4 +1,5 @@
-"""Altair charts of aggregated results: information planes, MI and accuracy over epochs.
+"""Altair charts of aggregated results: information planes, MI and accuracy over epochs, and
+estimators against the exact values (planes overlaid, gaps over epochs).
 
 This module owns how results are drawn: thinning epochs for drawing, the long formats the
 charts read, and the chart specs. Chart functions take small, already aggregated Polars
@@ -7,9 +8,9 @@ frames (from aggregate.py) and return Altair chart objects; they write nothing.
 Interaction (Vega-Lite selections, offline): a plane and the MI curves colour their lines by
 layer with a legend that highlights the layer clicked (LAYER_PICK); the curves carry an epoch
 brush (EPOCH_BRUSH) and a plane shows only the epochs between its EPOCH_FROM and EPOCH_TO
-parameters, which the report's page sets from a brush on the same group's curves. The plane
-and the curves of one group read the same columns (CURVE_COLUMNS), so the page stores their
-data once.
+parameters, which the report's page (page.py's script) sets from a brush on the same group's
+curves. The plane and the curves of one group read the same columns (CURVE_COLUMNS), so the
+page stores their data once.
 
 Thinning: a curve keeps at most `max_epochs` of its epochs for drawing: half log-spaced
 (dense where training moves fast), half evenly spaced (so late epochs stay covered), always
@@ -402,4 +403,125 @@ def comparison(
         .properties(width=WIDTH - 80, height=HEIGHT - 60)
         .facet(column=alt.Column(f"{by}:{kind}", sort=order, title=None))
         .properties(title=_title(title, ["mean over repetitions, one curve per layer", note]))
+    )
+
+
+ESTIMATOR_PICK = "estimator_pick"
+EXACT_COLOR = "#222222"  # exact: the reference, in near-black; the estimators in ESTIMATOR_COLORS
+ESTIMATOR_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def _estimator_color(estimators: list[str]) -> alt.Color:
+    """Colour by estimator: exact near-black, the others in ESTIMATOR_COLORS (cycled), in order."""
+    others = iter(ESTIMATOR_COLORS * (len(estimators) // len(ESTIMATOR_COLORS) + 1))
+    colors = [EXACT_COLOR if e == "exact" else next(others) for e in estimators]
+    return alt.Color(
+        "estimator:N", title="estimator (click)", scale=alt.Scale(domain=estimators, range=colors), sort=estimators
+    )
+
+
+def estimators_plane(
+    stats: pl.DataFrame,
+    title: str,
+    max_epochs: int = MAX_EPOCHS // 2,
+    *,
+    domain: tuple[float, float] | None = None,
+    width: int | str = WIDTH,
+    height: int = HEIGHT,
+) -> alt.LayerChart:
+    """One network's mean information planes, exact and each estimator overlaid: a curve per
+    (estimator, layer), coloured by estimator (exact near-black), its points shaped by layer.
+    Clicking an estimator in the legend highlights it. `stats`: mi_stats rows of one network,
+    every estimator to draw; `domain`: (max I(X;T), max I(T;Y))."""
+    columns = ["estimator", "layer", "layer_name", "phase", "epoch", "global_epoch", "mi_xt_mean", "mi_ty_mean", "n"]
+    drawn, note = thin(stats.select(columns), ["estimator", "layer"], max_epochs)
+    estimators = estimator_order(drawn.get_column("estimator").unique().to_list())
+    pick = alt.selection_point(name=ESTIMATOR_PICK, fields=["estimator"], bind="legend")
+    highlight = alt.condition(alt.param(ESTIMATOR_PICK), alt.value(0.85), alt.value(DIMMED))
+    axes = {} if domain is None else {"x": [0, domain[0]], "y": [0, domain[1]]}
+    base = alt.Chart().encode(
+        x=alt.X(
+            "mi_xt_mean:Q",
+            title="I(X;T) (bits)",
+            scale=alt.Scale(zero=True, **({"domain": axes["x"], "nice": False} if axes else {})),
+        ),
+        y=alt.Y(
+            "mi_ty_mean:Q",
+            title="I(T;Y) (bits)",
+            scale=alt.Scale(zero=True, **({"domain": axes["y"], "nice": False} if axes else {})),
+        ),
+        color=_estimator_color(estimators),
+        opacity=highlight,
+    )
+    curves = base.mark_line(strokeWidth=1.3).encode(detail="layer:O", order="global_epoch:Q").add_params(pick)
+    points = base.mark_point(size=28, filled=True).encode(
+        shape=alt.Shape("layer:O", title="layer"),
+        tooltip=[
+            alt.Tooltip("estimator:N"),
+            alt.Tooltip("layer:O"),
+            alt.Tooltip("layer_name:N", title="layer name"),
+            alt.Tooltip("phase:N"),
+            alt.Tooltip("epoch:Q"),
+            alt.Tooltip("mi_xt_mean:Q", title="I(X;T)", format=".3f"),
+            alt.Tooltip("mi_ty_mean:Q", title="I(T;Y)", format=".3f"),
+            alt.Tooltip("n:Q", title="repetitions"),
+        ],
+    )
+    return alt.layer(curves, points, data=_values(drawn)).properties(
+        title=_title(title, ["mean over repetitions; colour: estimator, shape: layer", note]),
+        width=width,
+        height=height,
+    )
+
+
+def estimator_gap(
+    gaps: pl.DataFrame,
+    quantity: str,
+    title: str,
+    max_epochs: int = MAX_EPOCHS,
+    *,
+    domain: tuple[float, float] | None = None,
+    width: int | str = WIDTH,
+    height: int = HEIGHT - 100,
+) -> alt.LayerChart:
+    """One estimator's gap to the exact values ("mi_xt" or "mi_ty": estimate - exact, bits)
+    per layer against epoch, a rule at 0, with the layer legend of the planes. `gaps`: one
+    estimator's rows of compare.gaps; `domain`: the gap axis's (low, high), shared with the
+    estimators drawn beside it."""
+    short = {"mi_xt": "xt", "mi_ty": "ty"}[quantity]
+    label = {"mi_xt": "I(X;T)", "mi_ty": "I(T;Y)"}[quantity]
+    columns = ["layer", "layer_name", "phase", "epoch", "global_epoch", f"estimate_{short}", f"exact_{short}"]
+    drawn, note = thin(gaps.select(*columns, f"gap_{short}", "points"), ["layer"], max_epochs)
+    values = {} if domain is None else {"domain": list(domain), "nice": False}
+    line = (
+        alt.Chart()
+        .mark_line(strokeWidth=1.5)
+        .encode(
+            x=alt.X("global_epoch:Q", title=_epoch_axis(gaps), scale=alt.Scale(nice=False)),
+            y=alt.Y(f"gap_{short}:Q", title=f"{label} gap (bits)", scale=alt.Scale(**values)),
+            color=_layer_color(),
+            opacity=_highlight(1.0),
+            tooltip=[
+                alt.Tooltip("layer:O"),
+                alt.Tooltip("layer_name:N", title="layer name"),
+                alt.Tooltip("phase:N"),
+                alt.Tooltip("epoch:Q"),
+                alt.Tooltip(f"gap_{short}:Q", title=f"{label} gap", format=".4f"),
+                alt.Tooltip(f"estimate_{short}:Q", title=f"{label} estimate", format=".3f"),
+                alt.Tooltip(f"exact_{short}:Q", title=f"{label} exact", format=".3f"),
+                alt.Tooltip("points:Q", title="repetitions"),
+            ],
+        )
+        .add_params(_layer_pick())
+    )
+    zero = (  # one rule: the rows counted into one
+        alt.Chart()
+        .transform_aggregate(rows="count()")
+        .mark_rule(color="#888", strokeDash=[4, 3])
+        .encode(y=alt.datum(0))
+    )
+    return alt.layer(line, zero, data=_values(drawn)).properties(
+        title=_title(f"{label} gap: {title}", ["estimate - exact, mean over repetitions, per layer", note]),
+        width=width,
+        height=height,
     )

@@ -11,7 +11,9 @@ estimator the table gives:
   mean curves at the epochs where every repetition is present), by the exact values and by the
   estimator's, and whether the two agree.
 
-The report shows the same table (report.py); `ibray compare` prints it.
+The report shows the same table (sections.py), beside each estimator's plane overlaid on the
+exact one and its gap to the exact values per layer over epochs (`gaps`); `ibray compare`
+prints the table.
 """
 
 from __future__ import annotations
@@ -67,6 +69,30 @@ def pairs(mi: pl.LazyFrame) -> pl.LazyFrame:
             (pl.col("mi_xt") - pl.col("exact_xt")).alias("error_xt"),
             (pl.col("mi_ty") - pl.col("exact_ty")).alias("error_ty"),
         )
+    )
+
+
+def gaps(mi: pl.LazyFrame) -> pl.LazyFrame:
+    """Each estimator's gap to the exact values per layer over epochs: per PLANE_PHASE, epoch
+    and layer of an estimator other than exact, over the repetitions that have both values
+    there (`points`), the mean estimate (estimate_xt, estimate_ty), the mean exact value
+    (exact_xt, exact_ty) and the mean gap (gap_xt, gap_ty: estimate - exact, bits), with
+    layer_name and global_epoch; sorted by group, layer and global epoch."""
+    return (
+        pairs(mi)
+        .group_by([*PLANE_PHASE, "epoch", "layer"])
+        .agg(
+            pl.col("layer_name").first(),
+            pl.col("mi_xt").mean().alias("estimate_xt"),
+            pl.col("exact_xt").mean(),
+            pl.col("error_xt").mean().alias("gap_xt"),
+            pl.col("mi_ty").mean().alias("estimate_ty"),
+            pl.col("exact_ty").mean(),
+            pl.col("error_ty").mean().alias("gap_ty"),
+            pl.len().alias("points"),
+        )
+        .with_columns(aggregate.global_epoch(PLANE))
+        .sort([*PLANE_PHASE, "layer", "global_epoch"])
     )
 
 

@@ -297,6 +297,20 @@ def _sweep_parser(sub) -> None:
         "through Ray's object store (for data too large for it); every node must then hold the data",
     )
     s.add_argument("--view-every", type=float, default=10.0, help="seconds between progress lines")
+    s.add_argument(
+        "--report",
+        metavar="PATH",
+        default=None,
+        help="while the sweep runs, rewrite the HTML report at PATH from what its trials have written so far "
+        "(marked partial, with how many trials are complete), and once more at the end",
+    )
+    s.add_argument(
+        "--report-every",
+        metavar="SECONDS",
+        type=int,
+        default=300,
+        help="seconds between the --report's rewrites (default: %(default)s)",
+    )
     s.set_defaults(handler=_run_sweep)
 
 
@@ -314,7 +328,9 @@ def _run_sweep(args) -> int:
     if args.resume and args.overwrite:
         raise SweepError("--resume and --overwrite contradict each other; pass one of them")
     _require_positive("--view-every", args.view_every)
+    _require_positive("--report-every", args.report_every, whole=True)
     spec = load_sweep(args.file)
+    live = _live_report(spec, args) if args.report is not None else None
     print(spec.describe(), flush=True)
     from ibray.launch.launcher import (
         run_sweep,  # imports ray: only once the file is known to be good
@@ -323,6 +339,8 @@ def _run_sweep(args) -> int:
     data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
     interrupted = f"ibray: interrupted; run `ibray sweep {args.file} --resume` to finish the sweep"
     try:
+        if live is not None:
+            live.start()
         outcome = run_sweep(
             spec,
             args.results,
@@ -336,9 +354,14 @@ def _run_sweep(args) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over the signal
         print(interrupted, file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    finally:
+        if live is not None:
+            live.stop()  # a report being built now is left unwritten; the last one written stays
     if outcome.interrupted:  # Tune stopped on the first Ctrl-C and saved its state
         print(interrupted, file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    if live is not None:
+        live.final()  # from everything the sweep wrote; a failure is said in one line
     if outcome.storage:  # every trial was stopped: one line says why and what to do
         trial, fault = sorted(outcome.storage.items())[0]
         print(
@@ -351,6 +374,25 @@ def _run_sweep(args) -> int:
     print(outcome.summary(args.file), flush=True)
     # A sweep succeeds when its results verify: every trial complete, every row exactly once.
     return 0 if (outcome.verified or not outcome.ran) else EXIT_FAILED_TRIALS
+
+
+def _live_report(spec, args):
+    """The sweep's live report (analysis.live), its --report path checked as `ibray report`
+    checks -o: writable, and not among the results it reads (the sweep's folder)."""
+    from urllib.parse import unquote, urlparse
+
+    from analysis.live import LiveReport
+    from analysis.output import OutputError, check_report_outputs
+    from ibray.sweep import SweepError
+    from ibray.sweep_folder import sweep_folder
+
+    folder = sweep_folder(spec, args.results)
+    local = unquote(urlparse(folder).path) if folder.startswith("file://") else folder
+    try:
+        check_report_outputs(args.report, inputs=[local], option="--report")
+    except OutputError as error:
+        raise SweepError(str(error)) from None
+    return LiveReport(folder, os.path.abspath(args.report), args.report_every, trials=len(spec.trials))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,3 +126,37 @@ def test_spread_shows_the_standard_deviation_per_layer(stats):
     row = one_group(mi).filter(pl.col("layer") == 2, pl.col("global_epoch") == 650).row(0, named=True)
     drawn = next(v for v in charts.rows(spec) if v["layer"] == 2 and v["global_epoch"] == 650)
     assert drawn["mi_xt_std"] == pytest.approx(row["mi_xt_std"], abs=1e-5) and row["mi_xt_std"] > 0
+
+
+def test_estimators_plane_overlays_every_estimator_in_order(stats):
+    mi, _ = stats
+    spec = charts.estimators_plane(mi.filter(pl.col("bits") == 8), "overlaid").to_dict()
+    lines, points = spec["layer"]
+    color = lines["encoding"]["color"]
+    assert color["field"] == "estimator" and color["scale"]["domain"] == ["exact", "bin30", "bin100", "bin256"]
+    assert color["scale"]["range"][0] == charts.EXACT_COLOR and len(set(color["scale"]["range"])) == 4
+    assert points["encoding"]["shape"]["field"] == "layer" and lines["encoding"]["detail"]["field"] == "layer"
+    pick = next(p for p in spec["params"] if p["name"] == charts.ESTIMATOR_PICK)
+    assert pick["bind"] == "legend" and pick["select"]["fields"] == ["estimator"]
+    drawn = charts.rows(spec)
+    assert {(v["estimator"], v["layer"]) for v in drawn} == {
+        (e, layer) for e in ("exact", "bin30", "bin100", "bin256") for layer in (1, 2, 3)
+    }
+    assert len({v["global_epoch"] for v in drawn}) <= charts.MAX_EPOCHS // 2
+
+
+def test_estimator_gap_draws_the_gap_per_layer_over_a_zero_rule(tmp_path):
+    from analysis_fixtures import curves, write_trial
+
+    from analysis import compare
+
+    mi, metrics = curves([0, 1], epochs=30, layers=3, estimators=("exact", "bin30"))
+    write_trial(tmp_path / "t", mi, metrics)
+    gaps = compare.gaps(load([tmp_path]).mi).collect()
+    spec = charts.estimator_gap(gaps, "mi_ty", "bin30", domain=(-0.5, 0.5)).to_dict()
+    line, zero = spec["layer"]
+    assert line["encoding"]["y"]["field"] == "gap_ty" and line["encoding"]["y"]["scale"]["domain"] == [-0.5, 0.5]
+    assert zero["mark"]["type"] == "rule" and zero["encoding"]["y"] == {"datum": 0}
+    row = gaps.filter(pl.col("layer") == 1, pl.col("epoch") == 30).row(0, named=True)
+    drawn = next(v for v in charts.rows(spec) if v["layer"] == 1 and v["epoch"] == 30)
+    assert drawn["gap_ty"] == pytest.approx(row["estimate_ty"] - row["exact_ty"], abs=2e-5) and drawn["gap_ty"] > 0

@@ -46,14 +46,15 @@ def test_report_is_one_self_contained_file(built):
     ids = chart_ids(page)
     # 3 groups (exact 8-bit, bin30 8-bit, exact 4-bit), each: a plane over its I(X;T) and I(T;Y)
     # curves, the median-deviating repetition and the spread; 2 accuracy charts; comparisons
-    # (estimators, bits)
-    assert len(ids) == 3 * 5 + 2 + 2 and len(set(ids)) == len(ids)
+    # (estimators, bits); exact and bin30 overlaid, and bin30's two gaps to exact
+    assert len(ids) == 3 * 5 + 2 + 2 + 3 and len(set(ids)) == len(ids)
     anchors = (
         "planes",
         "variance",
         "accuracy-curves",
         "cmp-estimators",
         "cmp-bits",
+        "estimators-vs-exact",
         "trials",
         "completeness",
         "accuracy",
@@ -236,6 +237,7 @@ def test_every_chart_renders_in_headless_chromium(built):
         severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert severe == []
         side_by_side_hover_and_legend(driver, page)
+        brushing_the_curves_steers_the_plane(driver, page)
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
@@ -300,6 +302,43 @@ def side_by_side_hover_and_legend(driver, page: str) -> None:
         "layer"
     ] == [2]
     assert opacities() == {1: {0.08}, 2: {0.9}, 3: {0.08}}
+
+
+def brushing_the_curves_steers_the_plane(driver, page: str) -> None:
+    """Dragging over a card's I(X;T) curves draws only the plane's points in the epochs picked,
+    the same card's plane only; a double-click on the curves draws them all again."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    store, specs = page_data(page)
+    plane = driver.find_element(By.ID, "plane-synthetic12-syn-tanh-4-exact-mean")
+    other = driver.find_element(By.ID, "plane-synthetic12-syn-tanh-8-exact-mean")
+    curves = driver.find_element(By.ID, "plane-synthetic12-syn-tanh-4-exact-mi_xt")
+    table = store[specs[plane.get_attribute("id")]["data"]["name"]]
+    epochs = [row[table["fields"].index("global_epoch")] for row in table["rows"]]
+
+    def points(chart) -> int:
+        return len(chart.find_elements(By.CSS_SELECTOR, "g.mark-symbol.role-mark path"))
+
+    everything, elsewhere = points(plane), points(other)
+    assert everything == len(epochs)
+    driver.execute_script("arguments[0].scrollIntoView()", curves)
+    frame = curves.find_element(By.CSS_SELECTOR, "g.role-frame path")
+    width = frame.rect["width"]
+    ActionChains(driver).move_to_element_with_offset(frame, -int(width * 0.3), 0).click_and_hold().move_by_offset(
+        int(width * 0.25), 0
+    ).release().perform()
+    low, high = driver.execute_script("return ibrayViews[arguments[0]].signal('epochs')", curves.get_attribute("id"))[
+        "global_epoch"
+    ]
+    assert 0 < low < high < max(epochs)
+    inside = sum(low <= epoch <= high for epoch in epochs)
+    assert 0 < inside < everything
+    WebDriverWait(driver, 10).until(lambda d: points(plane) == inside)
+    assert points(other) == elsewhere  # another card's plane is left alone
+    ActionChains(driver).double_click(frame).perform()
+    WebDriverWait(driver, 10).until(lambda d: points(plane) == everything)
 
 
 def test_phases_leave_out_epochs_where_repetitions_are_missing(built):
@@ -452,3 +491,95 @@ def test_watch_stops_on_ctrl_c_with_130_and_leaves_the_last_report(tmp_path):
     after = out.read_bytes()
     assert after.endswith(b"</html>\n") and facts_of(after.decode())["badge"] == "partial"
     assert len(after) > 0.9 * len(before)
+
+
+@pytest.fixture(scope="module")
+def estimators(tmp_path_factory):
+    """A sweep whose network ran exact, knn, kde and edge (any estimator name), with gaps known
+    by construction: knn = exact + 0.5 + 0.2 seed in I(X;T) and exact - 0.1 in I(T;Y); kde =
+    exact - 0.25 layer in I(X;T); edge = exact. Returns the raw rows and the page."""
+    from ibray.records import MI_SCHEMA
+
+    root = tmp_path_factory.mktemp("estimators")
+    mi, metrics = curves([0, 1], epochs=20, layers=3, sweep="est", trial="t0")
+    exact = pl.from_arrow(mi)
+    rows = pl.concat(
+        [
+            exact,
+            exact.with_columns(
+                pl.lit("knn").alias("estimator"),
+                pl.col("mi_xt") + 0.5 + 0.2 * pl.col("seed"),
+                pl.col("mi_ty") - 0.1,
+            ),
+            exact.with_columns(pl.lit("kde").alias("estimator"), pl.col("mi_xt") - 0.25 * pl.col("layer")),
+            exact.with_columns(pl.lit("edge").alias("estimator")),
+        ]
+    )
+    write_trial(
+        root / "est" / "trials" / "t0",
+        rows.to_arrow().cast(MI_SCHEMA),
+        metrics,
+        {"seeds": [0, 1], "epochs": 20, "estimators": ["exact", "knn", "kde", "edge"]},
+    )
+    out = report.build_report([root], tmp_path_factory.mktemp("estimators-report") / "r.html")
+    return rows, out.read_text(encoding="utf-8")
+
+
+def test_each_estimator_is_drawn_over_exact_with_its_gap_per_layer(estimators):
+    rows, page = estimators
+    store, specs = page_data(page)
+    section = page[page.index('<h2 id="estimators-vs-exact"') :]
+    section = section[: section.index("<h2", 5)]
+    ids = chart_ids(section)
+    gaps = [f"estimators-synthetic12-syn-tanh-8-{e}-gap-{q}" for e in ("edge", "kde", "knn") for q in ("xt", "ty")]
+    assert ids == ["estimators-synthetic12-syn-tanh-8-plane", *gaps]  # exact first, the others sorted
+    assert section.index("<table>") > section.index(ids[-1])  # the referee table under the charts
+
+    # the plane: every estimator overlaid, coloured by estimator (exact near-black), shaped by layer
+    plane = specs["estimators-synthetic12-syn-tanh-8-plane"]
+    table = store[plane["data"]["name"]]
+    column = {f: i for i, f in enumerate(table["fields"])}
+    assert {r[column["estimator"]] for r in table["rows"]} == {"exact", "edge", "kde", "knn"}
+    assert {(r[column["estimator"]], r[column["layer"]]) for r in table["rows"]} == {
+        (e, layer) for e in ("exact", "edge", "kde", "knn") for layer in (1, 2, 3)
+    }
+    lines, points = plane["layer"]
+    assert lines["encoding"]["color"]["field"] == "estimator" and lines["encoding"]["detail"]["field"] == "layer"
+    assert lines["encoding"]["color"]["scale"]["domain"] == ["exact", "edge", "kde", "knn"]
+    assert lines["encoding"]["color"]["scale"]["range"][0] == "#222222"
+    assert points["encoding"]["shape"]["field"] == "layer"
+
+    # a gap row checked by hand, and against the rows written: knn at layer 2, train epoch 10
+    def gap_row(estimator: str, quantity: str, layer: int, epoch: int) -> dict:
+        data = store[specs[f"estimators-synthetic12-syn-tanh-8-{estimator}-gap-{quantity}"]["data"]["name"]]
+        found = [dict(zip(data["fields"], r)) for r in data["rows"]]
+        return next(r for r in found if r["layer"] == layer and r["epoch"] == epoch and r["phase"] == "train")
+
+    def written(estimator: str, value: str, layer: int, epoch: int) -> float:
+        picked = rows.filter(pl.col("estimator") == estimator, pl.col("layer") == layer, pl.col("epoch") == epoch)
+        assert picked.height == 2  # both seeds
+        return picked.get_column(value).mean()
+
+    knn_xt, knn_ty = gap_row("knn", "xt", 2, 10), gap_row("knn", "ty", 2, 10)
+    assert knn_xt["gap_xt"] == pytest.approx(0.6, abs=1e-5)  # 0.5 + 0.2 * mean(seed 0, seed 1)
+    assert knn_ty["gap_ty"] == pytest.approx(-0.1, abs=1e-5)
+    assert knn_xt["exact_xt"] == pytest.approx(written("exact", "mi_xt", 2, 10), abs=1e-5)
+    assert knn_xt["estimate_xt"] == pytest.approx(written("knn", "mi_xt", 2, 10), abs=1e-5)
+    assert knn_xt["gap_xt"] == pytest.approx(knn_xt["estimate_xt"] - knn_xt["exact_xt"], abs=2e-5)
+    assert knn_xt["points"] == 2
+    assert gap_row("kde", "xt", 3, 10)["gap_xt"] == pytest.approx(-0.75, abs=1e-5)
+    assert gap_row("kde", "ty", 3, 10)["gap_ty"] == pytest.approx(0.0, abs=1e-5)
+    assert gap_row("edge", "xt", 1, 20)["gap_xt"] == pytest.approx(0.0, abs=1e-5)
+    # the gap axes are shared by the estimators of the row, 0 and every gap inside them
+    for quantity, (low, high) in (("xt", (-0.75, 0.6)), ("ty", (-0.1, 0.0))):
+        domains = {
+            tuple(
+                specs[f"estimators-synthetic12-syn-tanh-8-{e}-gap-{quantity}"]["layer"][0]["encoding"]["y"]["scale"][
+                    "domain"
+                ]
+            )
+            for e in ("edge", "kde", "knn")
+        }
+        assert len(domains) == 1
+        (domain,) = domains
+        assert domain[0] <= low <= 0 <= high <= domain[1]
