@@ -1,7 +1,7 @@
 """The study's networks, batched over seeds: one module holds S independent networks.
 
 Every weight has a leading seed axis (dense layers: (S, in, out), used with batched matrix
-products; conv layers: 3x3 patches times per-seed kernels, also batched matrix products), and
+products; conv layers: per-seed 3x3 kernels, run as direct loops in C, ibray.conv_kernels), and
 every quantizer keeps one range per seed, so S repetitions train in one pass while staying
 independent: a seed's numbers do not depend on which other seeds share the batch. Each seed slot is initialised from its own
 random stream and can be re-initialised alone (a restarted seed).
@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ibray.config import CONV_MIN_SIDE, FLOAT_BITS, hidden_widths, own_module
+from ibray.conv_kernels import conv3x3, conv3x3_quantize_pool, pool2x2, quantize_pool2x2
 from ibray.device import LANES, pad_to_lanes
 from ibray.errors import ConfigError
 from ibray.own_module import build, measured_names, quoted
@@ -166,6 +167,7 @@ class BatchedNetwork(nn.Module):
     ) -> None:
         super().__init__()
         self.activation = activation_function(activation)
+        self.activation_name = activation
         self.derivative = activation_derivative(activation)
         self.seeds = seeds
         self.classes = classes
@@ -182,7 +184,6 @@ class BatchedNetwork(nn.Module):
         self._sizes = [math.prod(shape) for shape in self._shapes]
         self.flat = nn.Parameter(torch.zeros(self.seeds, sum(self._sizes)))
         self._kept_tensors: tuple | None = None
-        self._patches: dict = {}  # the conv layers' patches, by shape (see ConvNetwork._kept_patches)
         self.quantizers = (
             nn.ModuleList(Quantizer(self._bits, self.seeds, self._tracking, self._ema_decay) for _ in self.layers)
             if self.quantized
@@ -212,8 +213,8 @@ class BatchedNetwork(nn.Module):
             kept[name] = make()
         return kept[name]
 
-    def __getstate__(self) -> dict:  # copies and pickles make their own views and patches
-        return {**self.__dict__, "_kept_tensors": None, "_patches": {}}
+    def __getstate__(self) -> dict:  # copies and pickles make their own views
+        return {**self.__dict__, "_kept_tensors": None}
 
     def _views_of(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per layer, weight and bias views of a (seeds, parameters) tensor laid out as `flat`."""
@@ -480,64 +481,24 @@ class ConvNetwork(BatchedNetwork):
 
     def eval_chunk(self, features: int, limit: int = 8192) -> int:
         """Samples per forward chunk of a pass over a whole data set, a multiple of LANES: at
-        most `limit`, and a chunk's 3x3 patches of the input near 2^24 floats over all seeds
-        (nine times its pixels)."""
-        per_sample = features * 9 * self.seeds
-        return max(LANES, min(limit, (2**24 // per_sample) // LANES * LANES))
+        most `limit`, and a chunk's first conv layer output near 2^21 floats (8 MB) over all seeds:
+        tensors over glibc's mmap threshold (32 MB at most) are fresh pages each time, paid in page
+        faults (measured: the measuring pass took 1.5x as long in chunks of 2^23)."""
+        per_sample = features * CONV_CHANNELS * self.seeds
+        return max(LANES, min(limit, (2**21 // per_sample) // LANES * LANES))
 
-    def _kept_patches(self, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """A tensor for a conv layer's patches, kept per shape (a fresh one of tens of MB each
-        mini-batch costs more in page faults than filling it). Its contents last until the next
-        pass of the same shape: the backward pass of a training step, which needs them, comes
-        first."""
-        key = (shape, dtype, device)
-        if key not in self._patches:
-            self._patches[key] = torch.empty(shape, dtype=dtype, device=device)
-        return self._patches[key]
-
-    def _conv(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """3x3 'valid' convolution of (S, C, B, H, W), channels first, with per-seed kernels
-        (S, out, C, 3, 3): (S, out, B, H-2, W-2).
-
-        As patches times kernels, one batched matrix product (like the dense layers), rather
-        than a grouped convolution, whose kernels round a seed's sums differently by its group.
-        Channels first, the nine shifted views stack straight into the product's layout and its
-        result is already the next layer's: F.unfold's per-sample loop and the transposing
-        copies around it were most of a conv epoch.
-        """
-        _, channels, batch, side_h, side_w = hidden.shape  # images shared by all seeds: (1, C, B, H, W)
-        seeds = weight.shape[0]
-        taps = [hidden[..., di : di + side_h - 2, dj : dj + side_w - 2] for di in range(3) for dj in range(3)]
-        if hidden.requires_grad:
-            patches = torch.stack(taps, dim=2)  # (S or 1, C, 9, B, H-2, W-2)
-        else:  # nine copies into a kept tensor: torch.stack of strided views is several times slower
-            patches = self._kept_patches(hidden.shape[:2] + (9,) + taps[0].shape[2:], hidden.dtype, hidden.device)
-            for tap, view in zip(taps, patches.unbind(2)):
-                view.copy_(tap)
-        if patches.shape[0] == 1 and seeds > 1:  # patches shared by all seeds
-            out = _shared_input_layer(
-                weight.reshape(seeds, weight.shape[1], -1), bias.unsqueeze(-1), patches.view(channels * 9, -1)
-            )
-        else:
-            out = torch.baddbmm(
-                bias.unsqueeze(-1), weight.reshape(seeds, weight.shape[1], -1), patches.view(seeds, channels * 9, -1)
-            )
-        return out.view(seeds, weight.shape[1], batch, side_h - 2, side_w - 2)
+    @staticmethod
+    def _conv(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """3x3 'valid' convolution of (S, C, B, H, W), channels first (or (1, C, B, H, W) shared
+        by all seeds), with per-seed kernels (S, out, C, 3, 3): (S, out, B, H-2, W-2), ReLU'd with
+        `relu`. A direct loop in C (ibray.conv_kernels), each seed's sums in a fixed order of its own."""
+        return conv3x3(hidden, weight, bias, relu)
 
     @staticmethod
     def _pool(hidden: torch.Tensor) -> torch.Tensor:
-        """2x2 max-pooling of (S, C, B, H, W) (odd sides: the last row or column dropped).
-
-        Where no gradient is taken, as the larger of four strided views: the same values, at a
-        fraction of the cost of torch's pooling kernel on many tiny planes. With a gradient,
-        torch's (it routes each window's gradient to its first maximum, as the study's)."""
-        seeds, channels, batch, side_h, side_w = hidden.shape
-        if hidden.requires_grad:
-            pooled = F.max_pool2d(hidden.reshape(seeds * channels * batch, side_h, side_w), 2)
-            return pooled.view(seeds, channels, batch, *pooled.shape[1:])
-        high, wide = side_h // 2 * 2, side_w // 2 * 2
-        rows = torch.maximum(hidden[..., 0:high:2, :wide], hidden[..., 1:high:2, :wide])
-        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+        """2x2 max-pooling of (S, C, B, H, W) (odd sides: the last row or column dropped); a
+        window's gradient goes to its first maximum, as torch's (and the study's) pooling."""
+        return pool2x2(hidden)
 
     def forward(self, x: torch.Tensor, valid: int | None = None) -> ForwardPass:
         """x: (S, B, pixels), or (B, pixels) shared by all seeds (the MI pass).
@@ -554,15 +515,22 @@ class ConvNetwork(BatchedNetwork):
             hidden = x.reshape(-1, 1, batch, *self.image_shape)
         else:
             hidden = x.reshape(-1, batch, self.channels, *self.image_shape).transpose(1, 2)
+        relu = self.activation_name == "relu"  # ReLU runs inside the convolution's pass
         for index in (0, 1):  # the convolutions, each quantized, then pooled
-            out = self.activation(self._conv(hidden, weights[index], biases[index]))
-            out, code = self._quantize(index, out, valid, batch_dim=2)
-            # Max-pooling commutes with the monotone quantizer: the pooled values' codes are the
-            # pooled codes.
-            hidden = self._pool(out)
+            quantizer = self.quantizers[index] if self.quantizers is not None else None
+            if relu and quantizer is not None and not quantizer.training and not torch.is_grad_enabled():
+                # a measuring pass: convolution, ReLU, quantizer and pooling in one pass
+                hidden, pooled_codes = conv3x3_quantize_pool(hidden, weights[index], biases[index], True, quantizer)
+            else:
+                out = self._conv(hidden, weights[index], biases[index], relu)
+                out = out if relu else self.activation(out)
+                if quantizer is None:
+                    hidden, pooled_codes = self._pool(out), None
+                else:  # one pass: quantized, pooled, and the pooled values' codes (the pooled codes)
+                    quantizer.observe(out, valid, batch_dim=2)
+                    hidden, pooled_codes = quantize_pool2x2(out, quantizer)
             values.append(hidden.transpose(1, 2).reshape(seeds, batch, -1))  # (S, B, C x H x W)
-            pooled_codes = self.quantizers[index].codes_of(hidden.detach()) if code is not None else None
-            codes.append(pooled_codes.transpose(1, 2).reshape(seeds, batch, -1) if code is not None else None)
+            codes.append(pooled_codes.transpose(1, 2).reshape(seeds, batch, -1) if pooled_codes is not None else None)
         hidden = values[-1]
         hidden, code = self._quantize(2, self.activation(torch.baddbmm(biases[2], hidden, weights[2])), valid)
         values.append(hidden)

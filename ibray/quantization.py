@@ -104,7 +104,7 @@ class Quantizer(nn.Module):
             low.copy_(torch.where(fresh, batch_low, decay * low + (1 - decay) * batch_low))
             high.copy_(torch.where(fresh, batch_high, decay * high + (1 - decay) * batch_high))
 
-    def _grid(self, dims: int, slot: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def grid(self, dims: int, slot: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(low, step, 1 / step) per seed (or of seed `slot`), shaped to broadcast over values
         of `dims` dimensions. A constant layer (high == low) has step 0 and inverse 0:
         everything maps to code 0."""
@@ -116,13 +116,13 @@ class Quantizer(nn.Module):
         step = (high - low).div_(self.levels)
         return low, step, step.reciprocal().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
-    def _codes(self, values: torch.Tensor, low: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    def codes(self, values: torch.Tensor, low: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         return (values - low).mul_(inverse).round_().clamp_(0, self.levels)
 
     def _quantize(self, values: torch.Tensor, slot: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(quantized values, codes as floats) under the current per-seed ranges."""
-        low, step, inverse = self._grid(values.dim(), slot)
-        codes = self._codes(values, low, inverse)
+        low, step, inverse = self.grid(values.dim(), slot)
+        codes = self.codes(values, low, inverse)
         # a multiply, then an add: a fused multiply-add would round differently by position
         return codes.mul(step).add_(low), codes
 
@@ -131,8 +131,8 @@ class Quantizer(nn.Module):
         """The integer codes (as floats) of values this quantizer produced, under the same
         ranges: exact, since a value is low + code x step to within a few float32 steps, far
         inside half a step (for a function of quantized values that keeps them, as pooling)."""
-        low, _, inverse = self._grid(quantized.dim())
-        return self._codes(quantized, low, inverse)
+        low, _, inverse = self.grid(quantized.dim())
+        return self.codes(quantized, low, inverse)
 
     @torch.no_grad()
     def observe(

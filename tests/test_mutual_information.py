@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from ibray.mutual_information import bin_codes, device_layer_information, float_codes, layer_information, rank_rows
+from ibray.mutual_information import (
+    bin_codes,
+    device_layer_information,
+    float_codes,
+    layer_information,
+    rank_rows,
+    row_ids,
+)
 
 
 def brute_force(codes: np.ndarray, labels: np.ndarray) -> tuple[float, float, int]:
@@ -272,3 +279,35 @@ def test_counting_on_the_device_knows_an_injective_layer():
     assert info.n_states.tolist() == [samples, samples]
     with pytest.raises(ValueError, match="integer tensor"):
         device_layer_information(codes.float(), labels)
+
+
+def test_conv_like_wide_rows_count_exactly_and_alone_as_in_a_batch():
+    # A conv layer's codes: hundreds of neurons, samples-major (the copy into neuron order runs
+    # in blocks), a border that is constant within each seed but not across seeds (left out of
+    # the key), rows that part only at a few centre neurons, and repeated rows. Each seed is
+    # counted exactly, and to the last bit as when alone.
+    rng = np.random.default_rng(12)
+    seeds, samples, width = 3, 5000, 300
+    codes = np.empty((seeds, samples, width), dtype=np.uint8)
+    for seed in range(seeds):
+        codes[seed] = seed + 7  # the constant border, another per seed
+        centre = rng.integers(0, 6, size=(samples, 4))
+        centre[samples // 2 :] = centre[: samples - samples // 2]  # repeated rows
+        codes[seed, :, 148:152] = centre
+    assert not codes.flags.f_contiguous and np.moveaxis(codes, 2, 0).strides[-1] != 1
+    labels = rng.integers(0, 4, size=samples)
+    together = layer_information(codes, labels)
+    ids = row_ids(codes)
+    for seed in range(seeds):
+        h_t, mi_ty, states = brute_force(codes[seed], labels)
+        assert 0 < together.n_states[seed] == states < samples
+        assert together.h_t[seed] == pytest.approx(h_t, abs=1e-9)
+        assert together.mi_ty[seed] == pytest.approx(mi_ty, abs=1e-9)
+        alone = layer_information(codes[seed], labels)
+        for field in ("h_t", "mi_xt", "mi_ty", "n_states"):
+            assert getattr(together, field)[seed] == getattr(alone, field)[0], (seed, field)
+        _, inverse = np.unique(codes[seed], axis=0, return_inverse=True)
+        pairs = set(zip(ids[seed].tolist(), inverse.reshape(-1).tolist()))  # the same partition of the rows
+        assert len(pairs) == len(set(ids[seed].tolist())) == states and sorted(set(ids[seed].tolist())) == list(
+            range(states)
+        )
