@@ -7,21 +7,26 @@ process each, MI every 5th epoch, as a sweep runs them); in seed-epochs per seco
 engine 'compiled''s compilation), the data set already loaded; the median of five stretches
 of each run. MI: one exact H/I(X;T)/I(T;Y) computation of random
 8-bit codes, 4096 x 10 and 70000 x 16 (one thread), median of repeated runs; and one `kde`
-estimate of 4096 x 10 float values.
+estimate of 4096 x 10 float values. `--mnist`: the study's MNIST networks against this machine's
+matrix-product peak; `--own-module`: own torch.nn.Modules on MNIST (the own-module engine against
+the built-in one on bottleneck2, and the LeNet-style CNN of sweeps/nets.py), against the same peak.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import multiprocessing
 import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ibray.config import TrialConfig
 from ibray.data import load_dataset
@@ -29,6 +34,10 @@ from ibray.mutual_information import layer_information
 from ibray.trainer import Trainer
 
 _WARMUP_EPOCHS = 2
+# The own-module benchmark's networks: the study's bottleneck2 as a plain nn.Sequential (below,
+# an importable module's factory) and the LeNet-style CNN of the checkout's sweeps/nets.py.
+BOTTLENECK2_MODULE = "ibray.bench:bottleneck2_sequential"
+LENET_MODULE = f"{Path(__file__).resolve().parents[1] / 'sweeps' / 'nets.py'}:lenet"
 
 
 def training_rate(
@@ -41,26 +50,30 @@ def training_rate(
     engine: str = "eager",
     device: str = "auto",
     fields: dict | None = None,
+    warmup: int = _WARMUP_EPOCHS,
 ) -> float:
     """Seed-epochs per second of training plus exact MI every `mi_every`-th epoch, sustained:
     the median over `segments` consecutive stretches of one run, a stretch ending when its
     last epoch's measurement is ready (this machine's speed drifts). The run goes on across
     stretches as a trial does, measurements in flight beside the training; only the end
     waits for them. `threads`: the Trainer's (None: its default); `device`: the trial's;
-    `fields`: other TrialConfig fields (default: the synthetic network's). The warm-up epochs
-    before the stretches include the compilation of engine 'compiled'."""
+    `fields`: other TrialConfig fields (default: the synthetic network's; an own module's file
+    is pinned here). The `warmup` epochs before the stretches include the compilation of
+    engine 'compiled'."""
+    from ibray.own_module import pin_module
+
     per_segment = max(1, epochs // segments)
     config = TrialConfig(
         seeds=tuple(range(seeds)),
-        epochs=_WARMUP_EPOCHS + segments * per_segment,
+        epochs=warmup + segments * per_segment,
         mi_every=mi_every,
         engine=engine,
         device=device,
         **(fields or {}),
     )
-    trainer = Trainer(config, dataset, threads=threads)
+    trainer = Trainer(pin_module(config, check_measure=False), dataset, threads=threads)
     trainer.start().wait()
-    for _ in range(_WARMUP_EPOCHS):
+    for _ in range(warmup):
         trainer.step()[0].wait()
     first = trainer.slowest_epoch + 1
     ready: dict[int, float] = {}  # epoch -> when its rows were ready (the measuring thread writes)
@@ -174,12 +187,44 @@ def network_macs(architecture: str, inputs: int = 784, classes: int = 10) -> tup
     return sum(macs), macs[0]
 
 
-def seed_epoch_gflop(architecture: str, train: int, samples: int, mi_every: int) -> float:
+def module_macs(architecture: str, sample_shape: tuple[int, ...]) -> tuple[int, int]:
+    """`network_macs` of an own module: one sample's multiply-adds in its nn.Linear and
+    convolution layers (counted by running it on one sample of `sample_shape`), and those of
+    the first of them to run."""
+    from ibray.own_module import build
+
+    module = build(architecture, seed=0).eval()
+    macs: list[int] = []
+
+    def count(layer: nn.Module, inputs, output: torch.Tensor) -> None:
+        if isinstance(layer, nn.Linear):
+            macs.append(output.numel() * layer.in_features)
+        else:
+            macs.append(output.numel() * layer.in_channels // layer.groups * math.prod(layer.kernel_size))
+
+    kinds = (nn.Linear, nn.modules.conv._ConvNd)
+    hooks = [layer.register_forward_hook(count) for layer in module.modules() if isinstance(layer, kinds)]
+    shape = (1, *sample_shape) if len(sample_shape) == 2 else tuple(sample_shape)  # (H, W): one channel
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, *shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not macs:
+        raise ValueError(f"{architecture} has no nn.Linear or convolution layer to count")
+    return sum(macs), macs[0]
+
+
+def seed_epoch_gflop(
+    architecture: str, train: int, samples: int, mi_every: int, macs: tuple[int, int] | None = None
+) -> float:
     """Floating-point work of one seed-epoch, in GFLOP: training (forward, and backward as two
     products a layer, the first layer's input gradient excepted) over the `train` samples,
-    plus a measuring pass over all `samples` every `mi_every`-th epoch."""
-    macs, first = network_macs(architecture)
-    return 2 * (train * (3 * macs - first) + samples * macs / mi_every) / 1e9
+    plus a measuring pass over all `samples` every `mi_every`-th epoch. `macs`: (all layers,
+    the first) of one sample (default: `network_macs(architecture)`'s)."""
+    total, first = macs or network_macs(architecture)
+    return 2 * (train * (3 * total - first) + samples * total / mi_every) / 1e9
 
 
 def mnist_benchmarks(engine: str = "eager", epochs: int = 6, data_dir=None, as_json: bool = False) -> dict:
@@ -214,6 +259,89 @@ def mnist_benchmarks(engine: str = "eager", epochs: int = 6, data_dir=None, as_j
             f"MNIST {architecture}, 8-bit ReLU, {seeds} seeds, exact MI every 2nd epoch: {rate:6.2f} seed-epochs/s, "
             f"{rate * work:5.1f} GFLOP/s ({work:.2f} GFLOP a seed-epoch), {100 * rate * work / peak_all:4.1f}% of the peak"
         )
+    figures["peak_rss_gib"] = _peak_rss_gib()
+    print(f"peak resident memory of this process: {figures['peak_rss_gib']:.2f} GiB")
+    if as_json:
+        print(json.dumps(figures))
+    return figures
+
+
+def bottleneck2_sequential() -> nn.Module:
+    """The study's bottleneck2, 784-16-8-4-2-10 with ReLU, as a plain nn.Sequential (MNIST's
+    (B, 1, 28, 28) images flattened first): `ibray bench --own-module`'s own module."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 16),
+        nn.ReLU(),
+        nn.Linear(16, 8),
+        nn.ReLU(),
+        nn.Linear(8, 4),
+        nn.ReLU(),
+        nn.Linear(4, 2),
+        nn.ReLU(),
+        nn.Linear(2, 10),
+    )
+
+
+def own_module_benchmarks(
+    data_dir=None,
+    dataset=None,
+    seeds: int = 10,
+    epochs: int = 4,
+    cnn_epochs: int = 2,
+    cnn: str = LENET_MODULE,
+    peak_size: int = 2048,
+    as_json: bool = False,
+) -> dict:
+    """`ibray bench --own-module`: own torch.nn.Modules on MNIST (or `dataset`, a stand-in of
+    MNIST's shape), 8 bits, exact MI every 2nd epoch, `seeds` seeds, two threads (as `ibray
+    trial`): bottleneck2 as an nn.Sequential (the own-module engine: autograd, one seed after
+    the other) against the built-in dense engine on the same data and seeds, over `epochs`
+    epochs after two warm-up ones, and their ratio; then the CNN `cnn` (sweeps/nets.py's
+    LeNet-style one) over `cnn_epochs` after one. Each in seed-epochs per second (the median of
+    2-epoch stretches) and as a share of this machine's matrix-product peak, measured in the
+    same run (`peak_size`: its matrices' side)."""
+    dataset = dataset if dataset is not None else load_dataset("mnist", data_dir)
+    threads = os.cpu_count() or 1
+    peak_1, peak_all = matmul_gflops(1, peak_size), matmul_gflops(threads, peak_size)
+    print(
+        f"matrix product, float32 {peak_size} x {peak_size}: {peak_1:.0f} GFLOP/s on 1 thread, {peak_all:.0f} on "
+        f"{threads} (the peak)"
+    )
+    figures: dict = {"seeds": seeds, "matmul_gflops_1_thread": peak_1, "matmul_gflops_peak": peak_all}
+    train, samples = len(dataset.train_idx), len(dataset.y)
+    runs = [
+        ("bottleneck2", "bottleneck2", "built-in dense engine", dict(activation="relu")),
+        ("bottleneck2_module", BOTTLENECK2_MODULE, "as an nn.Sequential, own module", {}),
+        ("cnn_module", cnn, "LeNet-style CNN, own module", {}),
+    ]
+    for key, architecture, what, fields in runs:
+        is_cnn = key == "cnn_module"
+        run_epochs = cnn_epochs if is_cnn else epochs
+        rate = training_rate(
+            seeds,
+            run_epochs,
+            dataset,
+            segments=max(1, run_epochs // 2),  # stretches of 2 epochs: one measurement each
+            mi_every=2,
+            threads=2,
+            fields=dict(dataset="mnist", architecture=architecture, bits=8, **fields),
+            warmup=1 if is_cnn else _WARMUP_EPOCHS,
+        )
+        macs = None if architecture == "bottleneck2" else module_macs(architecture, dataset.sample_shape)
+        work = seed_epoch_gflop(architecture, train, samples, mi_every=2, macs=macs)
+        figures[f"{key}_seed_epochs_per_s"] = rate
+        figures[f"{key}_gflop_per_seed_epoch"] = work
+        figures[f"{key}_of_peak"] = rate * work / peak_all
+        name = "bottleneck2" if key.startswith("bottleneck2") else os.path.basename(architecture)
+        print(
+            f"MNIST {name} ({what}), 8 bits, {seeds} seeds, exact MI every 2nd epoch: {rate:.3g} seed-epochs/s, "
+            f"{rate * work:5.1f} GFLOP/s ({work:.2f} GFLOP a seed-epoch), {100 * rate * work / peak_all:4.1f}% of the peak"
+        )
+        if key == "bottleneck2_module":
+            ratio = rate / figures["bottleneck2_seed_epochs_per_s"]
+            figures["bottleneck2_module_over_built_in"] = ratio
+            print(f"  the own-module engine on bottleneck2 runs at {ratio:.2f} times the built-in engine's rate")
     figures["peak_rss_gib"] = _peak_rss_gib()
     print(f"peak resident memory of this process: {figures['peak_rss_gib']:.2f} GiB")
     if as_json:

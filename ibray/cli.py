@@ -181,12 +181,21 @@ def _bench_parser(sub) -> None:
     p.add_argument(
         "--engine", choices=("eager", "compiled"), default="eager", help="the trials' engine (see ibray trial --help)"
     )
-    p.add_argument(
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
         "--mnist",
         action="store_true",
         help="instead: the MNIST networks (bottleneck2 at 10 and 20 seeds over 6 epochs, conv at 10 over 2, after 2 "
         "warm-up epochs; MI every 2nd epoch) against this machine's matrix-product peak; needs the MNIST files "
         "(ibray data download mnist); takes a few minutes",
+    )
+    which.add_argument(
+        "--own-module",
+        action="store_true",
+        help="instead: own torch.nn.Modules on MNIST, 10 seeds, 8 bits, MI every 2nd epoch: bottleneck2 as an "
+        "nn.Sequential against the built-in engine (4 epochs each, after 2 warm-up epochs) and their ratio, and "
+        "sweeps/nets.py's LeNet-style CNN (2 epochs, after 1), against this machine's matrix-product peak; needs the "
+        "MNIST files; takes a few minutes (eager only)",
     )
     p.add_argument(
         "--data-dir", default=None, help="where the MNIST files are (default: $IBRAY_DATA_DIR, else ~/.cache/ibray)"
@@ -206,11 +215,18 @@ def _require_positive(option: str, value: float, whole: bool = False) -> None:
 
 
 def _run_bench(args) -> int:
-    from ibray.bench import mnist_benchmarks, run_benchmarks
+    from ibray.bench import mnist_benchmarks, own_module_benchmarks, run_benchmarks
 
     for option, value in (("--epochs", args.epochs), ("--seeds", args.seeds), ("--trial-seeds", args.trial_seeds)):
         _require_positive(option, value, whole=True)
 
+    if args.own_module:
+        if args.engine != "eager":
+            from ibray.config import ConfigError
+
+            raise ConfigError(f"--engine {args.engine}: own modules run eagerly; leave --engine out with --own-module")
+        own_module_benchmarks(data_dir=args.data_dir, as_json=args.json)
+        return 0
     if args.mnist:
         mnist_benchmarks(engine=args.engine, data_dir=args.data_dir, as_json=args.json)
         return 0

@@ -5,6 +5,7 @@ and `ibray trial` / `ibray verify` end to end. The modules are in tests/own_nets
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -288,3 +289,66 @@ def test_a_sweep_takes_the_module_beside_its_file_and_checks_measure(tmp_path):
     sweep.write_text("architecture: nets.py:mlp_batch_norm\nmeasure: [fc9]\nepochs: 1\n")
     with pytest.raises(ConfigError, match="measure: 'fc9' is not a submodule"):
         load_sweep(sweep)
+
+
+TOO_WIDE = '''
+from torch import nn
+
+
+class Spread(nn.Module):
+    """Each of its inputs repeated 2**30 times: 4 inputs make a layer 4,294,967,296 neurons
+    wide that costs no memory to build or probe (a view)."""
+
+    def forward(self, x):
+        return x.unsqueeze(-1).expand(*x.shape, 2**30)
+
+
+class First(nn.Module):
+    def forward(self, x):
+        return x[..., 0]
+
+
+def too_wide():
+    return nn.Sequential(nn.Linear(12, 4), Spread(), First(), nn.ReLU(), nn.Linear(4, 2))
+'''
+
+
+def test_a_layer_too_wide_to_count_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys):
+    from ibray.sweep import load_sweep
+
+    (tmp_path / "wide.py").write_text(TOO_WIDE)
+    out = tmp_path / "trial"
+    args = ["trial", "--architecture", f"{tmp_path}/wide.py:too_wide", "--measure", "1", "--seeds", "0-1"]
+    assert main([*args, "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and not out.exists()
+    # 4,096 samples x 2 seeds x 2**32 neurons x 10 bytes (8 bits: values and codes as float32,
+    # the codes as bytes, the counting's copy) = 320 TiB; the 2-wide output adds 147 KiB
+    assert error.startswith("ibray: error: measure: layer '1' of wide.py:too_wide@")
+    assert "is 4,294,967,296 neurons wide" in error and "4,096 samples x 2 seeds" in error
+    assert "320.0 TiB (10 bytes a code), 320.0 TiB with the other measured layers" in error
+    assert re.search(r"more than this machine's \d+\.\d [MGT]iB of memory; measure narrower layers", error)
+    # a sweep is refused when it is loaded (its grid check builds each module once, at 1 seed)
+    (tmp_path / "wide.yaml").write_text("architecture: wide.py:too_wide\nmeasure: ['1']\nbits: 16\nepochs: 1\n")
+    with pytest.raises(ConfigError, match=r"4,096 samples x 1 seed at once, 192\.0 TiB \(12 bytes a code\)"):
+        load_sweep(tmp_path / "wide.yaml")
+
+
+def test_the_own_module_bench_runs_on_a_stand_in_and_counts_the_modules_work(capsys):
+    from ibray.bench import BOTTLENECK2_MODULE, LENET_MODULE, module_macs, network_macs, own_module_benchmarks
+
+    # the Sequential does the built-in bottleneck2's arithmetic; the CNN's two 5x5 convolutions
+    # (24x24x4 outputs of 25 inputs, 8x8x8 of 100) and two dense layers (128 x 32, 32 x 10)
+    assert module_macs(BOTTLENECK2_MODULE, (28, 28)) == network_macs("bottleneck2")
+    assert module_macs(LENET_MODULE, (28, 28)) == (57600 + 51200 + 4096 + 320, 57600)
+    rng = np.random.default_rng(0)
+    y = np.arange(160) % 10
+    train, test = stratified_split(y, 0.8, 0)
+    x = rng.random((160, 784), dtype=np.float32)
+    stand_in = Dataset("stand-in", x, y.astype(np.int64), train, test, n_classes=10, image_shape=(28, 28))
+    figures = own_module_benchmarks(dataset=stand_in, seeds=2, epochs=2, cnn_epochs=2, peak_size=256)
+    for key in ("bottleneck2", "bottleneck2_module", "cnn_module"):
+        assert figures[f"{key}_seed_epochs_per_s"] > 0 and figures[f"{key}_of_peak"] > 0
+    assert figures["bottleneck2_module_over_built_in"] > 0
+    out = capsys.readouterr().out
+    assert "times the built-in engine's rate" in out and "nets.py:lenet (LeNet-style CNN, own module)" in out
