@@ -563,8 +563,7 @@ def quantize_pool2x2(values: torch.Tensor, quantizer) -> tuple[torch.Tensor, tor
     if _usable(values, low, step, inverse):
         return _QuantizePool2x2.apply(values, low.reshape(-1), step.reshape(-1), inverse.reshape(-1), quantizer.levels)
     with torch.no_grad():
-        codes = quantizer.codes(values, low, inverse)
-        quantized = codes.mul(step).add_(low)
+        quantized, _ = quantizer._quantize(values)  # the quantizer's own arithmetic, not a copy
     pooled = pool2x2(straight_through(values, quantized))
     return pooled, quantizer.codes_of(pooled.detach())
 
