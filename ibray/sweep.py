@@ -100,6 +100,7 @@ class SweepSpec:
     seed_blocks: tuple  # tuple of seed tuples, one per trial of each grid point
     resources: dict  # {"cpu": float, "gpu": float} per trial
     max_failures: int
+    base: str | None = None  # the folder an own module's relative path is taken from (see parse_sweep)
 
     @functools.cached_property
     def trials(self) -> list[TrialConfig]:
@@ -209,7 +210,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
     return parse_sweep(text, str(path), default_name=path.stem)
 
 
-def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep") -> SweepSpec:
+def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep", base: str | None = None) -> SweepSpec:
+    """Validate a sweep file's text; `source` names it in messages. An own module's relative
+    file path (`architecture: nets.py:lenet`) is taken from `base`, by default the folder of
+    `source` when that is a file: pass the original sweep file's folder when parsing a copy of
+    it (a sweep folder's sweep.yaml), whose own folder does not hold the module."""
     try:
         values = yaml.load(text, Loader=_UniqueKeyLoader)
     except _TooLarge as error:
@@ -227,7 +232,9 @@ def parse_sweep(text: str, source: str = "<sweep>", default_name: str = "sweep")
         )
     if not isinstance(values, dict):
         raise SweepError(f"{source}: a sweep file is a mapping of keys to values, not a {type(values).__name__}")
-    return _Validator(source, values, default_name).spec(text)
+    if base is None and os.path.isfile(source):
+        base = os.path.dirname(os.path.abspath(source))
+    return _Validator(source, values, default_name, base).spec(text)
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -320,8 +327,9 @@ def _readable(line: str) -> str:
 class _Validator:
     """Collects every problem of a file, then raises them together."""
 
-    def __init__(self, source: str, values: dict, default_name: str) -> None:
+    def __init__(self, source: str, values: dict, default_name: str, base: str | None) -> None:
         self.source = source
+        self.base = base  # the folder relative module paths are taken from (None: the working directory)
         self.values = values
         self.default_name = default_name
         self.errors: list[str] = []
@@ -378,6 +386,7 @@ class _Validator:
             seed_blocks=seed_blocks,
             resources=resources,
             max_failures=max_failures,
+            base=self.base,
         )
         self._check_size(spec, max_trials, max_seed_epochs)
         self._check_grid(spec)
@@ -537,20 +546,14 @@ class _Validator:
         return config.dataset if key == "dataset" else config.architecture if key == "architecture" else value
 
     def _beside_file(self, architecture: str) -> str:
-        """An own module's relative file path taken from the sweep file's folder."""
+        """An own module's relative file path taken from the sweep file's folder (`base`)."""
         try:
             ref = module_ref(architecture)
         except ValueError:
             return architecture  # TrialConfig says what is wrong
-        if (
-            ref is None
-            or not ref.is_file
-            or os.path.isabs(os.path.expanduser(ref.source))
-            or not os.path.isfile(self.source)
-        ):
+        if ref is None or not ref.is_file or os.path.isabs(os.path.expanduser(ref.source)) or self.base is None:
             return architecture
-        folder = os.path.dirname(os.path.abspath(self.source))
-        return ModuleRef(os.path.join(folder, ref.source), ref.factory, ref.sha256).value()
+        return ModuleRef(os.path.join(self.base, ref.source), ref.factory, ref.sha256).value()
 
     def _check_size(self, spec: SweepSpec, max_trials: int, max_seed_epochs: int) -> None:
         sizes = " x ".join(f"{len(values)} {key}" for key, values in spec.axes.items())

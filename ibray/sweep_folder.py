@@ -2,6 +2,8 @@
 and what an earlier run left there.
 
     <root>/<sweep>/sweep.yaml                     the sweep file as given
+    <root>/<sweep>/sweep_base.txt                 the folder it was given in (its own modules'
+                                                  relative paths are taken from there)
     <root>/<sweep>/driver.lock                    the running driver (see ibray.driver_lock)
     <root>/<sweep>/trials/<trial_id>/{mi,metrics,trial.json,checkpoint.pt}   each trial's rows,
                                                   status and latest checkpoint
@@ -26,10 +28,11 @@ from ibray.data_names import data_file, dataset_label
 from ibray.driver_lock import LOCK_FILE
 from ibray.errors import TrialStateError
 from ibray.records import read_trial_info
-from ibray.storage import is_uri, join, read_text, resolve
+from ibray.storage import is_uri, join, read_text, resolve, write_text_atomic
 from ibray.sweep import SweepError, SweepSpec, parse_sweep
 
 SWEEP_FILE = "sweep.yaml"
+BASE_FILE = "sweep_base.txt"
 TRIALS = "trials"
 TUNE = "tune"
 PSEUDO_FILESYSTEMS = ("/proc", "/sys")
@@ -41,6 +44,23 @@ def sweep_folder(spec: SweepSpec, root: str) -> str:
         return str(join(root, spec.name))
     _, absolute = resolve(root)
     return str(join(absolute, spec.name))
+
+
+def write_sweep_file(spec: SweepSpec, folder: str) -> None:
+    """The sweep file as given, and the folder it was given in, into the sweep's folder."""
+    write_text_atomic(spec.text, join(folder, SWEEP_FILE))
+    if spec.base is not None:
+        write_text_atomic(spec.base + "\n", join(folder, BASE_FILE))
+
+
+def read_sweep_file(folder: str | Path, base: str | None = None) -> SweepSpec:
+    """A sweep folder's stored sweep file, parsed; an own module's relative path taken from
+    `base`, by default the folder the sweep file was given in (as the run recorded it)."""
+    if base is None:
+        recorded = read_text(join(folder, BASE_FILE))
+        base = recorded.strip() if recorded and recorded.strip() else None
+    source = f"{folder}/{SWEEP_FILE}"
+    return parse_sweep(read_text(join(folder, SWEEP_FILE)) or "", source, Path(str(folder)).name, base=base)
 
 
 def trial_infos(spec: SweepSpec, folder: str) -> dict[str, dict | None]:
@@ -123,8 +143,8 @@ def check_existing(spec: SweepSpec, folder: str, resume: bool, overwrite: bool) 
     if overwrite:
         return {}
     check_data_unchanged(spec, folder)  # before the grids are compared: it says what changed
-    try:
-        earlier = parse_sweep(stored, f"{folder}/{SWEEP_FILE}", spec.name)
+    try:  # its own modules taken from where this sweep file is now (their hashes say if they changed)
+        earlier = parse_sweep(stored, f"{folder}/{SWEEP_FILE}", spec.name, base=spec.base)
         same = earlier.param_space() == spec.param_space()
     except SweepError:
         earlier, same = None, False

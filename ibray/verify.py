@@ -38,7 +38,7 @@ from ibray.records import (  # noqa: F401 (VerifyError: also imported from here)
     read_trial_info,
     resolve,
 )
-from ibray.sweep_folder import SWEEP_FILE, TRIALS, TUNE, trial_statuses
+from ibray.sweep_folder import SWEEP_FILE, TRIALS, TUNE, read_sweep_file, trial_statuses
 
 MI_COLUMNS = ["seed", "restarts", "phase", "epoch", "estimator", "layer"]
 METRICS_COLUMNS = ["seed", "restarts", "phase", "epoch"]
@@ -286,11 +286,11 @@ def missing_trials(folder: str | Path) -> list[TrialCheck]:
     trial.json: it never started (or its folder was deleted). Verify would otherwise pass a
     sweep of which some trials failed before writing anything."""
     from ibray.data import DataError
-    from ibray.sweep import SweepError, parse_sweep
+    from ibray.sweep import SweepError
 
     source = f"{folder}/{SWEEP_FILE}"
     try:
-        spec = parse_sweep(read_text(join(folder, SWEEP_FILE)) or "", source, Path(str(folder)).name)
+        spec = read_sweep_file(folder)
         statuses = trial_statuses(spec, str(folder))
     except (SweepError, DataError) as error:
         return [

@@ -219,8 +219,9 @@ def test_a_sweep_of_a_users_module_on_a_users_images_runs_on_both_nodes(ray_clus
     assert len({pid for pid, _ in on_nodes}) == 2 and all(copies for _, copies in on_nodes), calls
 
     folder = root / "own-images"
-    # the trials (the sweep folder's own sweep.yaml names nets.py beside it, which is not copied there)
-    assert main(["verify", str(folder / "trials")]) == 0
+    # the whole sweep folder: its copy of sweep.yaml names nets.py, found where the sweep file was given
+    assert (folder / "sweep_base.txt").read_text().strip() == str(study)
+    assert main(["verify", str(folder)]) == 0
     mi = pl.read_parquet(f"{folder}/trials/*/mi/*.parquet")
     trials = {t.trial_id(): t for t in load_sweep(sweep).trials}
     # every trial, seed (2), measured epoch (0, 2, 4, 6) and layer (two activations, the output) once

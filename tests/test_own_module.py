@@ -291,6 +291,29 @@ def test_a_sweep_takes_the_module_beside_its_file_and_checks_measure(tmp_path):
         load_sweep(sweep)
 
 
+
+def test_a_sweep_folder_finds_the_module_beside_the_sweep_file_it_was_given_in(tmp_path):
+    """The sweep folder holds a copy of the sweep file but not the module beside it: resume
+    and verify take the module's relative path from where the sweep file was given."""
+    from ibray.sweep import load_sweep
+    from ibray.sweep_folder import check_existing, read_sweep_file, write_sweep_file
+    from ibray.verify import missing_trials
+
+    study, folder = tmp_path / "study", tmp_path / "results" / "own"
+    study.mkdir()
+    folder.mkdir(parents=True)
+    shutil.copy(NETS, study / "nets.py")
+    (study / "own.yaml").write_text("name: own\narchitecture: [nets.py:mlp_batch_norm, nets.py:bottleneck2]\n")
+    spec = load_sweep(study / "own.yaml")
+    write_sweep_file(spec, str(folder))
+    assert [t.trial_id() for t in read_sweep_file(folder).trials] == [t.trial_id() for t in spec.trials]
+    assert check_existing(spec, str(folder), resume=True, overwrite=False) == {
+        t.trial_id(): "absent" for t in spec.trials
+    }
+    checks = missing_trials(folder)  # neither trial has started: both named as absent, not 'unreadable'
+    assert sorted(c.trial for c in checks) == sorted(t.trial_id() for t in spec.trials)
+    assert {c.status for c in checks} == {"absent"}
+
 TOO_WIDE = '''
 from torch import nn
 

@@ -49,10 +49,9 @@ from ibray.launch.storage_probe import SHARED_STORAGE_FIX, check_shared
 from ibray.launch.trainable import train_trial
 from ibray.launch.tune_state import TuneMessages, last_line, trial_dirname, trial_of
 from ibray.module_names import module_ref
-from ibray.storage import join, resolve, write_text_atomic
+from ibray.storage import join, resolve
 from ibray.sweep import SweepError, SweepSpec
 from ibray.sweep_folder import (
-    SWEEP_FILE,
     TRIALS,
     TUNE,
     check_existing,
@@ -61,6 +60,7 @@ from ibray.sweep_folder import (
     sweep_folder,
     trial_infos,
     trial_statuses,
+    write_sweep_file,
 )
 from ibray.verify import TrialCheck, verify
 from ibray.verify import summary as verify_summary
@@ -173,7 +173,7 @@ def run_sweep(
             existing = check_existing(spec, folder, resume, overwrite)
             if overwrite and existing is not None:
                 clear_sweep_folder(folder)
-            write_text_atomic(spec.text, join(folder, SWEEP_FILE))
+            write_sweep_file(spec, folder)
             results, at_once, tune_fault = _fit(
                 spec, folder, resume and existing is not None, data_dir, shared, view_every
             )
