@@ -291,7 +291,6 @@ def test_a_sweep_takes_the_module_beside_its_file_and_checks_measure(tmp_path):
         load_sweep(sweep)
 
 
-
 def test_a_sweep_folder_finds_the_module_beside_the_sweep_file_it_was_given_in(tmp_path):
     """The sweep folder holds a copy of the sweep file but not the module beside it: resume
     and verify take the module's relative path from where the sweep file was given."""
@@ -313,6 +312,7 @@ def test_a_sweep_folder_finds_the_module_beside_the_sweep_file_it_was_given_in(t
     checks = missing_trials(folder)  # neither trial has started: both named as absent, not 'unreadable'
     assert sorted(c.trial for c in checks) == sorted(t.trial_id() for t in spec.trials)
     assert {c.status for c in checks} == {"absent"}
+
 
 TOO_WIDE = '''
 from torch import nn
