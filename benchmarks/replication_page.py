@@ -24,7 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from analysis import aggregate, charts, phases, report  # noqa: E402
+from analysis import aggregate, charts, compare, phases, report  # noqa: E402
 from analysis.load import load  # noqa: E402
 
 THRESHOLD = phases.DEFAULT_THRESHOLD  # bits: smaller rises and falls are not a phase
@@ -53,6 +53,15 @@ MNIST_EXPERIMENTS = [
     ),
     Experiment("appendix-e-mnist", "Appendix E: MNIST, Bottleneck-4 and HourGlass", "20 seeds x 3000 epochs"),
     Experiment("appendix-e-mnist-wide", "Appendix E: MNIST, 4x10 and Conv", "10 seeds x 3000 epochs"),
+]
+# Not the study's experiment but its point: the estimators of the controversy on the very
+# activations whose MI is known exactly (sweeps/estimators.yaml; analysis/compare.py).
+ESTIMATOR_EXPERIMENTS = [
+    Experiment(
+        "estimators",
+        "Estimators against the exact values",
+        "not run in the study, which computes exact MI only (its Appendix A bins the float networks)",
+    ),
 ]
 LOG2_MNIST = math.log2(70_000)  # I(X;T) of a layer that tells every MNIST digit apart
 NEAR_TRIVIAL = 0.5  # bits below log2 N that still count as "almost completely trivial"
@@ -820,6 +829,138 @@ def section(experiment: Experiment, folder: Path, line: str, n: Numbers, docs: P
     return "\n".join(body)
 
 
+# --- estimators against the exact values -----------------------------------------------------
+
+
+def layer_set(text: str | None) -> list[str]:
+    """The referee table's comma-separated layer labels ('' or None: none) as a list."""
+    return [part for part in (text or "").split(",") if part]
+
+
+def phase_difference(phase: str, exact: list[str], estimated: list[str]) -> list[str]:
+    """What an estimator's `phase` layers say that the exact values do not, as phrases."""
+    extra = [layer for layer in estimated if layer not in exact]
+    missed = [layer for layer in exact if layer not in estimated]
+    said = []
+    if extra:
+        said.append(f"{phase} in layer{'s' if len(extra) > 1 else ''} {', '.join(extra)}, which exact MI does not show")
+    if missed:
+        said.append(f"no {phase} in layer{'s' if len(missed) > 1 else ''} {', '.join(missed)}, where exact MI shows it")
+    return said
+
+
+def network_text(row: dict) -> str:
+    return f"{row['activation']}, {'float32' if row['bits'] == 32 else str(row['bits']) + '-bit'}"
+
+
+def conclusion_rows(referee: pl.DataFrame) -> list[list[str]]:
+    """Per network and estimator: the phases by the exact values and by the estimator, and what
+    a study using only that estimator would have concluded differently."""
+    rows = []
+    for row in referee.sort("activation", "bits", "estimator").iter_rows(named=True):
+        said = phase_difference("compression", layer_set(row["compression_exact"]), layer_set(row["compression"]))
+        said += phase_difference("fitting", layer_set(row["fitting_exact"]), layer_set(row["fitting"]))
+        rows.append(
+            [
+                network_text(row),
+                row["estimator"],
+                f"{row['mi_xt_error_mean']:.2f} / {row['mi_xt_error_worst']:.2f}",
+                f"{row['mi_ty_error_mean']:.3f} / {row['mi_ty_error_worst']:.3f}",
+                row["dpi_violations"],
+                f"{row['compression_exact'] or 'none'} / {row['compression'] or 'none'}",
+                "the same phases as exact MI" if not said else "; ".join(said),
+            ]
+        )
+    return rows
+
+
+def estimator_summary(referee: pl.DataFrame) -> list[str]:
+    """One line per estimator: in how many networks it shows exact MI's phases, its errors."""
+    lines = []
+    networks = referee.select("activation", "bits").unique().height
+    for estimator in charts.estimator_order(referee["estimator"].unique().to_list()):
+        own = referee.filter(pl.col("estimator") == estimator)
+        same = int(own["same_phases"].sum())
+        compression = sum(
+            layer_set(r["compression"]) != layer_set(r["compression_exact"]) for r in own.iter_rows(named=True)
+        )
+        lines.append(
+            f"- **{estimator}**: the exact phases in {same} of {networks} networks (compression differs in "
+            f"{compression}); I(X;T) off by {own['mi_xt_error_mean'].mean():.2f} bits on average "
+            f"(worst {own['mi_xt_error_worst'].max():.2f}), I(T;Y) by {own['mi_ty_error_mean'].mean():.3f} "
+            f"(worst {own['mi_ty_error_worst'].max():.3f})."
+        )
+    return lines
+
+
+def estimator_figures(n: Numbers, folder: Path, docs: Path) -> list[str]:
+    """Per network: its mean planes, exact and every estimator overlaid (PNG, scale 1)."""
+    import vl_convert
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    stats = n.tables.mi_stats
+    for key in n.tables.referee.select(aggregate.NETWORK).unique().sort(aggregate.NETWORK).to_dicts():
+        group = stats.filter(*[pl.col(k) == v for k, v in key.items()])
+        label = f"{report.network_label(key)}"
+        chart = charts.estimators_plane(group, f"Exact and estimators: {label}")
+        path = folder / f"{report.slugify(key['activation'], key['bits'])}-estimators-plane.png"
+        path.write_bytes(vl_convert.vegalite_to_png(chart.to_dict(), scale=1))
+        lines.append(f"![estimators: {label}]({path.relative_to(docs).as_posix()})")
+    return lines
+
+
+def estimators_section(experiment: Experiment, folder: Path, line: str, n: Numbers, docs: Path) -> str:
+    spec = (folder / "sweep.yaml").read_text()
+    seeds = n.tables.final["repetitions"].max()
+    epochs = yaml.safe_load(spec)["epochs"]
+    referee = n.tables.referee
+    headers = [
+        "network",
+        "estimator",
+        "I(X;T) error mean / worst",
+        "I(T;Y) error mean / worst",
+        "DPI violations",
+        "compression: exact / estimator",
+        "a study using only this estimator would have seen",
+    ]
+    shown = compare.display(referee)
+    body = [
+        f"## {experiment.title}",
+        "",
+        built_line(datetime.date.today().isoformat()),
+        "",
+        f"The study: {experiment.study}. Here: {seeds} repetitions per network x {epochs} epochs, the study's "
+        "synthetic network on its data set, tanh and ReLU, 8-bit and float32; every estimator of the controversy "
+        "run on the very activations whose MI is counted exactly, at the same seeds and epochs (README, "
+        f"Estimators, for each one's definition and parameters). `ibray verify`: {line}. "
+        f"Wall time: {wall_time(folder)}.",
+        "",
+        "```yaml\n" + spec.strip() + "\n```",
+        "",
+        "### What each estimator would have concluded",
+        "",
+        *estimator_summary(referee),
+        "",
+        "Errors in bits, at the same (trial, seed, epoch, layer) as the exact value; fitting and compression by "
+        f"the rules of the sections above (threshold {THRESHOLD} bits) on each estimator's own mean curves.",
+        "",
+        markdown_table(headers, conclusion_rows(referee)),
+        "",
+        "### The referee table (`ibray compare`)",
+        "",
+        compare.legend(),
+        "",
+        markdown_table(shown.columns, [list(row) for row in shown.iter_rows()]),
+        "",
+        "### Figures",
+        "",
+        *estimator_figures(n, docs / "replication" / experiment.sweep, docs),
+        "",
+    ]
+    return "\n".join(body)
+
+
 def write_page(results: Path, docs: Path, partial: bool = False) -> int:
     """Write docs/replication.md; refuses (exit code 1) when an experiment's results are
     incomplete, unless `partial`, which leaves such experiments out and says so. An experiment
@@ -828,7 +969,7 @@ def write_page(results: Path, docs: Path, partial: bool = False) -> int:
     old, old_date = kept_sections(page)
     sections, missing, kept = [], [], []
     baselines = {}
-    for experiment in EXPERIMENTS + MNIST_EXPERIMENTS:
+    for experiment in EXPERIMENTS + MNIST_EXPERIMENTS + ESTIMATOR_EXPERIMENTS:
         folder = results / experiment.sweep
         if not folder.exists():
             if experiment.title in old:
@@ -852,7 +993,10 @@ def write_page(results: Path, docs: Path, partial: bool = False) -> int:
             missing.append(experiment)
             continue
         n = baselines[experiment.sweep] = numbers(folder)
-        sections.append(section(experiment, folder, line, n, docs, baselines))
+        if experiment in ESTIMATOR_EXPERIMENTS:
+            sections.append(estimators_section(experiment, folder, line, n, docs))
+        else:
+            sections.append(section(experiment, folder, line, n, docs, baselines))
     head = [
         "# Replication of Lorenzen, Igel & Nielsen (ICLR 2022)",
         "",

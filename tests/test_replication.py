@@ -101,8 +101,61 @@ def test_a_page_rebuilt_without_results_keeps_every_section_and_dates_it(tmp_pat
         f"Kept from an earlier build, whose results are not on the machine that built this page (each section says when it was built): {first}."
         in page
     )
-    missing = [e.title for e in replication_page.EXPERIMENTS[1:] + replication_page.MNIST_EXPERIMENTS]
+    missing = [
+        e.title
+        for e in replication_page.EXPERIMENTS[1:]
+        + replication_page.MNIST_EXPERIMENTS
+        + replication_page.ESTIMATOR_EXPERIMENTS
+    ]
     assert "Not run to completion yet, so not shown: " + "; ".join(missing) + "." in page
     # rebuilt again, the dated section stays as it is, not dated twice
     assert replication_page.write_page(tmp_path / "no-results", docs) == 0
     assert (docs / "replication.md").read_text().count("Section built on") == 1
+
+
+def test_the_estimators_part_says_what_each_estimator_would_have_concluded(tmp_path):
+    """Made-up curves where exact fits and compresses in both layers; 'flat' shows neither,
+    'echo' repeats the exact values: the page tells them apart in words, numbers and a figure."""
+    import numpy as np
+    import polars as pl
+    import pyarrow as pa
+    from analysis_fixtures import curves, table, write_trial
+
+    assert [file for file, _, _ in replicate.chosen("estimators", "machine")] == ["estimators.yaml"]
+    folder = tmp_path / "results" / "estimators"
+    mi, metrics = curves([0, 1], epochs=60, layers=2, sweep="estimators", trial="t0")
+    exact = pl.from_arrow(mi)
+    flat = table(
+        "mi",
+        seed=exact["seed"].to_numpy(),
+        epoch=exact["epoch"].to_numpy(),
+        layer=exact["layer"].to_numpy(),
+        estimator="flat",
+        mi_xt=np.full(exact.height, 3.0),
+        mi_ty=np.full(exact.height, 0.5),
+        sweep="estimators",
+        trial="t0",
+    )
+    echo = mi.set_column(mi.schema.get_field_index("estimator"), "estimator", pa.array(["echo"] * mi.num_rows))
+    write_trial(folder / "trials" / "t0", pa.concat_tables([mi, flat, echo]), metrics)
+    (folder / "sweep.yaml").write_text("name: estimators\nepochs: 60\n")
+    docs = tmp_path / "docs"
+    experiment = replication_page.ESTIMATOR_EXPERIMENTS[0]
+    n = replication_page.numbers(folder)
+    text = replication_page.estimators_section(experiment, folder, "1 trial complete", n, docs)
+
+    assert "Here: 2 repetitions per network x 60 epochs" in text
+    assert "- **echo**: the exact phases in 1 of 1 networks (compression differs in 0); I(X;T) off by 0.00 bits" in text
+    assert "- **flat**: the exact phases in 0 of 1 networks (compression differs in 1)" in text
+    rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| tanh, 8-bit |")}
+    assert set(rows) == {"echo", "flat"}
+    assert rows["echo"].endswith("| 1,2 / 1,2 | the same phases as exact MI |")
+    assert rows["flat"].endswith(
+        "| 1,2 / none | no compression in layers 1, 2, where exact MI shows it; "
+        "no fitting in layers 1, 2, where exact MI shows it |"
+    )
+    flat_error = (exact["mi_xt"] - 3.0).abs()
+    assert f"| {flat_error.mean():.2f} / {flat_error.max():.2f} |" in rows["flat"]
+    png = docs / "replication" / "estimators" / "tanh-8-estimators-plane.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"](replication/estimators/{png.name})" in text
