@@ -110,7 +110,8 @@ def _run_trial(args) -> int:
 def _check_trial_folder(out: str) -> None:
     """Refuse an --out that cannot take this trial's results, before any data is read or written:
     a file, a place where no folder can be made, or a folder of something else."""
-    from ibray.records import TRIAL_LOCK, TrialStateError
+    from ibray.errors import TrialStateError
+    from ibray.records import TRIAL_LOCK
 
     path = existing = Path(out)
     try:
@@ -436,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ibray.config import ConfigError
     from ibray.data import DataError
-    from ibray.records import TrialStateError, VerifyError  # no Polars: trial and bench run without it
+    from ibray.errors import TrialStateError, VerifyError
 
     try:
         return args.handler(args)

@@ -29,7 +29,8 @@ import numpy as np
 
 from ibray.data_files import load_file
 from ibray.data_names import DATA_FILE_TYPES, DATASETS, DEFAULT_LABEL_COLUMN, data_file
-from ibray.dataset import DataError, Dataset, stratified_split
+from ibray.dataset import Dataset, stratified_split
+from ibray.errors import DataError
 from ibray.storage import replace_atomically
 
 ConfigT = TypeVar("ConfigT")  # a TrialConfig: this module stands below the config

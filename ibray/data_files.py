@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ibray.data_names import DATA_FILE_TYPES, DEFAULT_LABEL_COLUMN, DataFile
-from ibray.dataset import DataError, Dataset, stratified_split
+from ibray.dataset import Dataset, stratified_split
+from ibray.errors import DataError
 
 # Data files. The output layer has a neuron per class, so labels are a small set 0..K-1.
 MAX_CLASSES = 1000

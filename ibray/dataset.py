@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ibray.errors import DataError  # noqa: F401 (imported from here too)
+from ibray.errors import DataError
 
 
 # eq=False: generated __eq__/__hash__ would compare arrays element-wise and fail.

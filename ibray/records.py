@@ -34,8 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ibray.errors import TrialStateError, VerifyError  # noqa: F401 (imported from here too)
-from ibray.storage import (  # noqa: F401 (also imported from here)
+from ibray.errors import TrialStateError
+from ibray.storage import (
     is_uri,
     join,
     read_text,

@@ -26,18 +26,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ibray.config import TrialConfig, layer_count
-from ibray.records import (  # noqa: F401 (VerifyError: also imported from here)
-    TABLES,
-    TrialStateError,
-    VerifyError,
-    is_uri,
-    join,
-    list_parts,
-    part_write,
-    read_text,
-    read_trial_info,
-    resolve,
-)
+from ibray.errors import TrialStateError, VerifyError
+from ibray.records import TABLES, list_parts, part_write, read_trial_info
+from ibray.storage import is_uri, join, resolve
 from ibray.sweep_folder import SWEEP_FILE, TRIALS, TUNE, read_sweep_file, trial_statuses
 
 MI_COLUMNS = ["seed", "restarts", "phase", "epoch", "estimator", "layer"]

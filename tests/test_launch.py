@@ -23,7 +23,8 @@ import yaml
 
 from ibray.cli import main
 from ibray.config import TrialConfig
-from ibray.records import METRICS_KEY, MI_KEY, TrialStateError
+from ibray.errors import TrialStateError
+from ibray.records import METRICS_KEY, MI_KEY
 from ibray.run import CHECKPOINT_FILE, run_trial, save_checkpoint
 from ibray.sweep import SweepError, load_sweep
 

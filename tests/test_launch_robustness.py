@@ -41,7 +41,8 @@ def driver_tracebacks(text: str) -> list[str]:
 
 # -- without Ray work ---------------------------------------------------------------------------
 def test_a_config_outside_the_grid_is_refused_before_anything_is_written(tmp_path):
-    from ibray.launch.outcome import StrayTrialError, grid_key
+    from ibray.errors import StrayTrialError
+    from ibray.launch.outcome import grid_key
     from ibray.launch.trainable import train_trial
 
     spec = load_sweep(sweep_file(tmp_path, "grid", activation=["tanh", "relu"]))

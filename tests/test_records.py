@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ibray.records import METRICS_SCHEMA, ResultsWriter, part_name, part_write, replace_atomically, write_atomic
+from ibray.records import METRICS_SCHEMA, ResultsWriter, part_name, part_write, write_atomic
+from ibray.storage import replace_atomically
 
 
 def rows(seed, restarts, epochs):

@@ -32,8 +32,10 @@ from test_launch import LAYERS, process_table, sweep_file, wait_for
 from test_launch_robustness import CLI, own_lines
 
 from ibray.cli import main
+from ibray.errors import TrialStateError
 from ibray.launch.storage_probe import NODE_DISK_ENV, SHARED_STORAGE_FIX
-from ibray.records import METRICS_KEY, MI_KEY, TrialStateError, read_text, read_trial_info, resolve
+from ibray.records import METRICS_KEY, MI_KEY, read_trial_info
+from ibray.storage import read_text, resolve
 from ibray.sweep import load_sweep
 
 BUCKET = "ibray-test"

@@ -12,7 +12,6 @@ import json
 import re
 
 from ibray.config import TrialConfig
-from ibray.errors import StrayTrialError  # noqa: F401 (imported from here too)
 
 DATA_ERROR = "data_error"  # the key of the one report of a trial that cannot load its data
 STORAGE_ERROR = "storage_error"  # ... and of one whose results root is full or read-only

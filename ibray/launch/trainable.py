@@ -52,9 +52,9 @@ from ray import tune
 
 from ibray.config import ConfigError, TrialConfig
 from ibray.data import DataKey
-from ibray.dataset import DataError, Dataset
-from ibray.errors import TrialStateError
-from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, StrayTrialError, grid_key, storage_fault
+from ibray.dataset import Dataset
+from ibray.errors import DataError, StrayTrialError, TrialStateError
+from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, grid_key, storage_fault
 from ibray.records import read_trial_info
 from ibray.run import CHECKPOINT_FILE, load_checkpoint, run_trial, save_checkpoint
 from ibray.storage import is_uri, join, replace_atomically, resolve
