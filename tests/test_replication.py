@@ -32,7 +32,8 @@ def test_only_picks_experiments_by_sweep_name_or_half_in_page_order():
     assert [file for file, _, _ in replicate.chosen("mnist", "machine")] == [
         "mnist_bottleneck2.yaml",
         "appendix_e_mnist.yaml",
-        "appendix_e_mnist_wide.yaml",
+        "appendix_e_mnist_4x10.yaml",
+        "appendix_e_mnist_conv.yaml",
     ]
 
 

@@ -25,7 +25,8 @@ STUDY = {  # file stem -> (trials, seeds per grid point, epochs) the protocol as
     "appendix_c_precision": (20, 50, 8000),
     "appendix_d_prefit": (4, 20, 8000),
     "appendix_e_mnist": (4, 20, 3000),
-    "appendix_e_mnist_wide": (2, 10, 3000),
+    "appendix_e_mnist_4x10": (1, 10, 3000),
+    "appendix_e_mnist_conv": (1, 10, 3000),
 }
 
 
