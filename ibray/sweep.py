@@ -579,8 +579,9 @@ class _Validator:
         has (e.g. each architecture against each data set); every other value was checked once."""
         keys = [key for key in spec.axes if key in TIED_FIELDS]
         problems: dict[str, None] = {}
+        widest = max(spec.seed_blocks, key=len)  # an own module's measurement is sized for a trial's seeds
         for values in itertools.product(*(spec.axes[k] for k in keys)):
-            point = {**spec.constants, **dict(zip(keys, values))}
+            point = {**spec.constants, **dict(zip(keys, values)), "seeds": widest}
             try:
                 config = TrialConfig.from_dict(point)
                 if config.dataset in self.sample_shapes:  # a file read when it was pinned (above)

@@ -380,3 +380,22 @@ def test_unbounded_sweep_files_are_refused_quickly_in_one_readable_line(tmp_path
         "name: ok\nactivation: &acts [tanh, relu]\nestimators: [exact]\n<<: {architecture: syn}\n", "ok.yaml"
     )
     assert sorted({t.activation for t in fine.trials}) == ["relu", "tanh"]
+
+
+def test_an_own_modules_measurement_is_sized_for_a_trials_seeds_not_one(tmp_path):
+    """A layer one seed can count but a trial's seeds cannot: the sweep is refused when loaded,
+    naming the trial's seed count (the grid check once sized it for one seed and let it pass)."""
+    from ibray.own_module import measurement_bytes, memory_limit
+
+    (tmp_path / "nets.py").write_text(
+        "from torch import nn\n\n\ndef broad():\n    return nn.Sequential(nn.Linear(12, 50000), nn.ReLU(), nn.Linear(50000, 2))\n"
+    )
+    one = measurement_bytes([50000, 2], 4096, 1, 8)  # synthetic12: 4096 samples, 2 classes
+    seeds = memory_limit() // one + 1
+    assert one < memory_limit() < measurement_bytes([50000, 2], 4096, seeds, 8)
+    text = f"name: broad\narchitecture: nets.py:broad\nmeasure: ['1']\nseeds: {seeds}\nseeds_per_trial: {seeds}\n"
+    (tmp_path / "fits.yaml").write_text(text.replace(f": {seeds}\n", ": 1\n"))
+    assert load_sweep(tmp_path / "fits.yaml").trials[0].seeds == (0,)
+    (tmp_path / "broad.yaml").write_text(text)
+    with pytest.raises(SweepError, match=rf"layer '1' of nets.py:broad@\w+ is 50,000 neurons wide; .* x {seeds} seeds"):
+        load_sweep(tmp_path / "broad.yaml")
