@@ -61,7 +61,7 @@ ESTIMATOR_EXPERIMENTS = [
     Experiment(
         "estimators",
         "Estimators against the exact values",
-        "not run in the study, which computes exact MI only (its Appendix A bins the float networks)",
+        "no such experiment (it computes exact MI only; its Appendix A bins the float networks)",
     ),
 ]
 LOG2_MNIST = math.log2(70_000)  # I(X;T) of a layer that tells every MNIST digit apart
@@ -95,8 +95,11 @@ def pm(pair) -> str:
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|")  # a bar inside a cell, as in |error|, would split it
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -895,6 +898,24 @@ def estimator_summary(referee: pl.DataFrame) -> list[str]:
     return lines
 
 
+def compression_lines(referee: pl.DataFrame) -> list[str]:
+    """Per network, the controversy's question: where exact MI shows compression, and which
+    estimators show it in the same layers, in other layers, or not at all."""
+    lines = []
+    for (activation, bits), own in referee.sort("estimator").group_by("activation", "bits", maintain_order=True):
+        exact = layer_set(own["compression_exact"][0])
+        same, other = [], []
+        for row in own.iter_rows(named=True):
+            shown = layer_set(row["compression"])
+            (same if shown == exact else other).append(f"{row['estimator']} ({', '.join(shown) or 'none'})")
+        where = f"in layer{'s' if len(exact) > 1 else ''} {', '.join(exact)}" if exact else "in no layer"
+        lines.append(
+            f"- **{network_text({'activation': activation, 'bits': bits})}**: exact MI shows compression {where}; "
+            f"the same: {', '.join(same) or 'no estimator'}; otherwise: {', '.join(other) or 'none'}."
+        )
+    return sorted(lines)
+
+
 def estimator_figures(n: Numbers, folder: Path, docs: Path) -> list[str]:
     """Per network: its mean planes, exact and every estimator overlaid (PNG, scale 1)."""
     import vl_convert
@@ -941,6 +962,12 @@ def estimators_section(experiment: Experiment, folder: Path, line: str, n: Numbe
         "```yaml\n" + spec.strip() + "\n```",
         "",
         "### What each estimator would have concluded",
+        "",
+        "Compression, the phase the controversy was about, per network (the layers each estimator shows it in):",
+        "",
+        *compression_lines(referee),
+        "",
+        "Per estimator, over the networks:",
         "",
         *estimator_summary(referee),
         "",

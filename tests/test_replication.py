@@ -148,6 +148,11 @@ def test_the_estimators_part_says_what_each_estimator_would_have_concluded(tmp_p
     assert "Here: 2 repetitions per network x 60 epochs" in text
     assert "- **echo**: the exact phases in 1 of 1 networks (compression differs in 0); I(X;T) off by 0.00 bits" in text
     assert "- **flat**: the exact phases in 0 of 1 networks (compression differs in 1)" in text
+    assert (
+        "- **tanh, 8-bit**: exact MI shows compression in layers 1, 2; the same: echo (1, 2); otherwise: flat (none)."
+        in text
+    )
+    assert "| I(X;T) \\|error\\|: mean / worst |" in text  # bars inside a cell escaped
     rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| tanh, 8-bit |")}
     assert set(rows) == {"echo", "flat"}
     assert rows["echo"].endswith("| 1,2 / 1,2 | the same phases as exact MI |")
