@@ -335,7 +335,13 @@ def test_driver_killed_mid_sweep_then_resume_finishes_only_the_rest(ray_cluster,
             [*command, "--address", ray_cluster.address, "--view-every", "1"], stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            wait_for(partly_done, 120, "one trial complete and another checkpointed")
+            # generous on a loaded machine; a driver that ends first fails at once, said below
+            wait_for(
+                lambda: partly_done() or driver.poll() is not None, 300, "one trial complete and another checkpointed"
+            )
+            assert driver.poll() is None, (
+                f"the sweep ended before it could be killed: {(tmp_path / 'driver.log').read_text()[-2000:]}"
+            )
         finally:
             driver.send_signal(signal.SIGKILL)
             driver.wait(30)

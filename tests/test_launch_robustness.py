@@ -377,9 +377,10 @@ def assert_one_storage_line(stdout: str, stderr: str, error: str, path: Path) ->
 
 
 def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(ray_cluster, tmp_path):
-    # a real full disk: a tmpfs of 640 KiB, about half of what this sweep writes
+    # a real full disk: a tmpfs of 640 KiB, about half of what this sweep writes (its 20 parts a
+    # table and trial, mostly Parquet's own overhead, and the checkpoints)
     with tmpfs(tmp_path / "small", "640k") as root:
-        path = sweep_file(tmp_path, "full", seeds_per_trial=1, epochs=200, mi_every=1, write_every=10)
+        path = sweep_file(tmp_path, "full", seeds_per_trial=1, epochs=60, mi_every=1, write_every=3)
         command = [*CLI, str(path), "--results", str(root), "--address", ray_cluster.address, "--view-every", "60"]
         run = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert run.returncode == 3, run.stdout[-3000:] + run.stderr[-3000:]
@@ -544,7 +545,8 @@ def test_a_sweep_of_module_files_ships_their_one_folder_to_the_cluster(tmp_path)
 
 def test_a_results_root_turned_read_only_mid_sweep_stops_it_in_one_line_and_resume_finishes_it(ray_cluster, tmp_path):
     with tmpfs(tmp_path / "ro", "16m") as root:
-        path = sweep_file(tmp_path, "ro", seeds_per_trial=1, epochs=300, mi_every=1, write_every=10)
+        # long enough after its first part (epoch 6) for the remount to find a moment between writes
+        path = sweep_file(tmp_path, "ro", seeds_per_trial=1, epochs=120, mi_every=1, write_every=6)
         command = [*CLI, str(path), "--results", str(root), "--address", ray_cluster.address, "--view-every", "60"]
         with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
             driver = subprocess.Popen(command, stdout=out, stderr=err)
