@@ -295,12 +295,13 @@ def own_module_benchmarks(
 ) -> dict:
     """`ibray bench --own-module`: own torch.nn.Modules on MNIST (or `dataset`, a stand-in of
     MNIST's shape), 8 bits, exact MI every 2nd epoch, `seeds` seeds, two threads (as `ibray
-    trial`): bottleneck2 as an nn.Sequential (the own-module engine: autograd, one seed after
-    the other) against the built-in dense engine on the same data and seeds, over `epochs`
-    epochs after two warm-up ones, and their ratio; then the CNN `cnn` (sweeps/nets.py's
-    LeNet-style one) over `cnn_epochs` after one. Each in seed-epochs per second (the median of
-    2-epoch stretches) and as a share of this machine's matrix-product peak, measured in the
-    same run (`peak_size`: its matrices' side)."""
+    trial`): bottleneck2 as an nn.Sequential (the own-module engine: autograd, the seeds run
+    grouped by the Sequential's plan, see models.ModuleNetwork) against the built-in dense
+    engine on the same data and seeds, over `epochs` epochs after two warm-up ones, and their
+    ratio; then the CNN `cnn` (sweeps/nets.py's LeNet-style one: its seeds one after the other)
+    over `cnn_epochs` after one. Each in seed-epochs per second (the median of 2-epoch
+    stretches) and as a share of this machine's matrix-product peak, measured in the same run
+    (`peak_size`: its matrices' side)."""
     dataset = dataset if dataset is not None else load_dataset("mnist", data_dir)
     threads = os.cpu_count() or 1
     peak_1, peak_all = matmul_gflops(1, peak_size), matmul_gflops(threads, peak_size)

@@ -12,6 +12,7 @@ own torch.nn.Module, found and built by ibray.own_module).
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from ibray.config import CONV_MIN_SIDE, FLOAT_BITS, hidden_widths, own_module
 from ibray.conv_kernels import conv3x3, conv3x3_quantize_pool, pool2x2, quantize_pool2x2
 from ibray.device import LANES, pad_to_lanes
 from ibray.errors import ConfigError
-from ibray.own_module import build, measured_names, quoted
+from ibray.own_module import build, input_shape, measured_names, probe, quoted
 from ibray.quantization import Quantizer, straight_through
 
 CONV_CHANNELS = 2  # both conv layers: 3x3 kernels, 2 channels, ReLU, then 2x2 max-pooling
@@ -545,15 +546,70 @@ class ConvNetwork(BatchedNetwork):
 # -- your own torch.nn.Module, batched over seeds (ibray.own_module finds and builds it) ---------
 # The module is kept as a template whose parameters are never trained: every seed's parameters
 # live in the one row `flat` (S, P), and its buffers (batch norm's running statistics) in one
-# (S, ...) buffer each. A pass runs the template once per seed with that seed's tensors
-# (torch.func.functional_call), so a seed's numbers cannot depend on its batch mates. A loop
-# over the seeds rather than torch.func.vmap: under vmap, the quantizers' per-seed range updates
-# and batch norm's running statistics are in-place writes that vmap refuses, and a module may
-# hold any of them; S seeds cost S times one. Forward hooks on the measured submodules put the
-# k-bit quantizer after each one's output and record values and codes; the softmax output is
-# quantized as the built-ins'. Measured layers are numbered in the order the pass runs them.
+# (S, ...) buffer each. Two ways to run it, the same function of a seed's parameters:
+#
+# - Seed-grouped (`_grouped_plan`, `_run_plan`), where the module is a plain nn.Sequential
+#   (nested ones too) of layers it knows: nn.Linear, nn.Flatten, nn.BatchNorm1d and the
+#   elementwise activations (`_ELEMENTWISE`; the exact types, no hooks of the user's). All seeds run at once, features-major as DenseNetwork,
+#   (S, features, B): a Linear is one batched product of every seed's (out, in) weights with
+#   its inputs, an activation one call on the stacked seeds, batch norm per (seed, channel),
+#   each measured layer's quantizer one call with per-seed ranges (as the dense engine's); an
+#   input shared by all seeds (the measuring pass) meets the first Linear one seed at a time
+#   (`_shared_input_layer`). A seed's numbers do not depend on its batch mates on the same
+#   terms as the dense engine's: batched products, elementwise functions on lane-aligned
+#   blocks (batches stay padded to LANES; the padding is cut from batch norm's statistics and
+#   the quantizers' ranges, not from the pass), reductions per (seed, channel) row. The plan
+#   is checked against the module itself on a probe batch when the network is built (values
+#   within float32 rounding), else not taken.
+# - The per-seed loop, for every other module (any forward code: torch.flatten, custom modules,
+#   convolutions...): the template once per seed with that seed's tensors
+#   (torch.func.functional_call), the padding cut off before the pass, so a seed's numbers
+#   cannot depend on its batch mates at all. Forward hooks on the measured submodules (`_Tap`)
+#   put the k-bit quantizer after each one's output and record values and codes.
+#
+# Why a plan of known layers rather than torch.func.vmap over functional_call: the loop spends
+# its time in calls, not arithmetic (bottleneck2 at 10 seeds and batches of 256: some 1,500
+# small torch calls a training step, each seed's quantizers and autograd's included). vmap
+# cuts the calls but adds its batching rules' own cost and runs the products samples-major;
+# the quantizers' per-seed ranges and batch norm's running statistics are in-place writes it
+# takes only as extra outputs; and a convolution under it becomes a grouped one whose sums may
+# depend on the number of groups (seeds). Measured on this 2-core machine (shared, one thread,
+# medians of interleaved runs), bottleneck2 as an nn.Sequential at 10 seeds, batches of 256:
+# forward and backward without quantizers, the loop 13.3 ms, vmap 6.8, the plan 4.7; a whole
+# training step (quantizers, Adam, the batch gathered), the loop 67 ms, the plan 22, the
+# built-in DenseNetwork's 18 (its hand-written backward pass). Measured layers are numbered in
+# the order the pass runs them; the softmax output is quantized as the built-ins'.
 
 _PROBE_SAMPLES = 2  # a probe batch: batch norm in training mode needs more than one sample
+_PLAN_SAMPLES = 32  # the probe batch that checks a seed-grouped plan against the module
+
+# Elementwise modules the grouped plan calls on all seeds' stacked (S, features, B) values at once
+# (exact types: a subclass may compute something else). Each maps every number on its own.
+_ELEMENTWISE = frozenset(
+    {
+        nn.Identity,
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+        nn.ELU,
+        nn.CELU,
+        nn.SELU,
+        nn.GELU,
+        nn.SiLU,
+        nn.Mish,
+        nn.Sigmoid,
+        nn.Tanh,
+        nn.Hardtanh,
+        nn.Hardsigmoid,
+        nn.Hardswish,
+        nn.Softplus,
+        nn.Softsign,
+        nn.Tanhshrink,
+        nn.Softshrink,
+        nn.Hardshrink,
+        nn.LogSigmoid,
+    }
+)
 
 
 @dataclass
@@ -577,8 +633,104 @@ class _Tap:
         return self.network._tap(self.index, output)
 
 
+@dataclass
+class _Step:
+    """One layer of a seed-grouped plan: `kind` 'linear', 'batch_norm', 'elementwise' or 'end' (a
+    measured nn.Sequential's or nn.Flatten's end: only its quantizer); `tensors`: indices of its
+    parameters (weight, bias: None where absent) in the parameter row, or of its buffers
+    (running mean, variance, batches tracked); `measured`: its quantizer's index."""
+
+    kind: str
+    name: str
+    module: nn.Module | None = None
+    tensors: tuple = ()
+    buffers: tuple = ()
+    measured: int | None = None
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(module, name, None) for name in hooks)
+
+
+def _grouped_plan(
+    template: nn.Module, measured: list[str], shape: tuple[int, ...], parameters: list[str], buffers: list[str]
+) -> list[_Step] | None:
+    """The seed-grouped plan of an own module (see above), or None where it has a layer the plan
+    does not know, a module that runs twice, or tensors shared between layers. `measured`: the
+    measured layers in the order they run; `shape`: a sample's; `parameters`, `buffers`: the
+    template's names, in the order of the parameter row and of the (S, ...) buffers."""
+    from torch.nn.modules import module as torch_module
+
+    if any(getattr(torch_module, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks")):
+        return None
+    steps: list[_Step] = []
+    seen: set[int] = set()
+    used: list[str] = []  # the parameters and buffers the steps use
+    flat, width = len(shape) == 1, math.prod(shape)
+
+    def own(names: list[str], name: str) -> int:
+        used.append(name)
+        return names.index(name)  # ValueError: a tensor shared with another layer (not under this name)
+
+    def walk(module: nn.Module, prefix: str) -> bool:
+        nonlocal flat, width
+        for child_name, child in module._modules.items():  # as Sequential runs them: a module twice, twice
+            name, kind = f"{prefix}{child_name}", type(child)
+            if child is None or _has_hooks(child) or id(child) in seen:
+                return False
+            seen.add(id(child))
+            if kind is nn.Sequential:
+                if not walk(child, f"{name}."):
+                    return False
+                steps.append(_Step("end", name))
+            elif kind is nn.Linear:
+                if not flat or child.in_features != width:
+                    return False
+                bias = own(parameters, f"{name}.bias") if child.bias is not None else None
+                steps.append(_Step("linear", name, tensors=(own(parameters, f"{name}.weight"), bias)))
+                width = child.out_features
+            elif kind is nn.BatchNorm1d:
+                if not flat or child.num_features != width:
+                    return False
+                affine = child.weight is not None
+                tensors = (own(parameters, f"{name}.weight"), own(parameters, f"{name}.bias")) if affine else ()
+                stats = ("running_mean", "running_var", "num_batches_tracked") if child.running_mean is not None else ()
+                steps.append(
+                    _Step("batch_norm", name, child, tensors, tuple(own(buffers, f"{name}.{s}") for s in stats))
+                )
+            elif kind is nn.Flatten:
+                if (child.start_dim, child.end_dim) != (1, -1):
+                    return False
+                flat = True
+                steps.append(_Step("end", name))  # reshapes nothing: features-major, the values are flat
+            elif kind in _ELEMENTWISE:
+                if getattr(child, "inplace", False):  # never in place: the values may be the inputs
+                    child = copy.copy(child)
+                    child.inplace = False
+                steps.append(_Step("elementwise", name, child))
+            else:
+                return False
+        return True
+
+    try:
+        if type(template) is not nn.Sequential or _has_hooks(template) or not walk(template, ""):
+            return None
+    except ValueError:
+        return None
+    if sorted(used) != sorted([*parameters, *buffers]):  # no tensor the plan would leave out
+        return None
+    for step in steps:
+        if step.name in measured:
+            step.measured = measured.index(step.name)
+    if sorted(step.measured for step in steps if step.measured is not None) != list(range(len(measured))):
+        return None
+    return [step for step in steps if step.kind != "end" or step.measured is not None]
+
+
 class ModuleNetwork(BatchedNetwork):
-    """S copies of an own module, trained by autograd through `forward` (see the module doc)."""
+    """S copies of an own module, trained by autograd through `forward` (see the module doc):
+    seed-grouped where the module is a Sequential of known layers, else seed after seed."""
 
     def __init__(
         self,
@@ -597,10 +749,7 @@ class ModuleNetwork(BatchedNetwork):
         self.architecture = architecture
         self.label = own_module(architecture).label()
         template = build(architecture, seed=0)
-        if image_shape is None:
-            self.input_shape: tuple[int, ...] = (inputs,)
-        else:  # (H, W) images have one channel
-            self.input_shape = (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
+        self.input_shape = (inputs,) if image_shape is None else input_shape(tuple(image_shape))
         names = measured_names(template, tuple(measure), self.label)
         names, widths = self._probe(template, names)
         self.layers = [
@@ -610,6 +759,10 @@ class ModuleNetwork(BatchedNetwork):
         self._parameter_names = [name for name, _ in template.named_parameters()]
         self._shapes = [tuple(p.shape) for _, p in template.named_parameters()]
         self._buffer_names = [name for name, _ in template.named_buffers()]
+        plan = _grouped_plan(template, names, self.input_shape, self._parameter_names, self._buffer_names)
+        if plan is not None and not self._plan_agrees(template, plan):
+            plan = None
+        self._plan: list[_Step] | None = plan
         for number, (_, buffer) in enumerate(template.named_buffers()):
             self.register_buffer(f"state{number}", buffer.detach().unsqueeze(0).repeat(seeds, *([1] * buffer.dim())))
         for index, name in enumerate(names):
@@ -620,36 +773,25 @@ class ModuleNetwork(BatchedNetwork):
         self._run: _Run | None = None
         self._finish()
 
+    @property
+    def grouped(self) -> bool:
+        """Whether the seeds run grouped (the module's plan), not one after the other."""
+        return self._plan is not None
+
     def _probe(self, template: nn.Module, names: list[str]) -> tuple[list[str], list[int]]:
-        """Run a probe batch through the module: the measured layers in the order they run, and
-        their widths (features per sample); refuses inputs the module rejects, logits of the
-        wrong width, and a measured layer that does not run or runs twice."""
-        calls: list[tuple[str, int]] = []
-
-        def record(name):
-            def hook(module, inputs, output):
-                if not isinstance(output, torch.Tensor):
-                    raise ConfigError(
-                        f"measure: {name!r} of {self.label} returns a {type(output).__name__}, not a tensor"
-                    )
-                calls.append((name, math.prod(output.shape[1:])))
-
-            return hook
-
-        handles = [template.get_submodule(name).register_forward_hook(record(name)) for name in names]
+        """Run a probe batch through the module (own_module.probe): the measured layers in the
+        order they run, and their widths (features per sample); refuses inputs the module
+        rejects, logits of the wrong width, and a measured layer that does not run or runs twice."""
         shape = (_PROBE_SAMPLES, *self.input_shape)
         try:
-            with torch.no_grad():
-                logits = template.eval()(torch.zeros(shape))
-        except ConfigError:
-            raise
+            logits, calls = probe(template, names, self.input_shape, _PROBE_SAMPLES)
         except Exception as error:
             raise ConfigError(
                 f"architecture: {self.label} rejects inputs of shape {shape} (the data set's samples, batched): {quoted(error)}"
             ) from None
-        finally:
-            for handle in handles:
-                handle.remove()
+        for name, output in calls:
+            if not isinstance(output, torch.Tensor):
+                raise ConfigError(f"measure: {name!r} of {self.label} returns a {type(output).__name__}, not a tensor")
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (_PROBE_SAMPLES, self.classes):
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ConfigError(
@@ -664,7 +806,43 @@ class ModuleNetwork(BatchedNetwork):
                     f"measure: {name!r} {how} in {self.label}'s forward pass; measure layers that run once each "
                     f"(a module used twice needs a module of its own per use)"
                 )
-        return seen, [width for _, width in calls]
+        return seen, [math.prod(output.shape[1:]) for _, output in calls]
+
+    @torch.no_grad()
+    def _plan_agrees(self, template: nn.Module, plan: list[_Step]) -> bool:
+        """Whether `plan` computes what the template does, unquantized, on a probe batch of
+        _PLAN_SAMPLES random samples (a fixed stream), in eval mode with the template's own
+        parameters and buffers: the logits and every measured layer's values within float32
+        rounding (the products sum in another order). Depends on nothing but the module, so
+        every trial of the module takes the same path whatever its seeds."""
+        inputs = torch.rand(_PLAN_SAMPLES, *self.input_shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        recorded: dict[str, torch.Tensor] = {}
+
+        def record(name):
+            def hook(module, args, output):
+                recorded[name] = output.reshape(len(inputs), -1).clone()  # a later layer may work in place
+
+            return hook
+
+        measured = [step.name for step in plan if step.measured is not None]
+        handles = [template.get_submodule(name).register_forward_hook(record(name)) for name in measured]
+        try:
+            logits = template.eval()(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        parameters = [p.detach().unsqueeze(0) for p in template.parameters()]
+        buffers = [b.detach().unsqueeze(0) for b in template.buffers()]
+        values: dict[int, torch.Tensor] = {}
+
+        def keep(index: int, hidden: torch.Tensor, valid) -> tuple[torch.Tensor, None]:
+            values[index] = hidden
+            return hidden, None
+
+        got = _run_plan(plan, inputs.reshape(1, len(inputs), -1), 1, parameters, buffers, None, False, keep)
+        close = [(got[0].T, logits.reshape(len(inputs), -1))]
+        close += [(values[step.measured][0].T, recorded[step.name]) for step in plan if step.measured is not None]
+        return all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in close)
 
     def _apply(self, fn, *args, **kwargs):
         self._template._apply(fn, *args, **kwargs)  # no tensor of the pass is left behind on another device
@@ -682,6 +860,16 @@ class ModuleNetwork(BatchedNetwork):
         for number, name in enumerate(self._buffer_names):
             tensors[name] = getattr(self, f"state{number}")[slot]
         return tensors
+
+    def _grouped_tensors(self) -> list[torch.Tensor]:
+        """Every seed's parameters, per parameter of the template a (S, *shape) view of `flat`."""
+        return self._kept(
+            "grouped",
+            lambda: [
+                piece.view(self.seeds, *shape)
+                for piece, shape in zip(self.flat.split(self._sizes, dim=1), self._shapes)
+            ],
+        )
 
     @torch.no_grad()
     def init_slot(self, slot: int, generator: torch.Generator) -> None:
@@ -717,8 +905,36 @@ class ModuleNetwork(BatchedNetwork):
     def forward(self, x: torch.Tensor, valid: int | None = None) -> ForwardPass:
         """x: (S, B, features), or (B, features) shared by all seeds (the MI pass).
 
-        valid: only the first `valid` samples are real; the rest (padding) is not run at all,
-        so that batch norm's statistics see none of it, and the pass has `valid` samples."""
+        valid: only the first `valid` samples are real; the rest (padding) is seen by neither
+        batch norm's statistics nor the quantizers' ranges. The seed-grouped pass keeps the
+        padding (its results have B samples, the padding's meaningless), the per-seed loop cuts
+        it off first (they have `valid`)."""
+        if self._plan is not None:
+            return self._grouped_forward(x, valid)
+        return self._looped_forward(x, valid)
+
+    def _grouped_forward(self, x: torch.Tensor, valid: int | None) -> ForwardPass:
+        """All seeds at once by the module's plan, features-major (see the module doc)."""
+        values: list = [None] * len(self.layers)
+        codes: list = [None] * len(self.layers)
+
+        def quantize(index: int, hidden: torch.Tensor, valid: int | None):
+            values[index], codes[index] = self._quantize(index, hidden, valid, batch_dim=2)
+            return values[index], codes[index]
+
+        buffers = [getattr(self, f"state{number}") for number in range(len(self._buffer_names))]
+        tensors = self._grouped_tensors()
+        logits = _run_plan(self._plan, x, self.seeds, tensors, buffers, valid, self.training, quantize)
+        log_probs = torch.log_softmax(logits, dim=1)  # (S, classes, B)
+        quantize(len(self.layers) - 1, log_probs.exp(), valid)
+        return ForwardPass(
+            self._loss_log_probs(log_probs, values[-1]).transpose(1, 2),
+            [v.transpose(1, 2) for v in values],
+            [c.transpose(1, 2) if c is not None else None for c in codes],
+        )
+
+    def _looped_forward(self, x: torch.Tensor, valid: int | None) -> ForwardPass:
+        """The seeds one after the other, each through the template with its own tensors."""
         if valid is not None:
             x = x.narrow(-2, 0, valid)
         batch = x.shape[-2]
@@ -746,6 +962,87 @@ class ModuleNetwork(BatchedNetwork):
                 for layer in per_layer
             ],
         )
+
+
+def _run_plan(
+    plan: list[_Step],
+    x: torch.Tensor,
+    seeds: int,
+    parameters: list[torch.Tensor],
+    buffers: list[torch.Tensor],
+    valid: int | None,
+    training: bool,
+    quantize,
+) -> torch.Tensor:
+    """A seed-grouped pass of `seeds` seeds: x (S, B, features), or (B, features) shared by all
+    seeds, through `plan` with every seed's `parameters` and `buffers` ((S, ...) each, in the template's
+    order), features-major; `quantize(index, values, valid)` gives measured layer `index`'s
+    (S, width, B) values the next layer receives (and records them). The logits, (S, classes, B).
+    `valid`: the first samples that are real (batch norm's statistics see only them)."""
+    hidden = x.transpose(-1, -2)  # (S, features, B) or (features, B)
+
+    def per_seed(values: torch.Tensor) -> torch.Tensor:  # inputs shared by all seeds, for a per-seed step
+        return values.expand(seeds, *values.shape) if values.dim() == 2 else values
+
+    for step in plan:
+        if step.kind == "linear":
+            weight, bias = parameters[step.tensors[0]], step.tensors[1]
+            bias = parameters[bias].unsqueeze(-1) if bias is not None else None  # (S, out, 1)
+            if hidden.dim() == 2:
+                if bias is None:
+                    bias = weight.new_zeros(seeds, weight.shape[1], 1)
+                hidden = _shared_input_layer(weight, bias, hidden)
+            elif bias is None:
+                hidden = torch.bmm(weight, hidden)
+            else:
+                hidden = torch.baddbmm(bias, weight, hidden)
+        elif step.kind == "elementwise":
+            hidden = step.module.forward(hidden)
+        elif step.kind == "batch_norm":
+            hidden = _batch_norm(step, per_seed(hidden), parameters, buffers, valid, training)
+        if step.measured is not None:
+            hidden, _ = quantize(step.measured, per_seed(hidden), valid)
+    return per_seed(hidden)
+
+
+def _batch_norm(
+    step: _Step,
+    hidden: torch.Tensor,
+    parameters: list[torch.Tensor],
+    buffers: list[torch.Tensor],
+    valid: int | None,
+    training: bool,
+) -> torch.Tensor:
+    """nn.BatchNorm1d of every seed at once on (S, channels, B): in training (or without running
+    statistics) each (seed, channel)'s mean and biased variance over the first `valid` samples,
+    the running statistics updated as torch does (the unbiased variance; momentum None: the
+    cumulative average); in eval mode the running statistics."""
+    module = step.module
+    stats = [buffers[index] for index in step.buffers]  # running mean, variance, batches tracked
+    if training or not stats:
+        real = hidden if valid is None else hidden.narrow(2, 0, valid)
+        count = real.shape[2]
+        if training and count < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got {count} samples")
+        mean = real.mean(dim=2, keepdim=True)
+        variance = (real - mean).square().mean(dim=2, keepdim=True)
+        if training and stats:
+            with torch.no_grad():
+                running_mean, running_var, tracked = stats
+                tracked.add_(1)
+                factor = module.momentum  # None: the cumulative average, a factor per seed (restarts)
+                if factor is None:
+                    factor = tracked.double().reciprocal().to(running_mean.dtype).unsqueeze(-1)
+                running_mean.copy_(mean.squeeze(2) * factor + running_mean * (1 - factor))
+                unbiased = variance.squeeze(2) * (count / (count - 1))
+                running_var.copy_(unbiased * factor + running_var * (1 - factor))
+    else:
+        mean, variance = stats[0].unsqueeze(-1), stats[1].unsqueeze(-1)
+    hidden = (hidden - mean) * torch.rsqrt(variance + module.eps)
+    if step.tensors:
+        weight, bias = (parameters[index].unsqueeze(-1) for index in step.tensors)
+        hidden = hidden * weight + bias
+    return hidden
 
 
 def batched_network(

@@ -189,35 +189,56 @@ def check_measured_memory(config) -> None:
 
 def measured_widths(config, sample_shape: tuple[int, ...]) -> dict[str, int] | None:
     """The measured layers of a config's own module and their widths (features per sample), by
-    running one sample of `sample_shape` through it; None where the module cannot be built or
-    run on it (the trial, building it, says why). The layer names as rows name them; the
-    softmax output's width is the classes'."""
+    running one sample of `sample_shape` through it (`probe`); None where the module cannot be
+    built or run on it (the trial, building it, says why). The layer names as rows name them;
+    the softmax output's width is the classes'."""
     try:
-        template = build(config.architecture, seed=0).eval()
+        template = build(config.architecture, seed=0)
         names = measured_names(template, tuple(config.measure), own_module(config.architecture).label())
     except ConfigError:
         return None
-    widths: dict[str, int] = {}
-
-    def record(name: str):
-        def hook(module, inputs, output) -> None:  # returns nothing: the output stays as it is
-            widths.setdefault(name, math.prod(output.shape[1:]))
-
-        return hook
-
-    hooks = [template.get_submodule(name).register_forward_hook(record(name)) for name in names]
-    shape = (1, *sample_shape) if len(sample_shape) == 2 else tuple(sample_shape)  # (H, W): one channel
     try:
-        with torch.no_grad():
-            logits = template(torch.zeros(1, *shape))
+        logits, calls = probe(template, names, input_shape(sample_shape), samples=1)
     except Exception:  # noqa: BLE001 - the trial's own probe reports what the module rejects
         return None
-    finally:
-        for hook in hooks:
-            hook.remove()
+    widths: dict[str, int] = {}
+    for name, output in calls:
+        if isinstance(output, torch.Tensor):
+            widths.setdefault(name, math.prod(output.shape[1:]))
     if isinstance(logits, torch.Tensor):
         widths["output"] = math.prod(logits.shape[1:])
     return widths
+
+
+def input_shape(sample_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """What the module gets of one sample: (features,), (C, H, W), or (1, H, W) for (H, W) images
+    (one channel)."""
+    return (1, *sample_shape) if len(sample_shape) == 2 else tuple(sample_shape)
+
+
+def probe(module: nn.Module, names: list[str], shape: tuple[int, ...], samples: int) -> tuple[object, list]:
+    """Run a batch of `samples` zero inputs of `shape` (one sample's) through `module` in eval
+    mode, without gradients, with a forward hook on each submodule in `names`: (what the module
+    returned, [(name, its output)] in the order the measured submodules ran: one that runs
+    twice is there twice, one that does not run is not). What the module raises is raised; the
+    hooks are gone afterwards. ModuleNetwork and `measured_widths` find the measured layers and
+    their widths by it."""
+    calls: list[tuple[str, object]] = []
+
+    def record(name: str):
+        def hook(submodule, inputs, output) -> None:  # returns nothing: the output stays as it is
+            calls.append((name, output))
+
+        return hook
+
+    hooks = [module.get_submodule(name).register_forward_hook(record(name)) for name in names]
+    try:
+        with torch.no_grad():
+            output = module.eval()(torch.zeros(samples, *shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return output, calls
 
 
 def memory_text(size: float) -> str:

@@ -145,17 +145,71 @@ def test_a_pinned_file_is_found_by_its_name_where_a_ray_worker_unpacks_it(tmp_pa
 
 
 # -- the engine ---------------------------------------------------------------------------------
+# A module the seed-grouped plan takes (a Sequential of known layers) runs all seeds at once;
+# `looped` forces the per-seed loop on it, the path of every other module.
+def looped(net: ModuleNetwork) -> ModuleNetwork:
+    net._plan = None
+    return net
+
+
+CUSTOM = """
+import torch
+from torch import nn
+
+
+class Halve(nn.Module):
+    def forward(self, x):
+        return x / 2
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.bn, self.act = nn.Linear(12, 8), nn.BatchNorm1d(8), nn.Tanh()
+        self.fc2, self.relu, self.out = nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(self.relu(self.fc2(self.act(self.bn(self.fc1(torch.flatten(x, 1)))))))
+
+
+def custom_forward():
+    return Net()
+
+
+def custom_layer():
+    return nn.Sequential(nn.Linear(12, 8), Halve(), nn.Tanh(), nn.Linear(8, 2))
+
+
+def plain():
+    return nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 2))
+"""
+
+
+@pytest.fixture(scope="module")
+def custom(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("custom") / "custom_nets.py"
+    path.write_text(CUSTOM)
+    return path
+
+
+@pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("tracking", ["epoch", "moving_average", "batch"])
-def test_a_seeds_numbers_do_not_depend_on_its_batch_mates(tracking):
-    # batch norm in training mode, quantizer ranges and the padding cut off: each per seed
+def test_a_seeds_numbers_do_not_depend_on_its_batch_mates(tracking, grouped):
+    # batch norm in training mode, quantizer ranges and the padding cut off: each per seed,
+    # whether the seeds run grouped or one after the other
     architecture = pinned("mlp_batch_norm").architecture
     torch.manual_seed(0)
     x = torch.rand(3, 48, 12)
-    together = seeded(architecture, 3, tracking=tracking).train()
+
+    def path(net: ModuleNetwork) -> ModuleNetwork:
+        return net if grouped else looped(net)
+
+    together = path(seeded(architecture, 3, tracking=tracking)).train()
+    assert together.grouped == grouped
     for _ in range(2):
         shared = together(x, valid=40)
     for slot in range(3):
-        alone = batched_network(architecture, "tanh", 12, 2, bits=8, seeds=1, tracking=tracking)
+        alone = path(batched_network(architecture, "tanh", 12, 2, bits=8, seeds=1, tracking=tracking))
         alone.init_slot(0, torch.Generator().manual_seed(slot))
         alone.train()
         for _ in range(2):
@@ -163,6 +217,101 @@ def test_a_seeds_numbers_do_not_depend_on_its_batch_mates(tracking):
         assert torch.equal(result.log_probs[0], shared.log_probs[slot])
         assert all(torch.equal(a[0], b[slot]) for a, b in zip(result.codes, shared.codes))
         assert torch.equal(alone.state0[0], together.state0[slot])  # batch norm's running mean
+        assert torch.equal(alone.state1[0], together.state1[slot])
+        # the measuring pass: inputs shared by all seeds, running statistics
+        alone.eval(), together.eval()
+        a, b = alone(x[0]), together(x[0])
+        assert torch.equal(a.log_probs[0], b.log_probs[slot])
+        assert all(torch.equal(p[0], q[slot]) for p, q in zip(a.codes, b.codes))
+        together.train()
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_the_padding_is_never_seen(grouped):
+    """Batch norm's statistics and the quantizers' ranges see the first `valid` samples only."""
+    architecture = pinned("mlp_batch_norm").architecture
+    torch.manual_seed(0)
+    x = torch.rand(2, 48, 12)
+    other = x.clone()
+    other[:, 40:] = torch.rand(2, 8, 12) * 100
+    results, nets = [], []
+    for inputs in (x, other):
+        net = seeded(architecture, 2)
+        if not grouped:
+            looped(net)
+        net.train()
+        results.append(net(inputs, valid=40))
+        nets.append(net)
+    a, b = results
+    assert torch.equal(a.log_probs[:, :40], b.log_probs[:, :40])
+    assert all(torch.equal(p[:, :40], q[:, :40]) for p, q in zip(a.codes, b.codes))
+    assert torch.equal(nets[0].state1, nets[1].state1)  # running variance
+    assert all(torch.equal(p.low, q.low) and torch.equal(p.high, q.high) for p, q in zip(*(n.quantizers for n in nets)))
+
+
+@pytest.mark.parametrize("factory, grouped", [("mlp_batch_norm", True), ("bottleneck2", True), ("small_cnn", False)])
+def test_a_sequential_of_known_layers_runs_its_seeds_grouped(factory, grouped):
+    architecture = pinned(factory).architecture
+    shape = {"bottleneck2": (784, 10, None), "small_cnn": (64, 3, (8, 8))}.get(factory, (12, 2, None))
+    net = batched_network(architecture, "tanh", shape[0], shape[1], bits=8, seeds=2, image_shape=shape[2])
+    assert net.grouped == grouped
+
+
+def test_the_grouped_seeds_compute_what_the_loop_does():
+    """The seed-grouped plan against the per-seed loop on the same seeds, two training steps and
+    the measuring pass: the same codes, batch norm's statistics and values to within float32
+    rounding (the products sum in another order)."""
+    architecture = pinned("mlp_batch_norm").architecture
+    torch.manual_seed(1)
+    x = torch.rand(3, 48, 12)
+    grouped, loop = seeded(architecture, 3).train(), looped(seeded(architecture, 3)).train()
+    assert grouped.grouped and not loop.grouped
+    for _ in range(2):
+        a, b = grouped(x, valid=40), loop(x, valid=40)
+    grouped.eval(), loop.eval()
+    c, d = grouped(x[0]), loop(x[0])
+    for p, q in [(a.log_probs[:, :40], b.log_probs), (c.log_probs, d.log_probs)]:
+        torch.testing.assert_close(p, q, atol=2e-6, rtol=0)
+    for p, q in [*zip(a.codes, b.codes), *zip(c.codes, d.codes)]:
+        assert (p[:, : q.shape[1]] != q).float().mean() <= 1e-3 and (p[:, : q.shape[1]] - q).abs().max() <= 1
+    for number in range(3):
+        torch.testing.assert_close(getattr(grouped, f"state{number}"), getattr(loop, f"state{number}"))
+    for p, q in zip(grouped.quantizers, loop.quantizers):
+        torch.testing.assert_close(p.low, q.low, atol=2e-6, rtol=0)
+        torch.testing.assert_close(p.high, q.high, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("factory", ["custom_forward", "custom_layer"])
+def test_a_module_the_plan_cannot_take_runs_seed_after_seed(custom, factory):
+    """Any forward code (torch.flatten, a module of one's own) runs by the per-seed loop, each
+    seed as its module alone computes it, whatever its batch mates."""
+    architecture = pinned(factory, custom).architecture
+    torch.manual_seed(2)
+    x = torch.rand(3, 48, 12)
+    together = seeded(architecture, 3).train()
+    assert not together.grouped
+    shared = together(x, valid=40)
+    for slot in range(3):
+        alone = seeded(architecture, 1).train()
+        alone.init_slot(0, torch.Generator().manual_seed(slot))
+        result = alone(x[slot : slot + 1], valid=40)
+        assert torch.equal(result.log_probs[0], shared.log_probs[slot])
+        assert all(torch.equal(p[0], q[slot]) for p, q in zip(result.codes, shared.codes))
+    # the same numbers as the plain Sequential's (x / 2 feeds tanh half of what fc1 gives:
+    # its weights halved do the same), run grouped
+    if factory == "custom_layer":
+        plain = seeded(pinned("plain", custom).architecture, 3)
+        assert plain.grouped
+        with torch.no_grad():
+            plain.flat.copy_(together.flat)
+            for slot in range(3):
+                tensors = plain._seed_tensors(slot)
+                tensors["0.weight"].div_(2), tensors["0.bias"].div_(2)
+        plain.train()(x, valid=40)
+        together.train()(x, valid=40)
+        a, b = plain.eval()(x[0]), together.eval()(x[0])
+        torch.testing.assert_close(a.log_probs, b.log_probs, atol=2e-6, rtol=0)
+        assert all((p != q).float().mean() <= 1e-3 for p, q in zip(a.codes, b.codes))
 
 
 def test_the_module_is_initialised_from_the_seeds_own_stream():
