@@ -482,10 +482,12 @@ class ConvNetwork(BatchedNetwork):
 
     def eval_chunk(self, features: int, limit: int = 8192) -> int:
         """Samples per forward chunk of a pass over a whole data set, a multiple of LANES: at
-        most `limit`, and a chunk's first conv layer output near 2^21 floats (8 MB) over all seeds:
-        tensors over glibc's mmap threshold (32 MB at most) are fresh pages each time, paid in page
-        faults (measured: the measuring pass took 1.5x as long in chunks of 2^23)."""
-        per_sample = features * CONV_CHANNELS * self.seeds
+        most `limit`, and the widest tensor a chunk makes (the first conv layer's pooled values or
+        codes: the measuring pass never makes its full-size output) near 2^21 floats (8 MB) over
+        all seeds: tensors over glibc's mmap threshold (32 MB at most) are fresh pages each time,
+        paid in page faults (measured: the measuring pass took 1.5x as long in chunks of 2^23),
+        and each chunk costs its share of Python (at 10 seeds on MNIST: 116 chunks, not 547)."""
+        per_sample = max(spec.width for spec in self.layers) * self.seeds
         return max(LANES, min(limit, (2**21 // per_sample) // LANES * LANES))
 
     @staticmethod
@@ -519,9 +521,10 @@ class ConvNetwork(BatchedNetwork):
         relu = self.activation_name == "relu"  # ReLU runs inside the convolution's pass
         for index in (0, 1):  # the convolutions, each quantized, then pooled
             quantizer = self.quantizers[index] if self.quantizers is not None else None
-            if relu and quantizer is not None and not quantizer.training and not torch.is_grad_enabled():
-                # a measuring pass: convolution, ReLU, quantizer and pooling in one pass
-                hidden, pooled_codes = conv3x3_quantize_pool(hidden, weights[index], biases[index], True, quantizer)
+            if relu and quantizer is not None:  # convolution, ReLU, range, quantizer and pooling in one go
+                hidden, pooled_codes = conv3x3_quantize_pool(
+                    hidden, weights[index], biases[index], True, quantizer, valid
+                )
             else:
                 out = self._conv(hidden, weights[index], biases[index], relu)
                 out = out if relu else self.activation(out)

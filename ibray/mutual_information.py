@@ -14,6 +14,7 @@ one flat array whose keys carry their row's number on top, whichever is faster f
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,29 @@ def rank_rows(keys: np.ndarray) -> np.ndarray:
     ranks = np.empty_like(steps)
     np.put_along_axis(ranks, order, np.cumsum(steps, axis=1), axis=1)
     return ranks
+
+
+def _ranks_unless_distinct(keys: np.ndarray, used: int, first: bool) -> np.ndarray | None:
+    """`rank_rows(keys)` of non-negative `used`-bit keys, or None where every row's keys are all
+    distinct. With `first`, or where the row number does not fit above the keys: a sort, then
+    (rows not all distinct) `rank_rows`. Else one sort of a flat array (torch's, with the order
+    it took) answers both, about twice as fast as a sort, NumPy's argsort row by row and its
+    gathers (a conv layer's codes: 0.86 s against 1.29 s for 70,000 x 338 codes of 10 seeds)."""
+    seeds, samples = keys.shape
+    if first or used + max(seeds - 1, 0).bit_length() > _WORD_BITS or keys.size <= _SMALL:
+        ordered = _sorted_rows(keys, used)
+        return None if (ordered[:, 1:] != ordered[:, :-1]).all() else rank_rows(keys)
+    flat = keys | (np.arange(seeds, dtype=np.int64)[:, None] << used) if seeds > 1 else keys
+    ordered, order = torch.sort(torch.from_numpy(np.ascontiguousarray(flat).reshape(-1)))
+    ordered = ordered.numpy().reshape(seeds, samples)  # each row's keys in a block of its own, sorted
+    new = ordered[:, 1:] != ordered[:, :-1]
+    if new.all():
+        return None
+    steps = np.zeros(keys.shape, dtype=np.int64)
+    steps[:, 1:] = new
+    ranks = np.empty(keys.size, dtype=np.int64)
+    ranks[order.numpy()] = np.cumsum(steps, axis=1).reshape(-1)
+    return ranks.reshape(seeds, samples)
 
 
 def _sorted_rows(keys: np.ndarray, used: int) -> np.ndarray:
@@ -120,6 +144,28 @@ def _spread_order(width: int) -> tuple[int, ...]:
     return tuple(sorted(range(width), key=lambda i: int(format(i, f"0{bits}b")[::-1], 2)))
 
 
+# Neurons copied into neuron order at a time, for rows wider than this (narrower rows are copied
+# at once: NumPy's reductions over the samples of samples-major codes are slow where rows are short)
+_COLUMN_BLOCK = 64
+
+
+def _columns(codes: np.ndarray, neuron_major: np.ndarray | None, order, bits: list[int]):
+    """(block, bits) of neurons `order` of codes (seeds, samples, width), each block (seeds,
+    samples) with samples contiguous: views of `neuron_major` where given, else copied from codes
+    _COLUMN_BLOCK neurons at a time, as they are reached (a conv layer's rows are mostly told
+    apart within its first few words: 0.1 s against 0.34 for copying all of its 338 neurons,
+    10 seeds x 70,000 samples)."""
+    order = list(order)
+    for start in range(0, len(order), 1 if neuron_major is not None else _COLUMN_BLOCK):
+        if neuron_major is not None:
+            yield neuron_major[order[start]], bits[order[start]]
+            continue
+        picked = order[start : start + _COLUMN_BLOCK]
+        block = _by_neuron(np.take(codes, picked, axis=2))
+        for number, neuron in enumerate(picked):
+            yield block[number], bits[neuron]
+
+
 def _packed_keys(codes: np.ndarray, tail: np.ndarray | None, tail_bits: int) -> tuple[np.ndarray, int]:
     """One int64 key per (seed, sample) such that keys are equal exactly when the rows of
     codes (and the tail column, if given) are equal, and ordered like the rows (rows wider
@@ -129,34 +175,48 @@ def _packed_keys(codes: np.ndarray, tail: np.ndarray | None, tail_bits: int) -> 
     seeds, samples, width = codes.shape
     rank_bits = max(1, int(samples).bit_length())
     key = np.zeros((seeds, samples), dtype=np.int64)
-    used = 0
+    used = used_words = 0
     # One (seeds, samples) block per neuron, samples contiguous: the packing reads each block
     # once. Codes laid out neurons before samples (the dense networks' layout) are read in
-    # place; others are copied into that order first.
-    by_neuron = _by_neuron(codes)
-    columns = [(block, _bits(block.max()) if block.size else 0) for block in by_neuron]
-    if sum(bits for _, bits in columns) + tail_bits > _WORD_BITS and samples > 1:
+    # place; others are copied into that order first, or, rows of more than _COLUMN_BLOCK
+    # neurons, in blocks of neurons as the packing reaches them (`_columns`).
+    neuron_major = np.moveaxis(codes, 2, 0)
+    if width <= _COLUMN_BLOCK:
+        neuron_major = _by_neuron(codes)
+    in_place = neuron_major.strides[-1] == neuron_major.itemsize
+    if codes.size == 0:
+        highs = np.zeros((width, seeds), dtype=np.int64)
+    else:  # read in the codes' own order
+        highs = neuron_major.max(axis=2) if in_place else codes.max(axis=1).T  # (width, seeds)
+    bits = [_bits(top) for top in highs.max(axis=1)] if seeds else [0] * width
+    order = range(width)
+    if sum(bits) + tail_bits > _WORD_BITS and samples > 1:
         # Rows wider than one key (a conv layer's hundreds of neurons): ranked word by word, and
         # done once the rows are told apart. A neuron that is constant within every seed tells
         # no rows apart: left out. The others in `_spread_order`, so that neurons far apart (in an
         # image: the centre, not only the border) come first and the rows part sooner. Both
         # leave each seed's order of its rows, and so its numbers, independent of its batch
         # mates: the order is fixed by the width, and a left-out neuron is constant within it.
-        varying = (by_neuron.min(axis=2) != by_neuron.max(axis=2)).any(axis=1)
-        columns = [columns[i] for i in _spread_order(width) if varying[i]]
+        lows = neuron_major.min(axis=2) if in_place else codes.min(axis=1).T
+        varying = (lows != highs).any(axis=1)
+        order = [i for i in _spread_order(width) if varying[i]]
+    columns = _columns(codes, neuron_major if in_place else None, order, bits)
     if tail is not None:
-        columns.append((np.broadcast_to(tail, (seeds, samples)), tail_bits))
+        columns = itertools.chain(columns, [(np.broadcast_to(tail, (seeds, samples)), tail_bits)])
     for column, bits in columns:
         if bits > _WORD_BITS - rank_bits:
             raise ValueError(f"a code of {bits} bits is too wide; at most {_WORD_BITS - rank_bits} supported")
         if used + bits > _WORD_BITS:  # the key is full: replace it by its rank, then go on
-            # First the cheaper question (a sort, not an argsort and two gathers): are every
-            # seed's rows told apart already? Then later columns cannot merge them.
-            ordered = _sorted_rows(key, used)
-            if (ordered[:, 1:] != ordered[:, :-1]).all():
+            # Are every seed's rows told apart already? Then later columns cannot merge them.
+            # The first time, the cheaper question first (a sort, not an argsort and gathers: rows
+            # of a dense layer are mostly told apart by their first word); after that (rows that
+            # did not part at once seldom part at the next word) one sort answers both.
+            ranks = _ranks_unless_distinct(key, used, first=used_words == 0)
+            if ranks is None:
                 return key, -1
-            key = rank_rows(key)
+            key = ranks
             used = rank_bits
+            used_words += 1
         key <<= bits
         key |= column
         used += bits

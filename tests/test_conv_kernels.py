@@ -6,6 +6,8 @@ compiler is found."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import subprocess
 import sys
@@ -64,21 +66,119 @@ def test_relu_in_the_convolutions_pass_is_torch_relu_after_it(shape):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
 
 
+# (seeds, seeds of x, channels in, out, batch, height, width): MNIST's two layers, odd sides, more
+# channels and outputs, rows of several window vectors, the smallest layer (one window)
+LAYERS = [
+    (3, 1, 1, 2, 40, 28, 28),
+    (3, 3, 2, 2, 9, 13, 13),
+    (2, 2, 3, 3, 5, 11, 12),
+    (2, 2, 1, 2, 4, 36, 41),
+    (2, 2, 2, 1, 3, 4, 4),
+]
+
+
 @pytest.mark.parametrize("relu", [True, False])
-def test_the_measuring_pass_in_one_kernel_is_convolution_then_quantize_and_pool(relu):
-    generator = torch.Generator().manual_seed(11)
-    x = torch.rand(1, 1, 40, 28, 28, generator=generator)  # shared by the seeds, as in a measuring pass
-    weight = torch.randn(3, 2, 1, 3, 3, generator=generator)
-    bias = torch.randn(3, 2, generator=generator) * 0.1
-    quantizer = Quantizer(8, seeds=3)
+@pytest.mark.parametrize("shape", LAYERS)
+def test_the_measuring_pass_in_one_kernel_is_convolution_then_quantize_and_pool(shape, relu):
+    seeds, x_seeds, channels, outs, batch, side_h, side_w = shape
+    generator = torch.Generator().manual_seed(11 + sum(shape))
+    x = torch.rand(x_seeds, channels, batch, side_h, side_w, generator=generator)
+    weight = torch.randn(seeds, outs, channels, 3, 3, generator=generator)
+    bias = torch.randn(seeds, outs, generator=generator) * 0.1
+    quantizer = Quantizer(8, seeds=seeds)
     quantizer.train()
     quantizer.observe(conv3x3(x, weight, bias, relu), batch_dim=2)
     quantizer.eval()
     pooled, codes = conv3x3_quantize_pool(x, weight, bias, relu, quantizer)
     reference, reference_codes = quantize_pool2x2(conv3x3(x, weight, bias, relu), quantizer)
-    assert pooled.shape == (3, 2, 40, 13, 13)
+    assert pooled.shape == (seeds, outs, batch, (side_h - 2) // 2, (side_w - 2) // 2)
     assert torch.equal(pooled, reference) and torch.equal(codes, reference_codes)
-    assert len(torch.unique(codes)) > 50  # the codes spread over the range
+    if batch * side_h > 300:
+        assert len(torch.unique(codes)) > 50  # the codes spread over the range
+
+
+def _layer_by_steps(x, weight, bias, quantizer, valid):
+    """A training pass's conv layer step by step in torch: convolution, ReLU, the range from the
+    valid samples, straight-through quantization, pooling; (pooled values, their codes)."""
+    out = torch.relu(reference_conv3x3(x, weight, bias))
+    quantizer.observe(out, valid, batch_dim=2)
+    low, step, inverse = quantizer.grid(out.dim())
+    with torch.no_grad():
+        quantized = quantizer.codes(out, low, inverse).mul(step).add_(low)
+    pooled = reference_pool2x2(straight_through(out, quantized))
+    return pooled, quantizer.codes_of(pooled.detach())
+
+
+def _a_layer(shape, seed: int, bits: int = 4, tracking: str = "epoch"):
+    """x, weight, bias, a quantizer and an output gradient. Tracking 'epoch' starts with no range;
+    'epoch so far' with one from earlier batches, which this batch widens for every other seed
+    only (the others are quantized once, the first way); 'moving_average' with one narrower
+    than the batch's (values get clamped)."""
+    seeds, x_seeds, channels, outs, batch, side_h, side_w = shape
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(x_seeds, channels, batch, side_h, side_w, generator=generator)
+    weight = torch.randn(seeds, outs, channels, 3, 3, generator=generator)
+    bias = torch.randn(seeds, outs, generator=generator) * 0.3
+    quantizer = Quantizer(bits, seeds=seeds, tracking=tracking.split()[0], ema_decay=0.5)
+    if tracking != "epoch":
+        quantizer.low.fill_(0.5)
+        quantizer.high.fill_(1.5)
+    if tracking == "epoch so far":
+        quantizer.low[::2], quantizer.high[::2] = 0.0, 1000.0
+    grad = torch.randn(seeds, outs, batch, (side_h - 2) // 2, (side_w - 2) // 2, generator=generator)
+    return x.requires_grad_(x_seeds == seeds), weight.requires_grad_(), bias.requires_grad_(), quantizer, grad
+
+
+@pytest.mark.parametrize("tracking", ["epoch", "epoch so far", "moving_average"])
+@pytest.mark.parametrize("shape", LAYERS)
+def test_a_training_layer_in_two_kernel_passes_is_its_steps_one_by_one(shape, tracking):
+    """Convolution, ReLU, range, quantizer and pooling in the C kernels: the same values, codes and
+    range as the steps in torch, bit for bit (4 bits: windows full of ties), only the valid samples
+    in the range, and the gradients (through the first maximum of each window, and ReLU) equal to
+    autograd's to within float32 rounding."""
+    batch = shape[4]
+    valid = max(1, batch - 2)  # the rest is padding
+    x, weight, bias, quantizer, grad = _a_layer(shape, sum(shape), tracking=tracking)
+    reference_quantizer = copy.deepcopy(quantizer)
+    pooled, codes = conv3x3_quantize_pool(x, weight, bias, True, quantizer, valid)
+    reference, reference_codes = _layer_by_steps(x, weight, bias, reference_quantizer, valid)
+    assert torch.equal(quantizer.low, reference_quantizer.low) and torch.equal(quantizer.high, reference_quantizer.high)
+    assert torch.equal(pooled, reference) and torch.equal(codes, reference_codes)
+    assert codes.min() >= 0 and codes.max() <= 15 and torch.equal(codes, codes.round())
+    inputs = [weight, bias] + ([x] if x.requires_grad else [])
+    mine = torch.autograd.grad(pooled, inputs, grad)
+    theirs = torch.autograd.grad(reference, inputs, grad)
+    for ours, autograds in zip(mine, theirs):
+        assert ours.shape == autograds.shape
+        torch.testing.assert_close(ours, autograds, rtol=1e-5, atol=1e-5 * autograds.abs().max().item())
+    assert all(g.abs().sum() > 0 for g in mine)
+
+
+def test_a_training_layers_seed_does_not_depend_on_its_batch_mates_and_a_nan_stays_its_own():
+    """Each seed alone and all together: the same values, codes, range and gradients, bit for
+    bit; a seed whose weights went NaN gets NaN ranges (as torch's amin and amax give) and leaves
+    the others as they were."""
+    shape = (4, 4, 2, 2, 6, 13, 13)
+    x, weight, bias, quantizer, grad = _a_layer(shape, 5, bits=8, tracking="epoch so far")
+    with torch.no_grad():
+        weight[2, 1, 0, 1, 1] = float("nan")
+    before = [quantizer.low.clone(), quantizer.high.clone()]
+    pooled, codes = conv3x3_quantize_pool(x, weight, bias, True, quantizer, 5)
+    together = torch.autograd.grad(pooled, [x, weight, bias], grad)
+    assert quantizer.low[2].isnan() and quantizer.high[2].isnan()
+    assert quantizer.high[0] == 1000.0 and quantizer.high[1] > 1.5  # one range stood, one moved
+    for seed in range(4):
+        alone = [t[seed : seed + 1].detach().requires_grad_() for t in (x, weight, bias)]
+        own = Quantizer(8, seeds=1)
+        own.low[0], own.high[0] = before[0][seed], before[1][seed]
+        pooled_alone, codes_alone = conv3x3_quantize_pool(*alone, True, own, 5)
+        same = functools.partial(torch.testing.assert_close, rtol=0, atol=0, equal_nan=True)
+        same(pooled_alone[0], pooled[seed])
+        same(codes_alone[0], codes[seed])
+        same(own.low[0], quantizer.low[seed])
+        same(own.high[0], quantizer.high[seed])
+        for mine, batched in zip(torch.autograd.grad(pooled_alone, alone, grad[seed : seed + 1]), together):
+            same(mine[0], batched[seed])
 
 
 def test_the_convolution_of_a_known_image():

@@ -299,15 +299,42 @@ def test_conv_like_wide_rows_count_exactly_and_alone_as_in_a_batch():
     together = layer_information(codes, labels)
     ids = row_ids(codes)
     for seed in range(seeds):
-        h_t, mi_ty, states = brute_force(codes[seed], labels)
-        assert 0 < together.n_states[seed] == states < samples
-        assert together.h_t[seed] == pytest.approx(h_t, abs=1e-9)
-        assert together.mi_ty[seed] == pytest.approx(mi_ty, abs=1e-9)
-        alone = layer_information(codes[seed], labels)
-        for field in ("h_t", "mi_xt", "mi_ty", "n_states"):
-            assert getattr(together, field)[seed] == getattr(alone, field)[0], (seed, field)
+        states = _exact_and_as_alone(codes, labels, together, seed)
         _, inverse = np.unique(codes[seed], axis=0, return_inverse=True)
         pairs = set(zip(ids[seed].tolist(), inverse.reshape(-1).tolist()))  # the same partition of the rows
         assert len(pairs) == len(set(ids[seed].tolist())) == states and sorted(set(ids[seed].tolist())) == list(
             range(states)
         )
+
+
+@pytest.mark.parametrize("seeds, width", [(1, 40), (3, 40), (2, 150)])
+def test_rows_that_part_only_after_several_words_count_exactly_and_alone_as_in_a_batch(seeds, width):
+    # Rows of `width` neurons, all but 8 of them one of 50 patterns and those 8 of three values,
+    # half of the rows repeated: never all told apart, so ranked word after word (past the first
+    # word with one sort of all seeds' keys, more keys than _SMALL, giving both the answer and
+    # the ranks) to the last neuron (150: copied into neuron order in three blocks of 64).
+    rng = np.random.default_rng(seeds * width)
+    samples = 20000
+    patterns = rng.integers(0, 256, size=(seeds, 50, width - 8))
+    codes = np.empty((seeds, samples, width), dtype=np.uint8)
+    for seed in range(seeds):
+        codes[seed, :, : width - 8] = patterns[seed][rng.integers(0, 50, size=samples)]
+    codes[:, :, width - 8 :] = rng.integers(0, 3, size=(seeds, samples, 8))
+    codes[:, samples // 2 :] = codes[:, : samples - samples // 2]
+    labels = rng.integers(0, 10, size=samples)
+    together = layer_information(codes, labels)
+    for seed in range(seeds):
+        _exact_and_as_alone(codes, labels, together, seed)
+
+
+def _exact_and_as_alone(codes, labels, together, seed: int) -> int:
+    """Asserts that seed's entry of `together` (layer_information of all seeds' codes) is the
+    brute-force count and, to the last bit, what the seed gets alone; returns its state count."""
+    h_t, mi_ty, states = brute_force(codes[seed], labels)
+    assert 0 < together.n_states[seed] == states < codes.shape[1]
+    assert together.h_t[seed] == pytest.approx(h_t, abs=1e-9)
+    assert together.mi_ty[seed] == pytest.approx(mi_ty, abs=1e-9)
+    alone = layer_information(codes[seed], labels)
+    for field in ("h_t", "mi_xt", "mi_ty", "n_states"):
+        assert getattr(together, field)[seed] == getattr(alone, field)[0], (seed, field)
+    return states
