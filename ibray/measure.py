@@ -210,7 +210,14 @@ class Measurer:
         return self._rows(self._eval_model, slots, keys, axes, bounds)
 
     def _rows(self, model: BatchedNetwork, slots, keys, axes, global_bounds) -> tuple[dict, dict]:
-        log_probs, values, codes = self.forward_all(model)
+        config = self.config
+        binning = any(binning_bins(e) for e in config.estimators)
+        estimated = any(e != "exact" and not binning_bins(e) for e in config.estimators)
+        # The layers' values are kept only where an estimator reads them (or a float network's
+        # exact count); otherwise only their extremes, per chunk (a conv network's first layer:
+        # 0.95 GB of values at 10 seeds on MNIST, never joined)
+        keep_values = self.measure_mi and (binning or estimated or not model.quantized)
+        log_probs, values, codes, lows, highs = self.forward_all(model, keep_values)
         every = slots == list(range(model.seeds))
         index = torch.as_tensor(slots, device=log_probs.device)
 
@@ -218,9 +225,8 @@ class Measurer:
             return tensor if every else tensor[index]
 
         metrics = {**axes, **{k: v.tolist() for k, v in self._metrics(pick(log_probs)).items()}}
-        values = [pick(v) for v in values]
-        extremes = [(v.amin(dim=(1, 2)).double().tolist(), v.amax(dim=(1, 2)).double().tolist()) for v in values]
-        config = self.config
+        values = [pick(v) for v in values] if values is not None else None
+        extremes = [(pick(low).double().tolist(), pick(high).double().tolist()) for low, high in zip(lows, highs)]
         if self.global_ranges is None and config.bin_bounds == "global":
             for row, key in enumerate(keys):  # the range pass: remember each run's extremes
                 low = min(layer[0][row] for layer in extremes)
@@ -229,9 +235,7 @@ class Measurer:
                 self.seen_ranges[key] = (min(low, old_low), max(high, old_high))
         if not self.measure_mi:
             return {}, metrics
-        binning = any(binning_bins(e) for e in config.estimators)
         layer_values = [v.cpu().numpy() for v in values] if binning or codes is None else None
-        estimated = any(e != "exact" and not binning_bins(e) for e in config.estimators)
         settings = Settings(config.kde_variance, config.knn_k, config.estimator_samples)
         layer_codes = None
         if codes is not None and self.count_on_device:
@@ -259,9 +263,10 @@ class Measurer:
         return mi, metrics
 
     @torch.no_grad()
-    def forward_all(self, model: BatchedNetwork):
+    def forward_all(self, model: BatchedNetwork, keep_values: bool = True):
         """The whole data set through the network, ranges held fixed, in chunks:
-        (log-probabilities, per-layer values, per-layer codes or None for a float network)."""
+        (log-probabilities, per-layer values or None unless `keep_values`, per-layer codes or
+        None for a float network, per-layer minima and maxima of the values, each (seeds,))."""
         model.eval()
         forward = model
         if self.config.engine == "compiled" and model.features_major:
@@ -271,15 +276,24 @@ class Measurer:
         chunk = model.eval_chunk(self.x.shape[1])
         total = len(self.x)
         layers = len(model.layers)
+        lows: list[torch.Tensor] = []
+        highs: list[torch.Tensor] = []
         for start in range(0, total, chunk):
             rows, size = pad_to_lanes(self.x[start : start + chunk])
             part = forward(rows)
-            pieces = [part.log_probs, *part.values, *(part.codes if model.quantized else [])]
-            pieces = [piece.narrow(1, 0, size) for piece in pieces]  # the padding cut off
+            values = [piece.narrow(1, 0, size) for piece in part.values]  # the padding cut off
+            # min and max over a chunk, then over the chunks: NaN stays NaN, as over the whole
+            chunk_lows = [v.amin(dim=tuple(range(1, v.dim()))) for v in values]
+            chunk_highs = [v.amax(dim=tuple(range(1, v.dim()))) for v in values]
+            lows = [torch.minimum(a, b) for a, b in zip(lows, chunk_lows)] if lows else chunk_lows
+            highs = [torch.maximum(a, b) for a, b in zip(highs, chunk_highs)] if highs else chunk_highs
+            pieces = [part.log_probs, *(values if keep_values else []), *(part.codes if model.quantized else [])]
+            pieces = [piece.narrow(1, 0, size) for piece in pieces]
             if size < total:  # several chunks: joined into kept tensors
                 pieces = [self._joined(number, piece, start, total) for number, piece in enumerate(pieces)]
-        codes = pieces[1 + layers :] if model.quantized else None
-        return pieces[0], pieces[1 : 1 + layers], codes
+        kept = layers if keep_values else 0
+        codes = pieces[1 + kept :] if model.quantized else None
+        return pieces[0], pieces[1 : 1 + kept] if keep_values else None, codes, lows, highs
 
     def _joined(self, name, piece: torch.Tensor, start: int, total: int) -> torch.Tensor:
         """`piece` (S, size, ...) copied into samples start..start+size of a kept (S, total, ...)
