@@ -8,6 +8,7 @@ import time
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from ibray.config import TrialConfig
 from ibray.data import Dataset
@@ -326,3 +327,30 @@ def test_a_measurement_counted_on_the_device_equals_one_counted_by_numpy(synthet
         else:
             assert on_device[key] == by_numpy[key], key
     assert len(by_numpy["seed"]) == 2 * len(trainer.model.layers)
+
+
+@pytest.mark.parametrize("estimators", [("exact",), ("exact", "bin30")])
+@pytest.mark.parametrize("architecture", ["conv", "bottleneck2"])
+def test_a_measurement_in_chunks_equals_one_in_a_single_pass(architecture, estimators):
+    # A pass over MNIST runs in chunks, joined into kept tensors: the codes as bytes, the
+    # values only where an estimator reads them (bin30), else only their extremes, chunk by
+    # chunk. Every row equals that of one pass over the whole set (t_min and t_max included).
+    config = TrialConfig(
+        dataset="mnist", architecture=architecture, activation="relu", seeds=(0, 1), epochs=2, estimators=estimators
+    )
+    trainer = Trainer(config, tiny_mnist(), threads=1)
+    trainer.train_epoch()
+    whole = trainer.measure([0, 1]).mi
+    trainer.model.eval_chunk = lambda features, limit=8192: 32  # 240 samples: 8 chunks, the last one short
+    chunked = trainer.measure([1, 0]).mi
+    assert trainer.measurer._buffers and (
+        {b.dtype for n, b in trainer.measurer._buffers.items() if n > 0} == {torch.uint8}
+        if estimators == ("exact",)
+        else torch.float32 in {b.dtype for b in trainer.measurer._buffers.values()}
+    )
+    order = np.lexsort((whole["layer"], whole["estimator"], whole["seed"]))
+    again = np.lexsort((chunked["layer"], chunked["estimator"], chunked["seed"]))
+    assert len(whole["seed"]) == 2 * len(trainer.model.layers) * len(estimators)
+    for key in whole:
+        assert [whole[key][i] for i in order] == [chunked[key][i] for i in again], key
+    assert min(whole["t_max"]) > 0 and max(whole["n_states"]) > 1
