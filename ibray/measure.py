@@ -276,7 +276,6 @@ class Measurer:
             forward = self._compiled[model]
         chunk = model.eval_chunk(self.x.shape[1])
         total = len(self.x)
-        layers = len(model.layers)
         lows: list[torch.Tensor] = []
         highs: list[torch.Tensor] = []
         # 8-bit codes counted by NumPy are joined as bytes: a quarter of the memory written, and
@@ -291,16 +290,17 @@ class Measurer:
             chunk_highs = [v.amax(dim=tuple(range(1, v.dim()))) for v in values]
             lows = [torch.minimum(a, b) for a, b in zip(lows, chunk_lows)] if lows else chunk_lows
             highs = [torch.maximum(a, b) for a, b in zip(highs, chunk_highs)] if highs else chunk_highs
-            pieces = [part.log_probs, *(values if keep_values else []), *(part.codes if model.quantized else [])]
-            pieces = [piece.narrow(1, 0, size) for piece in pieces]
+            kept_values = values if keep_values else []
+            codes = [piece.narrow(1, 0, size) for piece in part.codes] if model.quantized else []
+            pieces = [(part.log_probs.narrow(1, 0, size), None), *((v, None) for v in kept_values)]
+            pieces += [(c, codes_as) for c in codes]
             if size < total:  # several chunks: joined into kept tensors
-                pieces = [
-                    self._joined(number, piece, start, total, codes_as if number > layers * keep_values else None)
-                    for number, piece in enumerate(pieces)
-                ]
-        kept = layers if keep_values else 0
-        codes = pieces[1 + kept :] if model.quantized else None
-        return pieces[0], pieces[1 : 1 + kept] if keep_values else None, codes, lows, highs
+                joined = [self._joined(n, piece, start, total, dtype) for n, (piece, dtype) in enumerate(pieces)]
+            else:
+                joined = [piece for piece, _ in pieces]
+        log_probs, joined = joined[0], joined[1:]
+        values, codes = joined[: len(kept_values)], joined[len(kept_values) :]
+        return log_probs, values if keep_values else None, codes if model.quantized else None, lows, highs
 
     def _joined(self, name, piece: torch.Tensor, start: int, total: int, dtype=None) -> torch.Tensor:
         """`piece` (S, size, ...) copied into samples start..start+size of a kept (S, total, ...)
