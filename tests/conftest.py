@@ -1,9 +1,13 @@
-"""Shared fixtures: the synthetic data set, the shared copy of var_u.mat, one real Ray cluster."""
+"""Shared fixtures: the synthetic data set, the shared copy of var_u.mat, one real Ray cluster,
+and one tiny sweep run on it that several tests read."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -73,3 +77,52 @@ def ray_cluster():
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+@dataclass(frozen=True)
+class FinishedSweep:
+    """A sweep run once to the end by `ibray sweep` on the session's cluster."""
+
+    path: Path  # its sweep file
+    root: Path  # the results root, a local folder given as a file:// URI
+    uri: str
+    out: str  # what the driver printed
+    report: Path  # the report it wrote at its end (--report)
+    nodes: frozenset[str]  # the cluster's alive nodes while it ran
+
+
+TINY_SWEEP = {
+    "name": "e2e",
+    "activation": ["tanh", "relu"],
+    "seeds": 2,
+    "epochs": 20,
+    "learning_rate": 0.003,
+    "mi_every": 5,
+    "write_every": 10,
+}
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(ray_cluster, tmp_path_factory) -> FinishedSweep:
+    """Two trials (tanh, relu) of 2 seeds x 20 epochs on a file:// results root, with a live
+    report: the end-to-end run that the sweep, report and cluster tests each read in their own
+    way (a Ray sweep costs seconds to start; its checks need not each pay for one). Tests that
+    read it must not change its folder."""
+    import ray
+    import yaml
+
+    from ibray.cli import main
+
+    base = tmp_path_factory.mktemp("finished-sweep")
+    path = base / "e2e.yaml"
+    path.write_text(yaml.safe_dump(TINY_SWEEP, sort_keys=False))
+    root, report = base / "root", base / "reports" / "e2e.html"
+    nodes = frozenset(n["NodeID"] for n in ray.nodes() if n["Alive"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(
+            ["sweep", str(path), "--results", root.as_uri(), "--view-every", "0.5"]
+            + ["--report", str(report), "--report-every", "1"]
+        )
+    assert code == 0, printed.getvalue()[-3000:]
+    return FinishedSweep(path, root, root.as_uri(), printed.getvalue(), report, nodes)

@@ -274,6 +274,22 @@ def _refuse_silent_address(address: str) -> None:
         ) from None
 
 
+def _refuse_another_cluster(address: str) -> None:
+    """In a process already connected to a Ray cluster, a HOST:PORT naming another one is refused
+    (Ray joins one cluster a process; the sweep would silently run on the first)."""
+    host, colon, port = address.rpartition(":")
+    if not colon or "://" in address or not port.isdigit():
+        return  # `auto` or ray://: the connected cluster
+    current = ray.get_runtime_context().gcs_address
+    current_host, _, current_port = current.rpartition(":")
+    if port != current_port or host.strip("[]") not in (current_host, "127.0.0.1", "localhost", ""):
+        raise SweepError(
+            f"--address {address}: this process is already connected to the Ray cluster at {current}, "
+            "and Ray joins one cluster a process; run the sweep from a new process (`ibray sweep`), "
+            "or give that cluster's address"
+        )
+
+
 def module_env(spec: SweepSpec) -> dict | None:
     """Ray's runtime environment for a sweep of own modules given as files: their folder as the
     workers' working directory, so that a node without the file gets it with the sweep (a pinned
@@ -301,7 +317,10 @@ def _connect(address: str | None, runtime_env: dict | None = None) -> bool:
     """Join `address`, or start an embedded local Ray; True when this call started Ray. A
     `runtime_env` (module_env's) goes with a join: an embedded Ray's workers read this machine's
     files where they are."""
-    if ray.is_initialized():
+    if ray.is_initialized():  # run_sweep called in a process already on a Ray: that one, and no other
+        if address:
+            _refuse_silent_address(address)
+            _refuse_another_cluster(address)
         return False
     note = leftover_note(leftover_ray_processes())
     if note:
