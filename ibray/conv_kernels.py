@@ -1187,23 +1187,19 @@ def _range_bits(quantizer) -> np.ndarray:
 
 class _ConvQuantizePool(torch.autograd.Function):
     """A training pass's conv layer: convolution with ReLU, the quantizer's range update,
-    quantization and 2x2 pooling, in two C passes over the input (the first finds the range, the
-    second computes the convolution again rather than keeping it: less memory to go through); the
-    backward pass routes each window's gradient to its first maximum, through ReLU, into the
+    quantization and 2x2 pooling in C. With the range tracked over the epoch (the default), one
+    pass quantizes under the range so far and finds the batch's extremes; a second, computing the
+    convolution again rather than keeping it, runs only for the seeds whose range the batch moved
+    (most batches move none). With a per-batch range, one pass finds the range and one quantizes.
+    The backward pass routes each window's gradient to its first maximum, through ReLU, into the
     convolution's gradients in one pass."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, quantizer, valid):
-        seeds, outs, channels = weight.shape[:3]
-        _, _, batch, side_h, side_w = x.shape
-        x, strides = _input_strides(x, seeds)
-        weight, bias = weight.contiguous(), bias.contiguous()
-        shape = [seeds, channels, outs, batch, side_h, side_w]
-        high, wide, lanes = (side_h - 2) // 2, (side_w - 2) // 2, _pooled_lanes(side_w)
+        x, strides, weight, bias, shape, values, codes = _conv_pass_inputs(x, weight, bias)
+        seeds, _, outs, batch, _, side_w = shape
         valid = batch if valid is None else valid
-        values = torch.empty(seeds, batch, outs, high, wide)
-        codes = torch.empty_like(values)
-        route = torch.empty(seeds, outs, batch, high, lanes, dtype=torch.uint8)
+        route = torch.empty(seeds, outs, batch, values.shape[-2], _pooled_lanes(side_w), dtype=torch.uint8)
         lib = library()
 
         def quantize_pool(extremes=None, only=None):
@@ -1273,8 +1269,7 @@ def conv3x3_quantize_pool(
     count), then `quantize_pool2x2`: (pooled quantized values, their codes), (S, O, B, (H-2)/2,
     (W-2)/2), the same numbers as those steps one by one (tested), without the full-size output
     kept. A measuring pass (no gradient, ranges fixed) is one C pass that computes only the
-    outputs pooling keeps; training is two (the range must be known before anything is
-    quantized) and one backward."""
+    outputs pooling keeps; training is one or two (see _ConvQuantizePool) and one backward."""
     seeds, outs = weight.shape[:2]
     if _usable(x, weight, bias):
         differentiated = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
@@ -1290,22 +1285,27 @@ def conv3x3_quantize_pool(
 @torch.no_grad()
 def _measuring_pass(x, weight, bias, relu, quantizer):
     """`conv3x3_quantize_pool` without a gradient and with the ranges fixed, in one C pass."""
-    seeds, outs, channels = weight.shape[:3]
-    _, _, batch, side_h, side_w = x.shape
-    x, strides = _input_strides(x, seeds)
-    weight, bias = weight.contiguous(), bias.contiguous()
+    x, strides, weight, bias, shape, values, codes = _conv_pass_inputs(x, weight, bias)
     low, step, inverse = (t.reshape(-1).contiguous() for t in quantizer.grid(1))
-    high, wide = (side_h - 2) // 2, (side_w - 2) // 2
-    values = torch.empty(seeds, batch, outs, high, wide)
-    codes = torch.empty_like(values)
     _checked(
         library().conv_quantize_pool(
             _address(x), *strides, _address(weight), _address(bias), _address(low), _address(step),
-            _address(inverse), float(quantizer.levels), int(relu), _address(values), _address(codes), seeds,
-            channels, outs, batch, side_h, side_w,
+            _address(inverse), float(quantizer.levels), int(relu), _address(values), _address(codes), *shape,
         )
     )  # fmt: skip
     return values.transpose(1, 2), codes.transpose(1, 2)
+
+
+def _conv_pass_inputs(x, weight, bias):
+    """What a fused conv layer's C passes take: x as the kernels read it and its strides, the
+    weights and biases contiguous, the shape (seeds, channels, outs, batch, side_h, side_w), and
+    the pooled quantized values and their codes to fill, both (S, B, O, (H-2)/2, (W-2)/2)."""
+    seeds, outs, channels = weight.shape[:3]
+    _, _, batch, side_h, side_w = x.shape
+    x, strides = _input_strides(x, seeds)
+    values = torch.empty(seeds, batch, outs, (side_h - 2) // 2, (side_w - 2) // 2)
+    shape = [seeds, channels, outs, batch, side_h, side_w]
+    return x, strides, weight.contiguous(), bias.contiguous(), shape, values, torch.empty_like(values)
 
 
 def pool2x2(values: torch.Tensor) -> torch.Tensor:
