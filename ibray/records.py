@@ -104,6 +104,7 @@ TRIAL_FILE = "trial.json"
 
 
 TRIAL_LOCK = "trial.lock"  # in a trial folder written by `ibray trial`: who is writing it
+CHECKPOINT_FILE = "checkpoint.pt"  # in a trial folder: the state it resumes from (ibray.run writes it)
 
 
 @contextlib.contextmanager

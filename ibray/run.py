@@ -22,12 +22,19 @@ from ibray.data import Dataset, load_pinned
 from ibray.errors import TrialStateError
 from ibray.measure import Measurement
 from ibray.own_module import changed_module, pin_module
-from ibray.records import TRIAL_FILE, ResultsWriter, list_parts, read_trial_info, remove_temporaries, write_trial_info
+from ibray.records import (
+    CHECKPOINT_FILE,
+    TRIAL_FILE,
+    ResultsWriter,
+    list_parts,
+    read_trial_info,
+    remove_temporaries,
+    write_trial_info,
+)
 from ibray.storage import is_uri, join, replace_atomically
 from ibray.trainer import Trainer
 
 PROGRESS_EVERY_S = 5.0  # seconds between light progress reports (no checkpoint)
-CHECKPOINT_FILE = "checkpoint.pt"
 
 __all__ = [
     "CHECKPOINT_FILE",

@@ -82,3 +82,17 @@ def test_verify_and_the_sweep_loader_start_without_torch():
     code = "import sys, ibray.verify, ibray.sweep, ibray.config; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_the_sweep_driver_starts_without_torch():
+    # the driver runs no trial: torch (seconds of import) is for the trial workers, and for a
+    # driver only where a sweep asks for GPUs (to count them before an embedded Ray starts)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ibray.cli, ibray.launch.launcher, ibray.launch.trainable; "
+        "print(sorted(m for m in ('torch', 'ibray.run', 'ibray.trainer', 'ray.tune') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert loaded.stdout.strip() == "['ray.tune']"  # the launcher's own, and nothing of training

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 import ray
-import torch
 from ray import tune
 
 from ibray.data import DataKey
@@ -148,7 +147,7 @@ def run_sweep(
     # Ray read this machine's disk, so even data_on_workers is checked here then.
     datasets = load_datasets(spec, data_dir) if embedded or not data_on_workers else {}
     if embedded:  # refused before Ray's start of several seconds
-        _check_resources(spec, _local_resources(), embedded=True, where="this machine")
+        _check_resources(spec, _local_resources(spec), embedded=True, where="this machine")
     if resume and existing is None:
         print(f"no earlier run of sweep {spec.name!r} in {folder}: nothing to resume, starting it fresh", flush=True)
 
@@ -229,9 +228,16 @@ def load_datasets(spec: SweepSpec, data_dir: str | None) -> dict[DataKey, Datase
     return {key: key.load(data_dir) for key in sorted({DataKey.of(trial) for trial in spec.trials})}
 
 
-def _local_resources() -> dict[str, float]:
-    """What an embedded Ray on this machine will offer, known before it starts."""
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+def _local_resources(spec: SweepSpec) -> dict[str, float]:
+    """What an embedded Ray on this machine will offer, known before it starts. The GPUs are
+    counted only for a sweep that asks for some: the driver runs no trial and starts without
+    torch (seconds of import) otherwise."""
+    gpus = 0.0
+    if spec.resources["gpu"] > 0:
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    return {"CPU": float(os.cpu_count() or 1), "GPU": gpus}
 
 
 def _check_resources(spec: SweepSpec, available: dict, embedded: bool, where: str = "the Ray cluster") -> bool:

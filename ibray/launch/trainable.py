@@ -27,6 +27,9 @@ CPU it measures inline, with two or more one thread trains and one measures (see
 ibray.trainer); with a fraction of a GPU, torch's allocator is capped at that fraction of the
 GPU's memory, so trials that share a GPU cannot starve each other of it.
 
+torch and the trainer (ibray.run) are imported where a trial runs, not with this module: the
+driver, which imports it to hand Tune the trainable, starts without them.
+
 A trial whose results folder already says "complete" returns at once without touching
 anything, so a resumed sweep never reruns or rewrites a finished trial, even when Tune's own
 record of it is older than the results. A config that is not one of the sweep's grid points
@@ -47,7 +50,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 import ray
-import torch
 from ray import tune
 
 from ibray.config import ConfigError, TrialConfig
@@ -55,8 +57,7 @@ from ibray.data import DataKey
 from ibray.dataset import Dataset
 from ibray.errors import DataError, StrayTrialError, TrialStateError
 from ibray.launch.outcome import DATA_ERROR, STORAGE_ERROR, grid_key, storage_fault
-from ibray.records import read_trial_info
-from ibray.run import CHECKPOINT_FILE, load_checkpoint, run_trial, save_checkpoint
+from ibray.records import CHECKPOINT_FILE, read_trial_info
 from ibray.storage import is_uri, join, replace_atomically, resolve
 
 CHECKPOINT_PREFIX = "ibray-checkpoint-"  # temporary folders: ibray-checkpoint-<pid>-<random>
@@ -133,6 +134,7 @@ def train_trial(
     slot_epochs = list(state["trainer"]["slot_epoch"]) if state is not None else [0] * seeds
     fixed.update(resumed_from=min(slot_epochs), resumed_seed_epochs=sum(slot_epochs))
     reporting = [0.0]  # seconds spent in checkpoints and reports so far: Ray's share of the trial
+    from ibray.run import run_trial, save_checkpoint  # torch and the trainer: see the module's docstring
 
     def report(checkpoint: dict, scalars: dict) -> None:
         started = time.perf_counter()
@@ -179,10 +181,13 @@ def honour_allocation(assigned: dict[str, float]) -> int:
     (run_trial's `threads`)."""
     threads = max(int(assigned.get("CPU", 1)), 1)  # a fraction of a CPU still runs one thread
     gpu = assigned.get("GPU", 0.0)
-    if 0 < gpu < 1 and torch.cuda.is_available():
-        # Ray shares a GPU by bookkeeping only; the cap makes a trial that outgrows its share
-        # fail alone (out of memory) instead of starving the trials beside it.
-        torch.cuda.set_per_process_memory_fraction(gpu)
+    if 0 < gpu < 1:
+        import torch
+
+        if torch.cuda.is_available():
+            # Ray shares a GPU by bookkeeping only; the cap makes a trial that outgrows its share
+            # fail alone (out of memory) instead of starving the trials beside it.
+            torch.cuda.set_per_process_memory_fraction(gpu)
     return threads
 
 
@@ -238,6 +243,8 @@ def restore_state(checkpoint: tune.Checkpoint | None, trial_id: str) -> dict | N
     """The run_trial state in Tune's checkpoint, or None; raises TrialStateError if unusable."""
     if checkpoint is None:
         return None
+    from ibray.run import load_checkpoint
+
     with checkpoint.as_directory() as folder:
         path = Path(folder) / CHECKPOINT_FILE
         if not path.exists():
@@ -264,6 +271,8 @@ def keep_copy(checkpoint: Path, out: str | Path) -> None:
 
 def restore_copy(out: str | Path, trial_id: str) -> dict | None:
     """The state in the trial's own `<out>/checkpoint.pt`, or None when there is none."""
+    from ibray.run import load_checkpoint
+
     where = join(out, CHECKPOINT_FILE)
     filesystem, inner = resolve(where)
     if filesystem.get_file_info(inner).type != pafs.FileType.File:
