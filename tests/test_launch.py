@@ -1,6 +1,7 @@
-"""Sweeps on a real Ray (the session's two-node cluster on 127.0.0.1): end to end on a URI root,
-a finished sweep run again, two sweeps under one root, a trial worker SIGKILLed mid-run, the
-driver SIGKILLed mid-sweep then --resume, and a corrupt checkpoint. Every sweep is tiny."""
+"""Sweeps on a real Ray (the session's two-node cluster on 127.0.0.1): end to end on a URI root
+(the session's finished sweep, conftest.py), a finished sweep run again, two sweeps under one
+root, trial workers SIGKILLed mid-run (one resumes, one's checkpoint corrupt), the driver
+SIGKILLed mid-sweep then --resume. Every sweep is tiny."""
 
 from __future__ import annotations
 
@@ -311,38 +312,52 @@ def test_an_address_of_another_cluster_is_refused_in_a_process_already_on_ray(ra
     assert not (tmp_path / "root").exists()
 
 
-def test_trial_killed_mid_run_resumes_from_its_checkpoint(ray_cluster, tmp_path):
-    import ray
-
+def test_killed_trials_resume_from_their_checkpoints_or_fail_clearly_on_a_corrupt_one(ray_cluster, tmp_path):
     from ibray.launch.launcher import run_sweep
 
-    path = sweep_file(tmp_path, "killed", activation="tanh", epochs=80, max_failures=2)
+    # two trials at once, one a node; both workers SIGKILLed mid-run. Tune retries each from its
+    # last checkpoint: tanh's goes on, relu's checkpoints were corrupted first, so it fails clearly
+    path = sweep_file(tmp_path, "killed", activation=["tanh", "relu"], epochs=80, max_failures=1)
     spec = load_sweep(path)
-    (trial,) = spec.trials
-    # The same trial uninterrupted, in a Ray worker like the sweep's (same threads, same numbers).
-    reference = ray.remote(num_cpus=1)(run_trial).remote(trial, str(tmp_path / "reference"), sweep="killed")
-
+    resumes, corrupted = spec.trials
+    assert (resumes.activation, corrupted.activation) == ("tanh", "relu")
     root = tmp_path / "root"
     thread, outcome = in_thread(run_sweep, spec, str(root), view_every=60)
-    info = root / "killed" / "trials" / trial.trial_id() / "trial.json"
-    wait_for(lambda: epochs_run(info) >= 15, 120, "the trial to pass epoch 15")
-    (worker,) = trial_workers()
-    os.kill(worker, signal.SIGKILL)
-    killed_at = epochs_run(info)
+    info = {t.trial_id(): root / "killed" / "trials" / t.trial_id() / "trial.json" for t in spec.trials}
+    wait_for(lambda: min(epochs_run(i) for i in info.values()) >= 15, 120, "both trials to pass epoch 15")
+
+    def corrupt() -> None:
+        for checkpoint in (root / "killed" / "tune" / corrupted.trial_id()).rglob(CHECKPOINT_FILE):
+            checkpoint.write_bytes(b"\x00garbage")
+
+    corrupt()
+    workers = trial_workers()
+    assert len(workers) == 2
+    for worker in workers:
+        os.kill(worker, signal.SIGKILL)
+    killed_at = epochs_run(info[resumes.trial_id()])
+    corrupt()  # one the worker may have written just before it died
     thread.join(180)
     assert "error" not in outcome, outcome.get("error")
     result = outcome["value"]
-    assert killed_at < 80 and result.complete == 1 and not result.failed
+    assert killed_at < 80 and result.complete == 1 and list(result.failed) == [corrupted.trial_id()]
 
-    # Tune restarted the trial from a checkpoint, not from scratch
+    # the corrupt checkpoint: one clear message naming the trial
+    message = result.failed[corrupted.trial_id()]
+    assert "TrialStateError" in message and "is corrupt or unreadable" in message and corrupted.trial_id() in message
+    assert f"failed {corrupted.trial_id()}: " in result.summary("killed.yaml")
+
+    # the other: restarted from a checkpoint, not from scratch, with the rows of an uninterrupted
+    # run (one thread, as Ray's one CPU gives it)
     attempts = [
         json.loads(line)
-        for line in (root / "killed" / "tune" / trial.trial_id() / "result.json").read_text().splitlines()
+        for line in (root / "killed" / "tune" / resumes.trial_id() / "result.json").read_text().splitlines()
     ]
     assert 5 <= attempts[-1]["resumed_from"] <= killed_at
-    ray.get(reference)
+    run_trial(resumes, tmp_path / "reference", sweep="killed", threads=1)
     for name, key in (("mi", MI_KEY), ("metrics", METRICS_KEY)):
-        resumed, clean = table(root / "killed", name), table(tmp_path / "reference", name)
+        resumed = table(root / "killed" / "trials" / resumes.trial_id(), name)
+        clean = table(tmp_path / "reference", name)
         assert not resumed.select(key).is_duplicated().any()
         assert resumed.height == clean.height == 2 * 17 * (LAYERS if name == "mi" else 1)
         assert resumed.sort(key).equals(clean.sort(key))
@@ -401,33 +416,6 @@ def test_driver_killed_mid_sweep_then_resume_finishes_only_the_rest(ray_cluster,
     mi = table(folder)
     assert not mi.select(MI_KEY).is_duplicated().any()
     assert mi.height == 3 * 9 * LAYERS  # 3 trials x 1 seed x epochs 0, 5, ..., 40
-
-
-def test_corrupt_checkpoint_fails_the_trial_with_a_clear_message(ray_cluster, tmp_path):
-    from ibray.launch.launcher import run_sweep
-
-    spec = load_sweep(sweep_file(tmp_path, "corrupt", activation="tanh", seeds=1, epochs=400, max_failures=1))
-    (trial,) = spec.trials
-    root = tmp_path / "root"
-    thread, outcome = in_thread(run_sweep, spec, str(root), view_every=60)
-    info = root / "corrupt" / "trials" / trial.trial_id() / "trial.json"
-    wait_for(lambda: epochs_run(info) >= 10, 120, "two checkpoints")
-
-    def corrupt() -> None:
-        for checkpoint in (root / "corrupt" / "tune").rglob(CHECKPOINT_FILE):
-            checkpoint.write_bytes(b"\x00garbage")
-
-    corrupt()
-    (worker,) = trial_workers()
-    os.kill(worker, signal.SIGKILL)
-    corrupt()  # one the worker may have written just before it died
-    thread.join(180)
-    assert "error" not in outcome, outcome.get("error")
-    result = outcome["value"]
-    assert result.complete == 0
-    message = result.failed[trial.trial_id()]
-    assert "TrialStateError" in message and "is corrupt or unreadable" in message and trial.trial_id() in message
-    assert f"failed {trial.trial_id()}: " in result.summary("corrupt.yaml")
 
 
 def test_a_sweep_whose_data_is_missing_fails_before_anything_starts(tmp_path, capsys):
