@@ -35,6 +35,7 @@ class Experiment:
     sweep: str  # the sweep's name (its folder under the results)
     title: str
     study: str  # the study's size, for the "fewer seeds" note
+    network: str = ""  # what its layers are, where the tables' layer numbers need saying
 
 
 EXPERIMENTS = [
@@ -61,6 +62,11 @@ MNIST_EXPERIMENTS = [
         "appendix-e-mnist-conv",
         "Appendix E: MNIST, Conv",
         "20 seeds x 3000 epochs in the paper's text, 10 in the authors' code",
+        "The network, layer by layer as numbered in the tables: 1, a 3x3 convolution of the 28x28 digit into 2 "
+        "channels, ReLU, the 8-bit quantizer and 2x2 max-pooling (2 x 13 x 13 values a sample); 2, the same on "
+        "those (2 x 5 x 5); 3, a dense layer of 16 ReLU units; 4, the softmax output over the 10 digits. The "
+        "paper's text gives the dense layer 20 units; its authors' code has 16, and so has ibray "
+        "(`ibray.models.CONV_DENSE`).",
     ),
 ]
 # Not the study's experiment but its point: the estimators of the controversy on the very
@@ -806,6 +812,7 @@ def section(experiment: Experiment, folder: Path, line: str, n: Numbers, docs: P
         f"The study: {experiment.study}. Here: {seeds} repetitions per network x {epochs} epochs (sweep file below); "
         f"`ibray verify`: {line}. Wall time: {wall_time(folder)}.",
         "",
+        *([experiment.network, ""] if experiment.network else []),
         "```yaml\n" + spec.strip() + "\n```",
         "",
     ]
