@@ -264,14 +264,23 @@ def _check_resources(spec: SweepSpec, available: dict, embedded: bool, where: st
 ADDRESS_TIMEOUT_S = 10.0  # to reach a head's port before Ray's own endless retries
 
 
+def _host_port(address: str) -> tuple[str, str] | None:
+    """(host without brackets, port) of a HOST:PORT address; None for `auto`, ray:// and the like."""
+    host, colon, port = address.rpartition(":")
+    if not colon or "://" in address or not port.isdigit():
+        return None
+    return host.strip("[]"), port
+
+
 def _refuse_silent_address(address: str) -> None:
     """A HOST:PORT where nothing answers is refused at once (Ray would retry it forever,
     saying nothing); `auto` and ray:// addresses are left to Ray, which fails fast on them."""
-    host, colon, port = address.rpartition(":")
-    if not colon or "://" in address or not port.isdigit():
+    parts = _host_port(address)
+    if parts is None:
         return
+    host, port = parts
     try:
-        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=ADDRESS_TIMEOUT_S).close()
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise SweepError(
@@ -283,12 +292,13 @@ def _refuse_silent_address(address: str) -> None:
 def _refuse_another_cluster(address: str) -> None:
     """In a process already connected to a Ray cluster, a HOST:PORT naming another one is refused
     (Ray joins one cluster a process; the sweep would silently run on the first)."""
-    host, colon, port = address.rpartition(":")
-    if not colon or "://" in address or not port.isdigit():
+    parts = _host_port(address)
+    if parts is None:
         return  # `auto` or ray://: the connected cluster
+    host, port = parts
     current = ray.get_runtime_context().gcs_address
     current_host, _, current_port = current.rpartition(":")
-    if port != current_port or host.strip("[]") not in (current_host, "127.0.0.1", "localhost", ""):
+    if port != current_port or host not in (current_host, "127.0.0.1", "localhost", ""):
         raise SweepError(
             f"--address {address}: this process is already connected to the Ray cluster at {current}, "
             "and Ray joins one cluster a process; run the sweep from a new process (`ibray sweep`), "
