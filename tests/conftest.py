@@ -42,14 +42,22 @@ SLOW_TESTS = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m reads the marks
 def pytest_collection_modifyitems(items):
+    """Mark the slow tests, and put the files with the most slow tests first: the README's test
+    command runs the files in parallel processes (pytest-xdist, `--dist loadfile` in the order
+    collected), and a long file started last would keep one process busy while the others idle."""
+    slow_in_file: dict[Path, int] = {}
     for item in items:
-        if (
+        slow = (
             "ray_cluster" in getattr(item, "fixturenames", ())
             or item.path.name in SLOW_FILES
             or item.originalname in SLOW_TESTS
-        ):
+        )
+        if slow:
             item.add_marker(pytest.mark.slow)
+        slow_in_file[item.path] = slow_in_file.get(item.path, 0) + slow
+    items.sort(key=lambda item: -slow_in_file[item.path])  # stable: a file's own order within it
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Sweeps on a real Ray (the session's two-node cluster on 127.0.0.1): end to end on a URI root
-(the session's finished sweep, conftest.py), a finished sweep run again, two sweeps under one
-root, trial workers SIGKILLed mid-run (one resumes, one's checkpoint corrupt), the driver
-SIGKILLed mid-sweep then --resume. Every sweep is tiny."""
+(the session's finished sweep, conftest.py, and the report it wrote), a finished sweep run
+again, two sweeps under one root, a GPU request and another cluster's address refused. The kills
+and resumes are in test_launch_resume.py, the faults in test_launch_robustness.py. Every sweep is
+tiny; the helpers here serve those files too."""
 
 from __future__ import annotations
 
@@ -10,10 +11,7 @@ import json
 import math
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 import yaml
+from test_report import chart_ids, facts_of, page_data
 
 from ibray.cli import main
 from ibray.config import TrialConfig
@@ -282,6 +281,31 @@ def test_sweep_end_to_end_on_a_uri_root(finished_sweep, tmp_path, capsys):
     assert snapshot(root / "e2e") == {k: v for k, v in after.items() if "/root/e2e/" in k}
 
 
+def test_a_sweep_with_report_ends_with_the_complete_report(finished_sweep):
+    out, printed = finished_sweep.report, finished_sweep.out  # ibray sweep ... --report <out> --report-every 1
+    assert f"report {out}: final (complete, 2 of 2 trials complete, " in printed
+    assert "sweep 'e2e': 2/2 trials complete" in printed
+    page = out.read_text(encoding="utf-8")
+    assert page.endswith("</html>\n") and sorted(p.name for p in out.parent.iterdir()) == ["e2e.html"]
+    facts = facts_of(page)
+    assert facts["badge"] == "complete" and facts["trials"] == "2 of 2 complete" and facts["sweeps"] == "e2e"
+    assert facts["repetitions"] == "2 per group, 4 in all" and facts["epochs"] == "20"
+    assert 'http-equiv="refresh"' not in page
+    store, specs = page_data(page)
+    planes = [c for c in chart_ids(page) if c.startswith("plane-") and c.endswith("-mean")]
+    assert planes == ["plane-synthetic12-syn-tanh-8-exact-mean", "plane-synthetic12-syn-relu-8-exact-mean"]
+    for plane in planes:
+        table = store[specs[plane]["data"]["name"]]
+        column = {f: i for i, f in enumerate(table["fields"])}
+        # six layers at epochs 0, 5, ..., 20, each the mean of both seeds
+        assert sorted((r[column["layer"]], r[column["epoch"]]) for r in table["rows"]) == sorted(
+            (layer, epoch) for layer in range(1, 7) for epoch in (0, 5, 10, 15, 20)
+        )
+        assert {r[column["n"]] for r in table["rows"]} == {2}
+        assert all(r[column["mi_xt_mean"]] >= r[column["mi_ty_mean"]] >= 0 for r in table["rows"])
+        assert max(r[column["mi_ty_mean"]] for r in table["rows"]) > 0
+
+
 def test_gpu_request_on_a_cluster_without_gpus(ray_cluster, tmp_path, capsys):
     import ray
 
@@ -310,112 +334,6 @@ def test_an_address_of_another_cluster_is_refused_in_a_process_already_on_ray(ra
     assert err.count("\n") == 1 and f"--address 127.0.0.1:{port}: this process is already connected to the Ray " in err
     assert f"cluster at {ray_cluster.address}, and Ray joins one cluster a process" in err
     assert not (tmp_path / "root").exists()
-
-
-def test_killed_trials_resume_from_their_checkpoints_or_fail_clearly_on_a_corrupt_one(ray_cluster, tmp_path):
-    from ibray.launch.launcher import run_sweep
-
-    # two trials at once, one a node; both workers SIGKILLed mid-run. Tune retries each from its
-    # last checkpoint: tanh's goes on, relu's checkpoints were corrupted first, so it fails clearly
-    path = sweep_file(tmp_path, "killed", activation=["tanh", "relu"], epochs=80, max_failures=1)
-    spec = load_sweep(path)
-    resumes, corrupted = spec.trials
-    assert (resumes.activation, corrupted.activation) == ("tanh", "relu")
-    root = tmp_path / "root"
-    thread, outcome = in_thread(run_sweep, spec, str(root), view_every=60)
-    info = {t.trial_id(): root / "killed" / "trials" / t.trial_id() / "trial.json" for t in spec.trials}
-    wait_for(lambda: min(epochs_run(i) for i in info.values()) >= 15, 120, "both trials to pass epoch 15")
-
-    def corrupt() -> None:
-        for checkpoint in (root / "killed" / "tune" / corrupted.trial_id()).rglob(CHECKPOINT_FILE):
-            checkpoint.write_bytes(b"\x00garbage")
-
-    corrupt()
-    workers = trial_workers()
-    assert len(workers) == 2
-    for worker in workers:
-        os.kill(worker, signal.SIGKILL)
-    killed_at = epochs_run(info[resumes.trial_id()])
-    corrupt()  # one the worker may have written just before it died
-    thread.join(180)
-    assert "error" not in outcome, outcome.get("error")
-    result = outcome["value"]
-    assert killed_at < 80 and result.complete == 1 and list(result.failed) == [corrupted.trial_id()]
-
-    # the corrupt checkpoint: one clear message naming the trial
-    message = result.failed[corrupted.trial_id()]
-    assert "TrialStateError" in message and "is corrupt or unreadable" in message and corrupted.trial_id() in message
-    assert f"failed {corrupted.trial_id()}: " in result.summary("killed.yaml")
-
-    # the other: restarted from a checkpoint, not from scratch, with the rows of an uninterrupted
-    # run (one thread, as Ray's one CPU gives it)
-    attempts = [
-        json.loads(line)
-        for line in (root / "killed" / "tune" / resumes.trial_id() / "result.json").read_text().splitlines()
-    ]
-    assert 5 <= attempts[-1]["resumed_from"] <= killed_at
-    run_trial(resumes, tmp_path / "reference", sweep="killed", threads=1)
-    for name, key in (("mi", MI_KEY), ("metrics", METRICS_KEY)):
-        resumed = table(root / "killed" / "trials" / resumes.trial_id(), name)
-        clean = table(tmp_path / "reference", name)
-        assert not resumed.select(key).is_duplicated().any()
-        assert resumed.height == clean.height == 2 * 17 * (LAYERS if name == "mi" else 1)
-        assert resumed.sort(key).equals(clean.sort(key))
-
-
-def test_driver_killed_mid_sweep_then_resume_finishes_only_the_rest(ray_cluster, tmp_path, capsys):
-    path = sweep_file(tmp_path, "driver", activation="tanh", seeds=3, seeds_per_trial=1, epochs=40)  # 3 trials
-    root = tmp_path / "root"
-    command = [sys.executable, "-m", "ibray.cli", "sweep", str(path), "--results", str(root)]
-    folder = root / "driver"
-
-    def partly_done() -> bool:
-        statuses = [i["status"] for i in infos(folder).values()] if folder.exists() else []
-        return "complete" in statuses and any(
-            i["status"] == "running" and i["epochs_run"] >= 5 for i in infos(folder).values()
-        )
-
-    with open(tmp_path / "driver.log", "w") as log:
-        driver = subprocess.Popen(
-            [*command, "--address", ray_cluster.address, "--view-every", "1"], stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            # generous on a loaded machine; a driver that ends first fails at once, said below
-            wait_for(
-                lambda: partly_done() or driver.poll() is not None, 300, "one trial complete and another checkpointed"
-            )
-            assert driver.poll() is None, (
-                f"the sweep ended before it could be killed: {(tmp_path / 'driver.log').read_text()[-2000:]}"
-            )
-        finally:
-            driver.send_signal(signal.SIGKILL)
-            driver.wait(30)
-    wait_for(lambda: not trial_workers(), 60, "the dead driver's trials to end")
-    assert json.loads((folder / "driver.lock").read_text())["pid"] == driver.pid  # left by the dead driver
-    done = {t for t, i in infos(folder).items() if i["status"] == "complete"}
-    assert 1 <= len(done) < 3
-    before = {k: v for k, v in snapshot(folder / "trials").items() if any(t in k for t in done)}
-
-    assert main(["sweep", str(path), "--results", str(root)]) == 2  # unfinished: needs --resume
-    assert "pass --resume to finish it" in capsys.readouterr().err
-    assert main(["sweep", str(path), "--results", str(root), "--resume", "--address", ray_cluster.address]) == 0
-    out = capsys.readouterr().out
-    assert f"taking over the lock of a driver that is gone (host {socket.gethostname()}, pid {driver.pid}, " in out
-    # every trial that was not complete continues from its own checkpoint, whatever Tune saved
-    assert (
-        f"resuming sweep 'driver': {len(done)} of 3 trials complete; the others continue from their own checkpoints"
-        in out
-    )
-    assert "3/3 trials complete" in out
-    assert not (folder / "driver.lock").exists()
-    assert {t: i["status"] for t, i in infos(folder).items()} == {
-        t.trial_id(): "complete" for t in load_sweep(path).trials
-    }
-    after = snapshot(folder / "trials")
-    assert {k: v for k, v in after.items() if k in before} == before  # finished trials untouched
-    mi = table(folder)
-    assert not mi.select(MI_KEY).is_duplicated().any()
-    assert mi.height == 3 * 9 * LAYERS  # 3 trials x 1 seed x epochs 0, 5, ..., 40
 
 
 def test_a_sweep_whose_data_is_missing_fails_before_anything_starts(tmp_path, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from analysis_fixtures import curves, write_sweep, write_trial
-from test_report import chart_ids, facts_of, page_data
+from test_report import facts_of
 
 from analysis import report
 from analysis.live import LiveReport
@@ -123,28 +123,3 @@ def test_a_report_among_the_sweeps_results_or_a_bad_interval_is_refused_before_a
         err = capsys.readouterr().err
         assert err.startswith("ibray: error: ") and err.count("\n") == 1 and message in err, err
     assert not root.exists() and not (tmp_path / "r.html").exists()
-
-
-def test_a_sweep_with_report_ends_with_the_complete_report(finished_sweep):
-    out, printed = finished_sweep.report, finished_sweep.out  # ibray sweep ... --report <out> --report-every 1
-    assert f"report {out}: final (complete, 2 of 2 trials complete, " in printed
-    assert "sweep 'e2e': 2/2 trials complete" in printed
-    page = out.read_text(encoding="utf-8")
-    assert page.endswith("</html>\n") and sorted(p.name for p in out.parent.iterdir()) == ["e2e.html"]
-    facts = facts_of(page)
-    assert facts["badge"] == "complete" and facts["trials"] == "2 of 2 complete" and facts["sweeps"] == "e2e"
-    assert facts["repetitions"] == "2 per group, 4 in all" and facts["epochs"] == "20"
-    assert 'http-equiv="refresh"' not in page
-    store, specs = page_data(page)
-    planes = [c for c in chart_ids(page) if c.startswith("plane-") and c.endswith("-mean")]
-    assert planes == ["plane-synthetic12-syn-tanh-8-exact-mean", "plane-synthetic12-syn-relu-8-exact-mean"]
-    for plane in planes:
-        table = store[specs[plane]["data"]["name"]]
-        column = {f: i for i, f in enumerate(table["fields"])}
-        # six layers at epochs 0, 5, ..., 20, each the mean of both seeds
-        assert sorted((r[column["layer"]], r[column["epoch"]]) for r in table["rows"]) == sorted(
-            (layer, epoch) for layer in range(1, 7) for epoch in (0, 5, 10, 15, 20)
-        )
-        assert {r[column["n"]] for r in table["rows"]} == {2}
-        assert all(r[column["mi_xt_mean"]] >= r[column["mi_ty_mean"]] >= 0 for r in table["rows"])
-        assert max(r[column["mi_ty_mean"]] for r in table["rows"]) > 0

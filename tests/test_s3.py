@@ -28,6 +28,7 @@ import polars as pl
 import pyarrow.fs as pafs
 import pytest
 from conftest import SHARED_VAR_U
+from node_host import NodeHost
 from test_launch import LAYERS, process_table, sweep_file, wait_for
 from test_launch_robustness import CLI, own_lines
 
@@ -78,35 +79,21 @@ def s3():
 
 @pytest.fixture(scope="module")
 def cluster(s3, tmp_path_factory):
-    """The three nodes above (they inherit the S3 variables); yields (cluster, {name: node}, folders)."""
-    from ray.cluster_utils import Cluster
-
+    """The three nodes above (they inherit the S3 variables), owned by a process of their own
+    (tests/node_host.py says why); yields (NodeHost, folders)."""
     base = tmp_path_factory.mktemp("nodes")
     folders = {name: base / name for name in ("head-disk", "data-a", "data-b")}
     for folder in folders.values():
         folder.mkdir()
     if SHARED_VAR_U.exists():
         shutil.copy(SHARED_VAR_U, folders["data-a"] / "var_u.mat")
-    cluster = Cluster(
-        initialize_head=True,
-        connect=False,  # the drivers are other processes; this one stays on the session's Ray
-        head_node_args={
-            "num_cpus": 0,
-            "include_dashboard": False,
-            "env_vars": {NODE_DISK_ENV: str(folders["head-disk"])},
-        },
-    )
+    head = {"num_cpus": 0, "include_dashboard": False, "env_vars": {NODE_DISK_ENV: str(folders["head-disk"])}}
     nodes = {
-        "a": cluster.add_node(num_cpus=1, env_vars={"IBRAY_DATA_DIR": str(folders["data-a"])}),
-        "b": cluster.add_node(num_cpus=1, env_vars={"IBRAY_DATA_DIR": str(folders["data-b"])}),
+        "a": {"num_cpus": 1, "env_vars": {"IBRAY_DATA_DIR": str(folders["data-a"])}},
+        "b": {"num_cpus": 1, "env_vars": {"IBRAY_DATA_DIR": str(folders["data-b"])}},
     }
-    try:
-        yield cluster, nodes, folders
-    finally:
-        # Node by node: Cluster.shutdown() would also reset this process's link to the session's Ray.
-        for node in list(cluster.worker_nodes):
-            cluster.remove_node(node, allow_graceful=False)
-        cluster.remove_node(cluster.head_node, allow_graceful=False)
+    with NodeHost(head, nodes) as host:
+        yield host, folders
 
 
 def trial_node(node_ids: set[str]) -> str | None:
@@ -124,7 +111,7 @@ def trial_node(node_ids: set[str]) -> str | None:
 
 
 def test_a_results_root_the_nodes_do_not_share_is_refused(cluster, tmp_path):
-    cluster, _nodes, _folders = cluster
+    cluster, _folders = cluster
     root = tmp_path / "results"
     unshared = sweep_file(tmp_path, "unshared", activation="tanh")
     needs_gpu = sweep_file(tmp_path, "needs-gpu", activation="tanh", resources={"cpu": 1, "gpu": 1})
@@ -137,11 +124,10 @@ def test_a_results_root_the_nodes_do_not_share_is_refused(cluster, tmp_path):
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, check=False)
     assert run.stdout.splitlines()[-1] == "2 2", run.stdout[-3000:] + run.stderr[-3000:]
-    head = cluster.head_node
     unshared_line, gpu_line = own_lines(run.stderr)
     assert re.fullmatch(
-        rf"ibray: error: results root {root} is not shared by all nodes of the Ray cluster: node {re.escape(head.node_ip_address)} "
-        rf"\({head.node_id[:8]}\) does not see {tmp_path}/\.ibray-probe-[0-9a-f]{{16}}/driver, which the driver wrote; "
+        rf"ibray: error: results root {root} is not shared by all nodes of the Ray cluster: node {re.escape(cluster.head_ip)} "
+        rf"\({cluster.head_id[:8]}\) does not see {tmp_path}/\.ibray-probe-[0-9a-f]{{16}}/driver, which the driver wrote; "
         + re.escape(SHARED_STORAGE_FIX),
         unshared_line,
     ), unshared_line
@@ -156,7 +142,7 @@ def test_a_results_root_the_nodes_do_not_share_is_refused(cluster, tmp_path):
 
 @pytest.mark.skipif(not SHARED_VAR_U.exists(), reason="../shared/data/var_u.mat is not here")
 def test_data_missing_on_a_node_fails_its_trial_once(cluster, s3, tmp_path):
-    cluster, nodes, folders = cluster
+    cluster, folders = cluster
     path = sweep_file(
         tmp_path, "on-workers", dataset="szt", activation=["tanh", "relu"], epochs=4, write_every=2, mi_every=2
     )
@@ -186,14 +172,14 @@ def test_data_missing_on_a_node_fails_its_trial_once(cluster, s3, tmp_path):
     assert "sweep 'on-workers': 1/2 trials complete" in out
     (failed,) = re.findall(r"  failed (\S+): (.*)", out)
     assert failed[1].startswith("DataError: ") and "ibray data download szt" in failed[1]
-    assert f"[on-workers] trial {failed[0]} cannot load its data on node {nodes['b'].node_id}: DataError: " in out
+    assert f"[on-workers] trial {failed[0]} cannot load its data on node {cluster.node_ids['b']}: DataError: " in out
     assert "(not retried: it fails the same way every time)" in out and "Tune retries it" not in out
     assert re.search(r"ended: 1 of 2 trials done, 1 failed, at most [12] at once \| seed-epochs 8/16 written", out)
     # Tune ran the failing trial once: one report, from B
     reports = [
         json.loads(line) for line in read_text(f"{results}/on-workers/tune/{failed[0]}/result.json").splitlines()
     ]
-    assert len(reports) == 1 and reports[0]["node"] == nodes["b"].node_id
+    assert len(reports) == 1 and reports[0]["node"] == cluster.node_ids["b"]
 
 
 def test_a_sweep_on_s3_resumes_on_another_node_when_one_is_lost(cluster, s3, tmp_path, capsys):
@@ -201,7 +187,7 @@ def test_a_sweep_on_s3_resumes_on_another_node_when_one_is_lost(cluster, s3, tmp
     from ibray.data import load_dataset
     from ibray.run import run_trial
 
-    cluster, nodes, folders = cluster
+    cluster, folders = cluster
     path = sweep_file(
         tmp_path,
         "lost-node",
@@ -247,11 +233,11 @@ def test_a_sweep_on_s3_resumes_on_another_node_when_one_is_lost(cluster, s3, tmp
             return int((info or {}).get("epochs_run", -1))
 
         wait_for(lambda: reached() >= 20, 120, "the trial to pass epoch 20")
-        ids = {name: node.node_id for name, node in nodes.items()}
+        ids = cluster.node_ids
         lost = trial_node(set(ids.values()))
         killed_at = reached()
         (lost_name,) = [name for name, node_id in ids.items() if node_id == lost]
-        cluster.remove_node(nodes[lost_name], allow_graceful=False)  # the node and its trial, mid-run
+        cluster.remove(lost_name)  # the node and its trial, mid-run
         driver.wait(240)
     finally:
         if driver.poll() is None:
