@@ -51,6 +51,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -1296,16 +1297,25 @@ def _measuring_pass(x, weight, bias, relu, quantizer):
     return values.transpose(1, 2), codes.transpose(1, 2)
 
 
-def _conv_pass_inputs(x, weight, bias):
-    """What a fused conv layer's C passes take: x as the kernels read it and its strides, the
-    weights and biases contiguous, the shape (seeds, channels, outs, batch, side_h, side_w), and
-    the pooled quantized values and their codes to fill, both (S, B, O, (H-2)/2, (W-2)/2)."""
+class _ConvPass(NamedTuple):
+    """What a fused conv layer's C passes take."""
+
+    x: torch.Tensor  # the input as the kernels read it
+    strides: list[int]  # its strides: seed (0 where one input serves every seed), sample, channel
+    weight: torch.Tensor  # (S, O, C, 3, 3), contiguous
+    bias: torch.Tensor  # (S, O), contiguous
+    shape: list[int]  # seeds, channels, outs, batch, side_h, side_w
+    values: torch.Tensor  # the pooled quantized values to fill, (S, B, O, (H-2)/2, (W-2)/2)
+    codes: torch.Tensor  # their codes, the same shape
+
+
+def _conv_pass_inputs(x, weight, bias) -> _ConvPass:
     seeds, outs, channels = weight.shape[:3]
     _, _, batch, side_h, side_w = x.shape
     x, strides = _input_strides(x, seeds)
     values = torch.empty(seeds, batch, outs, (side_h - 2) // 2, (side_w - 2) // 2)
     shape = [seeds, channels, outs, batch, side_h, side_w]
-    return x, strides, weight.contiguous(), bias.contiguous(), shape, values, torch.empty_like(values)
+    return _ConvPass(x, strides, weight.contiguous(), bias.contiguous(), shape, values, torch.empty_like(values))
 
 
 def pool2x2(values: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Shared fixtures: the synthetic data set, the shared copy of var_u.mat, one real Ray cluster,
-and one tiny sweep run on it that several tests read."""
+"""Shared fixtures: the synthetic data set, the shared copy of var_u.mat, one real Ray cluster
+(one per test process: the suite runs in three, pyproject.toml's addopts), and one tiny sweep run
+on it that several tests read."""
 
 from __future__ import annotations
 
@@ -113,9 +114,10 @@ TINY_SWEEP = {
 @pytest.fixture(scope="session")
 def finished_sweep(ray_cluster, tmp_path_factory) -> FinishedSweep:
     """Two trials (tanh, relu) of 2 seeds x 20 epochs on a file:// results root, with a live
-    report: the end-to-end run that the sweep, report and cluster tests each read in their own
-    way (a Ray sweep costs seconds to start; its checks need not each pay for one). Tests that
-    read it must not change its folder."""
+    report: the end-to-end run whose sweep, report and cluster checks each read it in their own
+    way (a Ray sweep costs seconds to start; its checks need not each pay for one). Its readers
+    live in one file (test_launch.py): the suite's processes each run whole files, so it runs
+    once. Tests that read it must not change its folder."""
     import ray
     import yaml
 
