@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import re
 import socket
 import threading
@@ -76,40 +75,12 @@ def process_table() -> tuple[dict[int, int], dict[int, str]]:
     return parents, titles
 
 
-def trial_workers() -> list[int]:
-    """PIDs of Tune's trial processes (ray::ImplicitFunc) descending from this process (our Ray)."""
-    parents, titles = process_table()
-
-    def ours(pid: int) -> bool:
-        while pid > 1:
-            pid = parents.get(pid, 0)
-            if pid == os.getpid():
-                return True
-        return False
-
-    return [pid for pid, title in titles.items() if "ImplicitFunc" in title and ours(pid)]
-
-
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
-
-
-def in_thread(function, *args, **kwargs):
-    outcome: dict = {}
-
-    def target():
-        try:
-            outcome["value"] = function(*args, **kwargs)
-        except Exception as error:  # noqa: BLE001 (surfaced by the test)
-            outcome["error"] = error
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 # -- without Ray work ---------------------------------------------------------------------------

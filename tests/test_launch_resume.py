@@ -10,13 +10,42 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
-from test_launch import LAYERS, epochs_run, in_thread, infos, snapshot, sweep_file, table, trial_workers, wait_for
+from test_launch import LAYERS, epochs_run, infos, process_table, snapshot, sweep_file, table, wait_for
 
 from ibray.cli import main
 from ibray.records import METRICS_KEY, MI_KEY
 from ibray.run import CHECKPOINT_FILE, run_trial
 from ibray.sweep import load_sweep
+
+
+def trial_workers() -> list[int]:
+    """PIDs of Tune's trial processes (ray::ImplicitFunc) descending from this process (our Ray)."""
+    parents, titles = process_table()
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return [pid for pid, title in titles.items() if "ImplicitFunc" in title and ours(pid)]
+
+
+def in_thread(function, *args, **kwargs):
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 (surfaced by the test)
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
 
 
 def test_killed_trials_resume_from_their_checkpoints_or_fail_clearly_on_a_corrupt_one(ray_cluster, tmp_path):
