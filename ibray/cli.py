@@ -63,9 +63,8 @@ def _config_from_args(args):
     data file pinned and, once read, checked against the architecture (conv takes images)."""
     import dataclasses
 
-    from ibray.config import TrialConfig, check_sample_shape
+    from ibray.config import TrialConfig, check_sample_shape, own_module
     from ibray.data import pin_dataset_shape
-    from ibray.own_module import pin_module
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrialConfig)}
     for key in ("estimators", "measure"):
@@ -73,15 +72,21 @@ def _config_from_args(args):
     config, shape = pin_dataset_shape(TrialConfig(**values))
     if shape is not None:
         check_sample_shape(config.architecture, config.dataset, shape)
+    if own_module(config.architecture) is None:
+        return config  # a built-in network: nothing to pin, and torch not imported yet
+    from ibray.own_module import pin_module  # imports torch
+
     return pin_module(config)
 
 
 def _run_trial(args) -> int:
     from ibray.records import trial_lock
-    from ibray.run import run_resumable
 
+    # the flags, the data file and --out are checked before torch is imported (seconds): a
+    # mistyped command fails at once
     config = _config_from_args(args)
     _check_trial_folder(args.out)
+    from ibray.run import run_resumable
 
     def progress(_checkpoint: dict, scalars: dict) -> None:
         acc = (

@@ -96,3 +96,24 @@ def test_the_sweep_driver_starts_without_torch():
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert loaded.stdout.strip() == "['ray.tune']"  # the launcher's own, and nothing of training
+
+
+def test_a_mistyped_trial_command_fails_before_torch_is_imported(tmp_path):
+    # `ibray trial` checks its flags, data file and --out first: a mistake costs no torch import
+    import subprocess
+    import sys
+
+    (tmp_path / "afile").write_text("")
+    cases = [
+        ["trial", "--learning-rate", "inf", "--out", str(tmp_path / "a")],
+        ["trial", "--out", str(tmp_path / "afile")],
+        ["trial", "--dataset", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "b")],
+    ]
+    code = (
+        "import contextlib, io, sys; from ibray.cli import main\n"
+        f"for argv in {cases!r}:\n"
+        "    with contextlib.redirect_stderr(io.StringIO()):\n"
+        "        print(main(argv), 'torch' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert run.stdout.split("\n")[:3] == ["2 False"] * 3, run.stdout + run.stderr
