@@ -367,11 +367,12 @@ def test_a_full_disk_then_a_root_turned_read_only_stop_the_sweep_in_one_line_and
     with tmpfs(tmp_path / "small", "640k") as root:
         path = sweep_file(tmp_path, "faults", seeds_per_trial=1, epochs=120, mi_every=3, write_every=3)
         command = [*CLI, str(path), "--results", str(root), "--address", ray_cluster.address, "--view-every", "60"]
-        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 3, run.stdout[-3000:] + run.stderr[-3000:]
-        assert_one_storage_line(run.stdout, run.stderr, "No space left on device", path)
-        assert str(root / "faults") in own_lines(run.stderr)[0]  # the place is named
-        assert "retries it" not in run.stdout  # no retry on a disk that stays full
+        code = main(command[3:])  # in this process: a driver's start saved
+        run = capsys.readouterr()
+        assert code == 3, run.out[-3000:] + run.err[-3000:]
+        assert_one_storage_line(run.out, run.err, "No space left on device", path)
+        assert str(root / "faults") in own_lines(run.err)[0]  # the place is named
+        assert "retries it" not in run.out  # no retry on a disk that stays full
 
         # room enough, and --resume; then, mid-run, the root turns read-only
         subprocess.run(["mount", "-o", "remount,size=16m", str(root)], check=True)
