@@ -365,7 +365,7 @@ def test_a_full_disk_then_a_root_turned_read_only_stop_the_sweep_in_one_line_and
     # a real full disk: a tmpfs of 640 KiB, about a quarter of what this sweep writes (its 40
     # parts a table and trial, mostly Parquet's own overhead, and the checkpoints)
     with tmpfs(tmp_path / "small", "640k") as root:
-        path = sweep_file(tmp_path, "faults", seeds_per_trial=1, epochs=120, mi_every=3, write_every=3)
+        path = sweep_file(tmp_path, "faults", seeds_per_trial=1, epochs=120, mi_every=1, write_every=3)
         command = [*CLI, str(path), "--results", str(root), "--address", ray_cluster.address, "--view-every", "60"]
         code = main(command[3:])  # in this process: a driver's start saved
         run = capsys.readouterr()
