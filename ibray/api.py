@@ -46,7 +46,7 @@ def run(
     ~/.cache/ibray).
     """
     from ibray.data import pin_dataset_shape
-    from ibray.own_module import pin_module
+    from ibray.module_pin import pin_module
     from ibray.records import trial_lock
     from ibray.run import run_resumable
 

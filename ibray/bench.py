@@ -60,7 +60,7 @@ def training_rate(
     `fields`: other TrialConfig fields (default: the synthetic network's; an own module's file
     is pinned here). The `warmup` epochs before the stretches include the compilation of
     engine 'compiled'."""
-    from ibray.own_module import pin_module
+    from ibray.module_pin import pin_module
 
     per_segment = max(1, epochs // segments)
     config = TrialConfig(

@@ -74,7 +74,7 @@ def _config_from_args(args):
         check_sample_shape(config.architecture, config.dataset, shape)
     if own_module(config.architecture) is None:
         return config  # a built-in network: nothing to pin, and torch not imported yet
-    from ibray.own_module import pin_module  # imports torch
+    from ibray.module_pin import pin_module  # imports torch
 
     return pin_module(config)
 

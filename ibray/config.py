@@ -489,7 +489,7 @@ class TrialConfig:
         if module is not None and module.sha256 is None:
             raise ConfigError(
                 f"architecture: {self.architecture!r} is not pinned, so the trial has no id yet; pin it first "
-                f"(ibray.own_module.pin_module reads the file and appends its SHA-256)"
+                f"(ibray.module_pin.pin_module reads the file and appends its SHA-256)"
             )
         digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
         # a file's path may hold anything; its label keeps only what any filesystem takes

@@ -21,7 +21,8 @@ from ibray.config import TrialConfig, binning_bins, check_sample_shape, own_modu
 from ibray.data import Dataset, load_pinned
 from ibray.errors import TrialStateError
 from ibray.measure import Measurement
-from ibray.own_module import changed_module, pin_module
+from ibray.module_pin import pin_module
+from ibray.own_module import changed_module
 from ibray.records import (
     CHECKPOINT_FILE,
     TRIAL_FILE,

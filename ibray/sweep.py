@@ -528,7 +528,7 @@ class _Validator:
                 if shape is not None:
                     self.sample_shapes[config.dataset] = shape
             if key == "architecture" and module_ref(value) is not None:
-                from ibray.own_module import pin_module  # imports torch: only for an own module
+                from ibray.module_pin import pin_module  # imports torch: only for an own module
 
                 config = pin_module(config, check_measure=False)  # pinned here too; measure: _check_grid
         except DataError as error:
@@ -587,7 +587,7 @@ class _Validator:
                 if config.dataset in self.sample_shapes:  # a file read when it was pinned (above)
                     check_sample_shape(config.architecture, config.dataset, self.sample_shapes[config.dataset])
                 if module_ref(config.architecture) is not None:
-                    from ibray.own_module import check_measure_names
+                    from ibray.module_pin import check_measure_names
 
                     check_measure_names(config)  # an own module's measure names, against the module
             except ConfigError as error:

@@ -18,7 +18,7 @@ from ibray.config import TrialConfig, layer_count
 from ibray.dataset import Dataset, stratified_split
 from ibray.errors import ConfigError
 from ibray.models import ModuleNetwork, batched_network
-from ibray.own_module import pin_module
+from ibray.module_pin import pin_module
 from ibray.trainer import Trainer
 
 NETS = Path(__file__).with_name("own_nets.py")

@@ -385,7 +385,7 @@ def test_unbounded_sweep_files_are_refused_quickly_in_one_readable_line(tmp_path
 def test_an_own_modules_measurement_is_sized_for_a_trials_seeds_not_one(tmp_path):
     """A layer one seed can count but a trial's seeds cannot: the sweep is refused when loaded,
     naming the trial's seed count (the grid check once sized it for one seed and let it pass)."""
-    from ibray.own_module import measurement_bytes, memory_limit
+    from ibray.module_pin import measurement_bytes, memory_limit
 
     (tmp_path / "nets.py").write_text(
         "from torch import nn\n\n\ndef broad():\n    return nn.Sequential(nn.Linear(12, 50000), nn.ReLU(), nn.Linear(50000, 2))\n"
