@@ -3,7 +3,7 @@ or 'package.module:factory' (an importable module), '...@<SHA-256>' once pinned.
 
 The grammar only, like ibray.data_names for data files: it reads no file and imports nothing
 of ibray or torch, so the config can check a value without importing the user's code.
-Loading and pinning are ibray.own_module's.
+Loading is ibray.own_module's, pinning ibray.module_pin's.
 """
 
 from __future__ import annotations
