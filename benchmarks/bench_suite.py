@@ -58,7 +58,7 @@ def run_pytest(extra: list[str]) -> dict:
     counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)", outcome)}
     failed = [line.split(" ", 1)[1].split(" - ")[0] for line in lines if line.startswith(("FAILED ", "ERROR "))]
     if failed:  # what went wrong, whole, for the one who reads the figures
-        Path(REPO / "bench_suite_failures.log").write_text(done.stdout[-20000:] + done.stderr[-5000:])
+        (REPO / "bench_suite_failures.log").write_text(done.stdout[-20000:] + done.stderr[-5000:])
     return {
         "returncode": done.returncode,
         "failed_tests": failed,

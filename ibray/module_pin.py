@@ -6,8 +6,8 @@ module, times the data set's samples and the trial's seeds, against the physical
 container's limit).
 
 Above both ibray.own_module and ibray.data: the memory check needs the data set's size, which a
-data file only tells once read. `ibray trial`, `ibray.api.run`, the sweep loader, the trainer's
-`run_resumable` and `ibray bench` pin through here; ibray.models builds through ibray.own_module.
+data file only tells once read. `ibray trial`, `ibray.api.run`, the sweep loader, `ibray.run.run_resumable`
+and `ibray bench` pin through here; ibray.models builds through ibray.own_module.
 """
 
 from __future__ import annotations
