@@ -50,6 +50,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -1186,6 +1187,29 @@ def _range_bits(quantizer) -> np.ndarray:
     return np.stack([quantizer.low.numpy(), quantizer.high.numpy()]).view(np.int32)
 
 
+_helpers: list[ThreadPoolExecutor] = []  # one helper thread, started on first use
+
+
+def _by_seeds(call, seeds: int, threads: int) -> None:
+    """`call(first, stop)` for seeds first..stop-1: all of them on this thread, or with
+    `threads` 2 or more, the first half here and the second on a helper thread at once (ctypes
+    lets the GIL go for the call). A training pass's kernels loop over the seeds outermost and
+    carry nothing from one seed to the next, so a seed's numbers are the same whichever half it
+    falls in (tested)."""
+    if threads < 2 or seeds < 2:
+        call(0, seeds)
+        return
+    with _lock:
+        if not _helpers:
+            _helpers.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="ibray-conv"))
+    half = (seeds + 1) // 2
+    second = _helpers[0].submit(call, half, seeds)
+    try:
+        call(0, half)
+    finally:
+        second.result()
+
+
 class _ConvQuantizePool(torch.autograd.Function):
     """A training pass's conv layer: convolution with ReLU, the quantizer's range update,
     quantization and 2x2 pooling in C. With the range tracked over the epoch (the default), one
@@ -1196,25 +1220,34 @@ class _ConvQuantizePool(torch.autograd.Function):
     convolution's gradients in one pass."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, quantizer, valid):
+    def forward(ctx, x, weight, bias, quantizer, valid, threads):
         x, strides, weight, bias, shape, values, codes = _conv_pass_inputs(x, weight, bias)
         seeds, _, outs, batch, _, side_w = shape
         valid = batch if valid is None else valid
         route = torch.empty(seeds, outs, batch, values.shape[-2], _pooled_lanes(side_w), dtype=torch.uint8)
+        extremes = torch.empty(seeds, 2)
         lib = library()
 
-        def quantize_pool(extremes=None, only=None):
-            low, step, inverse = (t.reshape(-1).contiguous() for t in quantizer.grid(1))
-            _checked(
-                lib.conv_quantize_pool_train(
-                    _address(x), *strides, _address(weight), _address(bias), _address(low), _address(step),
-                    _address(inverse), float(quantizer.levels), _address(values), _address(codes), _address(route),
-                    _address(extremes) if extremes is not None else None, valid,
-                    _address(only) if only is not None else None, *shape,
-                )
-            )  # fmt: skip
+        def inputs(first: int, stop: int):  # the input of seeds first..stop-1 (all of it where shared)
+            return x if strides[0] == 0 else x[first:stop]
 
-        extremes = torch.empty(seeds, 2)
+        def quantize_pool(with_extremes=False, only=None):
+            low, step, inverse = (t.reshape(-1).contiguous() for t in quantizer.grid(1))
+
+            def call(first: int, stop: int) -> None:
+                part = slice(first, stop)
+                _checked(
+                    lib.conv_quantize_pool_train(
+                        _address(inputs(first, stop)), *strides, _address(weight[part]), _address(bias[part]),
+                        _address(low[part]), _address(step[part]), _address(inverse[part]), float(quantizer.levels),
+                        _address(values[part]), _address(codes[part]), _address(route[part]),
+                        _address(extremes[part]) if with_extremes else None, valid,
+                        _address(only[part]) if only is not None else None, stop - first, *shape[1:],
+                    )
+                )  # fmt: skip
+
+            _by_seeds(call, seeds, threads)
+
         if not quantizer.training:  # the ranges stand as they are
             quantize_pool()
         elif quantizer.tracking == "epoch":
@@ -1223,20 +1256,27 @@ class _ConvQuantizePool(torch.autograd.Function):
             # the batch moved, to the last bit) only where it moved: the same numbers as with the
             # range first. (An epoch's first batch, with no range yet, is quantized twice.)
             before = _range_bits(quantizer)
-            quantize_pool(extremes)
+            quantize_pool(with_extremes=True)
             quantizer.observe(extremes)  # their minima and maxima: the batch's (valid samples only)
             moved = (_range_bits(quantizer) != before).any(axis=0)
             if moved.any():
                 quantize_pool(only=torch.from_numpy(moved.astype(np.uint8)))
         else:
-            _checked(
-                lib.conv_extremes(
-                    _address(x), *strides, _address(weight), _address(bias), _address(extremes), *shape, valid
-                )
-            )  # fmt: skip
+
+            def call(first: int, stop: int) -> None:
+                part = slice(first, stop)
+                _checked(
+                    lib.conv_extremes(
+                        _address(inputs(first, stop)), *strides, _address(weight[part]), _address(bias[part]),
+                        _address(extremes[part]), stop - first, *shape[1:], valid,
+                    )
+                )  # fmt: skip
+
+            _by_seeds(call, seeds, threads)
             quantizer.observe(extremes)
             quantize_pool()
         ctx.save_for_backward(x, weight, route)
+        ctx.threads = threads
         ctx.mark_non_differentiable(codes)
         ctx.set_materialize_grads(False)  # the codes' gradient: not a tensor of zeros the size of the codes
         return values.transpose(1, 2), codes.transpose(1, 2)
@@ -1252,32 +1292,47 @@ class _ConvQuantizePool(torch.autograd.Function):
         d_weight = torch.empty_like(weight)
         d_bias = torch.empty(seeds, outs)
         d_x = torch.empty(seeds, batch, channels, side_h, side_w) if ctx.needs_input_grad[0] else None
-        _checked(
-            library().conv_backward_train(
-                _address(x), *_input_strides(x, seeds)[1], _address(weight), _address(grad), grad.numel(),
-                _address(route), _address(d_weight), _address(d_bias),
-                _address(d_x) if d_x is not None else None, seeds, channels, outs, batch, side_h, side_w,
-            )
-        )  # fmt: skip
-        return d_x.transpose(1, 2) if d_x is not None else None, d_weight, d_bias, None, None
+        strides = _input_strides(x, seeds)[1]
+        lib = library()
+
+        def call(first: int, stop: int) -> None:
+            part = slice(first, stop)
+            _checked(
+                lib.conv_backward_train(
+                    _address(x if strides[0] == 0 else x[part]), *strides, _address(weight[part]),
+                    _address(grad[part]), grad[part].numel(), _address(route[part]), _address(d_weight[part]),
+                    _address(d_bias[part]), _address(d_x[part]) if d_x is not None else None, stop - first,
+                    channels, outs, batch, side_h, side_w,
+                )
+            )  # fmt: skip
+
+        _by_seeds(call, seeds, ctx.threads)
+        return d_x.transpose(1, 2) if d_x is not None else None, d_weight, d_bias, None, None, None
 
 
 def conv3x3_quantize_pool(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool, quantizer, valid: int | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    relu: bool,
+    quantizer,
+    valid: int | None = None,
+    threads: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A conv layer of the study's network in one go: `conv3x3` (with `relu`), then the
     quantizer's range update from its outputs (in training mode; only the first `valid` samples
     count), then `quantize_pool2x2`: (pooled quantized values, their codes), (S, O, B, (H-2)/2,
     (W-2)/2), the same numbers as those steps one by one (tested), without the full-size output
     kept. A measuring pass (no gradient, ranges fixed) is one C pass that computes only the
-    outputs pooling keeps; training is one or two (see _ConvQuantizePool) and one backward."""
+    outputs pooling keeps; training is one or two (see _ConvQuantizePool) and one backward, each
+    on `threads` threads (1, or 2: the seeds in two halves at once, the same numbers)."""
     seeds, outs = weight.shape[:2]
     if _usable(x, weight, bias):
         differentiated = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
         if not quantizer.training and not differentiated:
             return _measuring_pass(x, weight, bias, relu, quantizer)
         if relu and (x.shape[0] == seeds or not x.requires_grad):  # not an x shared by the seeds with a gradient
-            return _ConvQuantizePool.apply(x, weight, bias, quantizer, valid)
+            return _ConvQuantizePool.apply(x, weight, bias, quantizer, valid, threads)
     out = conv3x3(x, weight, bias, relu)
     quantizer.observe(out, valid, batch_dim=2)
     return quantize_pool2x2(out, quantizer)

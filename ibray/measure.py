@@ -206,6 +206,11 @@ class Measurer:
         self._inflight.append(measurement)
         return measurement
 
+    @property
+    def busy(self) -> bool:
+        """Is a measurement running (or waiting) on the measuring thread?"""
+        return any(measurement.running for measurement in self._inflight)
+
     def _rows_of_snapshot(self, snapshot, slots, keys, axes, bounds) -> tuple[dict, dict]:
         self._eval_model.load_state_dict(snapshot)
         return self._rows(self._eval_model, slots, keys, axes, bounds)

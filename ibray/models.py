@@ -463,6 +463,9 @@ class ConvNetwork(BatchedNetwork):
                 f"the conv network needs image inputs of at least {CONV_MIN_SIDE}x{CONV_MIN_SIDE} pixels, not {image_shape}"
             )
         self.architecture = "conv"
+        # Threads a training pass's conv layers may use (the seeds split between them; the same
+        # numbers either way): the Trainer sets 2 while its measuring thread has nothing to do
+        self.training_threads = 1
         self.channels = image_shape[0] if len(image_shape) == 3 else 1
         self.image_shape = tuple(image_shape[-2:])  # (H, W)
         side_h, side_w = self.image_shape
@@ -523,7 +526,7 @@ class ConvNetwork(BatchedNetwork):
             quantizer = self.quantizers[index] if self.quantizers is not None else None
             if relu and quantizer is not None:  # convolution, ReLU, range, quantizer and pooling in one go
                 hidden, pooled_codes = conv3x3_quantize_pool(
-                    hidden, weights[index], biases[index], True, quantizer, valid
+                    hidden, weights[index], biases[index], True, quantizer, valid, self.training_threads
                 )
             else:
                 out = self._conv(hidden, weights[index], biases[index], relu)

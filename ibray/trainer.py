@@ -10,7 +10,9 @@ measuring grid: 0, every `mi_every`, the end of each phase and the restart check
 
 A Trainer keeps at most `threads` CPU threads busy: one trains, and with two or more a second
 measures while the next epoch trains (from measure.OVERLAP_SEEDS seeds on); with one, every
-measurement runs inline. The numbers are the same either way, bit for bit.
+measurement runs inline. The conv network's C passes take the second thread while no
+measurement is running (the seeds in two halves). The numbers are the same either way, bit
+for bit.
 
 Dense networks train through their hand-written backward pass (`DenseNetwork.gradient`) and
 Adam's update, one call per mini-batch: with engine 'compiled' that call is compiled
@@ -172,7 +174,12 @@ class Trainer:
                 self._train_step(x, labels_epoch[:, start : start + size], size, self.optimizer.next_rates())
             self._count_epoch(active)
             return
+        # The conv layers' C passes take the measuring thread's share of the budget while it has
+        # nothing to do (only this thread starts measurements, so it cannot start mid-epoch)
+        spare = self.threads >= 2 and hasattr(self.model, "training_threads")
         for start in range(0, n_train, self.config.batch_size):
+            if spare:
+                self.model.training_threads = 1 if self.measurer.busy else 2
             batch = orders[:, start : start + self.config.batch_size]
             batch, size = pad_to_lanes(batch, dim=1)
             # index_select, not x_train[batch]: advanced indexing copies float by float (14 ms

@@ -154,25 +154,41 @@ def test_a_training_layer_in_two_kernel_passes_is_its_steps_one_by_one(shape, tr
     assert all(g.abs().sum() > 0 for g in mine)
 
 
-def test_a_training_layers_seed_does_not_depend_on_its_batch_mates_and_a_nan_stays_its_own():
-    """Each seed alone and all together: the same values, codes, range and gradients, bit for
-    bit; a seed whose weights went NaN gets NaN ranges (as torch's amin and amax give) and leaves
-    the others as they were."""
-    shape = (4, 4, 2, 2, 6, 13, 13)
-    x, weight, bias, quantizer, grad = _a_layer(shape, 5, bits=8, tracking="epoch so far")
+@pytest.mark.parametrize("tracking", ["epoch so far", "moving_average"])
+@pytest.mark.parametrize("seeds", [4, 5])
+def test_a_training_layers_seed_does_not_depend_on_its_batch_mates_and_a_nan_stays_its_own(seeds, tracking):
+    """Each seed alone and all together, on one thread and split over two (the seeds in two
+    halves, uneven for 5): the same values, codes, range and gradients, bit for bit; a seed whose
+    weights went NaN gets NaN ranges (as torch's amin and amax give) and leaves the others as
+    they were."""
+    shape = (seeds, seeds, 2, 2, 6, 13, 13)
+    x, weight, bias, quantizer, grad = _a_layer(shape, 5, bits=8, tracking=tracking)
     with torch.no_grad():
         weight[2, 1, 0, 1, 1] = float("nan")
     before = [quantizer.low.clone(), quantizer.high.clone()]
+    split = copy.deepcopy(quantizer)
+    pooled_split, codes_split = conv3x3_quantize_pool(x, weight, bias, True, split, 5, threads=2)
+    split_grads = torch.autograd.grad(pooled_split, [x, weight, bias], grad)
     pooled, codes = conv3x3_quantize_pool(x, weight, bias, True, quantizer, 5)
+    same = functools.partial(torch.testing.assert_close, rtol=0, atol=0, equal_nan=True)
+    for ours, theirs in [
+        (pooled_split, pooled),
+        (codes_split, codes),
+        (split.low, quantizer.low),
+        (split.high, quantizer.high),
+    ]:
+        same(ours, theirs)
     together = torch.autograd.grad(pooled, [x, weight, bias], grad)
+    for ours, theirs in zip(split_grads, together):
+        same(ours, theirs)
     assert quantizer.low[2].isnan() and quantizer.high[2].isnan()
-    assert quantizer.high[0] == 1000.0 and quantizer.high[1] > 1.5  # one range stood, one moved
-    for seed in range(4):
+    if tracking == "epoch so far":
+        assert quantizer.high[0] == 1000.0 and quantizer.high[1] > 1.5  # one range stood, one moved
+    for seed in range(seeds):
         alone = [t[seed : seed + 1].detach().requires_grad_() for t in (x, weight, bias)]
-        own = Quantizer(8, seeds=1)
+        own = Quantizer(8, seeds=1, tracking=quantizer.tracking, ema_decay=0.5)
         own.low[0], own.high[0] = before[0][seed], before[1][seed]
         pooled_alone, codes_alone = conv3x3_quantize_pool(*alone, True, own, 5)
-        same = functools.partial(torch.testing.assert_close, rtol=0, atol=0, equal_nan=True)
         same(pooled_alone[0], pooled[seed])
         same(codes_alone[0], codes[seed])
         same(own.low[0], quantizer.low[seed])

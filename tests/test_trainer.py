@@ -199,6 +199,44 @@ def test_every_mnist_network_trains_and_measures(tmp_path, architecture, bits):
     assert all(np.all(np.diff(states) <= 0) for states in wide["n_states"].to_list())
 
 
+def test_a_conv_trainer_gives_the_same_numbers_on_one_thread_and_on_two(monkeypatch):
+    # With two threads the conv layers' C passes split the seeds between the training thread and
+    # a helper whenever the measuring thread is idle (ibray.conv_kernels._by_seeds): every row
+    # and metric equals that of one thread, bit for bit, and the split did happen.
+    import threading
+
+    from ibray import conv_kernels
+    from ibray.measure import OVERLAP_SEEDS
+
+    if conv_kernels.library() is None:
+        pytest.skip("no C compiler: the conv network runs its torch path")
+    splits = []
+    by_seeds = conv_kernels._by_seeds
+    monkeypatch.setattr(
+        conv_kernels, "_by_seeds", lambda call, seeds, threads: (splits.append(threads), by_seeds(call, seeds, threads))
+    )
+    config = TrialConfig(
+        dataset="mnist",
+        architecture="conv",
+        activation="relu",
+        seeds=tuple(range(OVERLAP_SEEDS + 1)),
+        epochs=3,
+        mi_every=1,
+        batch_size=32,
+    )
+    rows = {}
+    for threads in (1, 2):
+        splits.clear()
+        trainer = Trainer(config, tiny_mnist(), threads=threads)
+        measurements = [trainer.start()] + [trainer.step()[0] for _ in range(config.epochs)]
+        rows[threads] = [(m.mi, m.metrics) for m in measurements]
+        # one thread: never split; two: split while the measuring thread was idle
+        assert (set(splits) == {1}) if threads == 1 else (2 in splits), splits
+    assert any(t.name.startswith("ibray-conv") for t in threading.enumerate())
+    assert rows[1] == rows[2]
+    assert len(rows[1][-1][0]["seed"]) == (OVERLAP_SEEDS + 1) * 4
+
+
 def test_trainer_checkpoint_is_loadable_without_pickle(tmp_path, synthetic):
     import torch
 
