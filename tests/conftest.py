@@ -40,6 +40,11 @@ SLOW_TESTS = {
     "test_every_chart_renders_in_headless_chromium",
     "test_a_second_trial_on_the_same_out_is_refused_naming_the_first",
     "test_a_partial_restart_keeps_every_row_of_every_seed_exactly_once",
+    "test_the_kernels_are_built_once_into_the_cache",
+    "test_without_a_compiler_one_warning_and_the_torch_path",
+    "test_watch_rewrites_the_report_until_every_trial_is_complete",
+    "test_watch_stops_on_ctrl_c_with_130_and_leaves_the_last_report",
+    "test_report_takes_help_and_options_in_any_order",
 }
 
 
