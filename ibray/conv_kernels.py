@@ -1210,6 +1210,11 @@ def _by_seeds(call, seeds: int, threads: int) -> None:
         second.result()
 
 
+def _seeds_input(x: torch.Tensor, strides: list[int], part: slice) -> torch.Tensor:
+    """The input of the seeds in `part`: x itself where one x serves every seed (seed stride 0)."""
+    return x if strides[0] == 0 else x[part]
+
+
 class _ConvQuantizePool(torch.autograd.Function):
     """A training pass's conv layer: convolution with ReLU, the quantizer's range update,
     quantization and 2x2 pooling in C. With the range tracked over the epoch (the default), one
@@ -1228,9 +1233,6 @@ class _ConvQuantizePool(torch.autograd.Function):
         extremes = torch.empty(seeds, 2)
         lib = library()
 
-        def inputs(first: int, stop: int):  # the input of seeds first..stop-1 (all of it where shared)
-            return x if strides[0] == 0 else x[first:stop]
-
         def quantize_pool(with_extremes=False, only=None):
             low, step, inverse = (t.reshape(-1).contiguous() for t in quantizer.grid(1))
 
@@ -1238,9 +1240,9 @@ class _ConvQuantizePool(torch.autograd.Function):
                 part = slice(first, stop)
                 _checked(
                     lib.conv_quantize_pool_train(
-                        _address(inputs(first, stop)), *strides, _address(weight[part]), _address(bias[part]),
-                        _address(low[part]), _address(step[part]), _address(inverse[part]), float(quantizer.levels),
-                        _address(values[part]), _address(codes[part]), _address(route[part]),
+                        _address(_seeds_input(x, strides, part)), *strides, _address(weight[part]),
+                        _address(bias[part]), _address(low[part]), _address(step[part]), _address(inverse[part]),
+                        float(quantizer.levels), _address(values[part]), _address(codes[part]), _address(route[part]),
                         _address(extremes[part]) if with_extremes else None, valid,
                         _address(only[part]) if only is not None else None, stop - first, *shape[1:],
                     )
@@ -1267,8 +1269,8 @@ class _ConvQuantizePool(torch.autograd.Function):
                 part = slice(first, stop)
                 _checked(
                     lib.conv_extremes(
-                        _address(inputs(first, stop)), *strides, _address(weight[part]), _address(bias[part]),
-                        _address(extremes[part]), stop - first, *shape[1:], valid,
+                        _address(_seeds_input(x, strides, part)), *strides, _address(weight[part]),
+                        _address(bias[part]), _address(extremes[part]), stop - first, *shape[1:], valid,
                     )
                 )  # fmt: skip
 
@@ -1299,7 +1301,7 @@ class _ConvQuantizePool(torch.autograd.Function):
             part = slice(first, stop)
             _checked(
                 lib.conv_backward_train(
-                    _address(x if strides[0] == 0 else x[part]), *strides, _address(weight[part]),
+                    _address(_seeds_input(x, strides, part)), *strides, _address(weight[part]),
                     _address(grad[part]), grad[part].numel(), _address(route[part]), _address(d_weight[part]),
                     _address(d_bias[part]), _address(d_x[part]) if d_x is not None else None, stop - first,
                     channels, outs, batch, side_h, side_w,
