@@ -7,7 +7,12 @@ suite time means little alone. This prints, as one JSON line and in words:
   - seconds and the outcome of `pytest -q` (everything, the README's default: three processes)
     and of `pytest -q -m "not slow"` (the quick round while editing);
   - cpu_seconds: the whole machine's busy CPU time over each run (from /proc/stat; every
-    process counts, Ray's and the browser's too), and busy: that over cores x seconds.
+    process counts, Ray's and the browser's too), and busy: that over cores x seconds;
+  - cpu_by_kind: where that CPU went, by the kind of process (the test processes, Tune's trial
+    workers, Ray's other workers and its daemons, the drivers, CLIs and report builds the tests
+    start, the browser, the compiler): every process descending from pytest, sampled from
+    /proc each SAMPLE_S seconds (a process is counted at its last sample, so a short-lived one
+    is partly missed; `unattributed` is the rest of cpu_seconds, the kernel's threads included).
 
     python benchmarks/bench_suite.py [--only full|fast] [--json] [-- PYTEST ARGS]
 
@@ -22,11 +27,98 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {"full": [], "fast": ["-m", "not slow"]}
+SAMPLE_S = 0.5
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def process_kind(command: str, name: str) -> str:
+    """The kind of a process, from its command line (Ray's workers and agents set theirs to a
+    `ray::` title) and its name in /proc/PID/stat."""
+    if command.startswith("ray::ImplicitFunc"):
+        return "Tune trial workers"
+    if command.startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent")):
+        return "Ray daemons"
+    if command.startswith("ray::"):
+        return "Ray workers that ran no trial"
+    if name in ("raylet", "gcs_server") or "/ray/" in command and ("monitor" in command or "dashboard" in command):
+        return "Ray daemons"
+    words = command.split()
+    if words[1:3] == ["-m", "pytest"] or "exec(eval(sys.stdin.readline()))" in command:
+        return "test processes"  # pytest itself and its xdist workers
+    if "chrom" in name or "chrom" in command.split(" ")[0]:
+        return "browser"
+    if name in ("cc", "cc1", "gcc", "g++", "cc1plus", "as", "ld", "collect2"):
+        return "compiler"
+    if words[1:3] in (["-m", "analysis.live"], ["-m", "analysis.report"]) or words[2:3] == ["report"]:
+        return "report builds"  # the live report's builds, `ibray report` and its --watch
+    if "ibray" in command or "python" in name:
+        return "drivers and CLIs the tests start"
+    return "other"
+
+
+class CpuByKind:
+    """Samples, in a thread, the CPU time of every process descending from `root` (the pytest
+    process), and sums it by process_kind at the end."""
+
+    def __init__(self, root: int) -> None:
+        self.root, self._stop = root, threading.Event()
+        self._seen: dict[tuple[int, str], list] = {}  # (pid, start) -> [cpu s, kind, ours]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        parents: dict[int, int] = {}
+        stats: dict[int, tuple[str, str, float]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as file:
+                    stat = file.read()
+            except OSError:
+                continue  # gone meanwhile
+            name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            pid = int(entry.name)
+            parents[pid] = int(fields[1])
+            stats[pid] = (name, fields[19], (int(fields[11]) + int(fields[12])) * TICK_S)
+        ours = {pid for (pid, start), known in self._seen.items() if known[2] and stats.get(pid, ("", ""))[1] == start}
+        for pid, (name, start, cpu) in stats.items():
+            known = self._seen.get((pid, start))
+            if known is None:  # ours if it descends from pytest or from a process of ours (orphans too)
+                ancestor = pid
+                while ancestor > 1 and ancestor != self.root and ancestor not in ours:
+                    ancestor = parents.get(ancestor, 0)
+                known = self._seen[(pid, start)] = [cpu, "", ancestor > 1]
+                if known[2]:
+                    ours.add(pid)
+            known[0] = cpu
+            if known[2] and known[1] != "Tune trial workers":  # a pool worker may become a trial's
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as file:
+                        command = file.read().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                known[1] = process_kind(command, name) if command else known[1]
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self._sample()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        totals: dict[str, float] = {}
+        for cpu, kind, ours in self._seen.values():
+            if ours and kind:
+                totals[kind] = totals.get(kind, 0.0) + cpu
+        return dict(sorted(((k, round(v, 1)) for k, v in totals.items()), key=lambda kv: -kv[1]))
 
 
 def busy_ticks() -> int:
@@ -45,13 +137,19 @@ def peak() -> float:
 def run_pytest(extra: list[str]) -> dict:
     """One pytest run in a process of its own: wall seconds, busy CPU seconds, and what it said."""
     ticks, started = busy_ticks(), time.perf_counter()
-    done = subprocess.run(
+    pytest = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra],
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
+    own, sampler = os.times(), CpuByKind(pytest.pid)
+    stdout, stderr = pytest.communicate()
+    done = subprocess.CompletedProcess(pytest.args, pytest.returncode, stdout, stderr)
     seconds = time.perf_counter() - started
+    by_kind = sampler.stop()
+    by_kind["this benchmark's sampling"] = round(sum(os.times()[:2]) - sum(own[:2]), 1)
     cpu = (busy_ticks() - ticks) / os.sysconf("SC_CLK_TCK")
     lines = done.stdout.strip().splitlines()
     outcome = lines[-1].strip("= ") if lines else ""
@@ -65,6 +163,7 @@ def run_pytest(extra: list[str]) -> dict:
         "seconds": round(seconds, 1),
         "cpu_seconds": round(cpu, 1),
         "busy": round(cpu / (seconds * (os.cpu_count() or 1)), 3),
+        "cpu_by_kind": {**by_kind, "unattributed": round(cpu - sum(by_kind.values()), 1)},
         "outcome": outcome,
         **counts,
     }
@@ -90,6 +189,7 @@ def main() -> int:
                     f"{name}: {r['seconds']} s ({r['outcome']}), {r['cpu_seconds']} s of CPU, "
                     f"{100 * r['busy']:.0f}% of {result['cores']} cores busy"
                 )
+                print("  of which: " + ", ".join(f"{kind} {cpu} s" for kind, cpu in r["cpu_by_kind"].items()))
     print(json.dumps(result))
     return 0 if all(result[n]["returncode"] == 0 for n in RUNS if n in result) else 1
 

@@ -253,7 +253,7 @@ def test_sweep_end_to_end_on_a_uri_root(finished_sweep, tmp_path, capsys):
 
 
 def test_a_sweep_with_report_ends_with_the_complete_report(finished_sweep):
-    out, printed = finished_sweep.report, finished_sweep.out  # ibray sweep ... --report <out> --report-every 5
+    out, printed = finished_sweep.report, finished_sweep.out  # ibray sweep ... --report <out> --report-every 30
     assert f"report {out}: final (complete, 2 of 2 trials complete, " in printed
     assert "sweep 'e2e': 2/2 trials complete" in printed
     page = out.read_text(encoding="utf-8")
