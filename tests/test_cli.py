@@ -101,7 +101,7 @@ def epochs_run(out) -> int:
 
 
 def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path, synthetic):
-    common = dict(seeds=(0, 1), epochs=150, write_every=5, learning_rate=0.01)
+    common = dict(seeds=(0, 1), epochs=80, write_every=5, learning_rate=0.01)
     run_trial(TrialConfig(**common), tmp_path / "whole", dataset=synthetic)
 
     out = tmp_path / "killed"
@@ -111,7 +111,7 @@ def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path, synthetic):
         "--seeds",
         "0-1",
         "--epochs",
-        "150",
+        "80",
         "--write-every",
         "5",
         "--learning-rate",
@@ -120,7 +120,7 @@ def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path, synthetic):
         str(out),
     ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Killed once a checkpoint and a few writes are on disk: at epoch 10 of 150, whatever the
+    # Killed once a checkpoint and a few writes are on disk: at epoch 10 of 80, whatever the
     # machine's speed, the trial is well under way and far from done.
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "checkpoint.pt").exists() and epochs_run(out) >= 10):
