@@ -1,6 +1,7 @@
 """Shared fixtures: the synthetic data set, the shared copy of var_u.mat, one real Ray cluster
-(one per test process: the suite runs in three, pyproject.toml's addopts), and one tiny sweep run
-on it that several tests read."""
+(one per test process: the suite runs in three, pyproject.toml's addopts; started when a test
+first needs it, shut down when the files left for the process need it no more), and one tiny
+sweep run on it that several tests read."""
 
 from __future__ import annotations
 
@@ -56,15 +57,27 @@ def pytest_collection_modifyitems(items):
     collected), and a long file started last would keep one process busy while the others idle."""
     slow_in_file: dict[Path, int] = {}
     for item in items:
-        slow = (
-            "ray_cluster" in getattr(item, "fixturenames", ())
-            or item.path.name in SLOW_FILES
-            or item.originalname in SLOW_TESTS
-        )
+        on_ray = bool(RAY_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if on_ray:
+            RAY_FILES.add(item.path)
+        slow = on_ray or item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS
         if slow:
             item.add_marker(pytest.mark.slow)
         slow_in_file[item.path] = slow_in_file.get(item.path, 0) + slow
     items.sort(key=lambda item: -slow_in_file[item.path])  # stable: a file's own order within it
+
+
+@pytest.hookimpl(trylast=True)  # after the test's own fixtures are torn down
+def pytest_runtest_teardown(item, nextitem):
+    """Shut the process's Ray cluster down once the next test is in a file that does not use it:
+    an idle two-node cluster keeps about a tenth of a core busy (its daemons, the pool workers
+    it keeps), for as long as the process runs other files. A later file on Ray starts it again."""
+    if nextitem is None or nextitem.path not in RAY_FILES:
+        SESSION_RAY.stop()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    SESSION_RAY.stop()  # a run stopped early (-x, Ctrl-C) too
 
 
 @pytest.fixture(scope="session")
@@ -74,28 +87,49 @@ def synthetic():
     return load_dataset("synthetic12")
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One real two-node Ray cluster on this machine (a head and a worker, 1 CPU each), connected.
+class SessionRay:
+    """One real two-node Ray cluster on this machine (a head and a worker, 1 CPU each), connected,
+    started by the first test that asks for it.
 
-    Both nodes listen on this host's own address: Ray turns 127.0.0.1 into it for clusters.
-
-    Shared by the sweep tests: starting Ray costs seconds. Its processes are children of this
-    process; cluster.shutdown() ends exactly the nodes it started.
+    Both nodes listen on this host's own address: Ray turns 127.0.0.1 into it for clusters. Its
+    processes are children of this process; stop() ends exactly the nodes it started.
     """
-    import ray
-    from ray.cluster_utils import Cluster
 
-    # Ray keeps one idle worker process per CPU and ends the others a second after their task:
-    # every sweep's storage probe (a task on each node) would start new ones, and each costs a
-    # second of CPU. Four kept idle serve the probes of every sweep this process runs.
-    head = {"num_cpus": 1, "include_dashboard": False, "_system_config": {"num_workers_soft_limit": 4}}
-    cluster = Cluster(initialize_head=True, head_node_args=head)
-    cluster.add_node(num_cpus=1)
-    cluster.connect()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    def __init__(self) -> None:
+        self.cluster = None
+
+    def get(self):
+        if self.cluster is None:
+            from ray.cluster_utils import Cluster
+
+            # Ray keeps one idle worker process per CPU and ends the others a second after their
+            # task: every sweep's storage probe (a task on each node) would start new ones, and
+            # each costs a second of CPU. Four kept idle serve the probes of every sweep run here.
+            head = {"num_cpus": 1, "include_dashboard": False, "_system_config": {"num_workers_soft_limit": 4}}
+            cluster = Cluster(initialize_head=True, head_node_args=head)
+            cluster.add_node(num_cpus=1)
+            cluster.connect()
+            self.cluster = cluster
+        return self.cluster
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            import ray
+
+            ray.shutdown()
+            self.cluster.shutdown()
+            self.cluster = None
+
+
+SESSION_RAY = SessionRay()
+RAY_FIXTURES = {"ray_cluster", "finished_sweep"}  # the tests that use the process's cluster
+RAY_FILES: set[Path] = set()  # the test files that hold such tests (set at collection)
+
+
+@pytest.fixture
+def ray_cluster():
+    """The process's Ray cluster (SessionRay): starting Ray costs seconds, so the sweep tests share it."""
+    return SESSION_RAY.get()
 
 
 @dataclass(frozen=True)
@@ -122,7 +156,7 @@ TINY_SWEEP = {
 
 
 @pytest.fixture(scope="session")
-def finished_sweep(ray_cluster, tmp_path_factory) -> FinishedSweep:
+def finished_sweep(tmp_path_factory) -> FinishedSweep:
     """Two trials (tanh, relu) of 2 seeds x 20 epochs on a file:// results root, with a live
     report: the end-to-end run whose sweep, report and cluster checks each read it in their own
     way (a Ray sweep costs seconds to start; its checks need not each pay for one). Its readers
@@ -137,6 +171,7 @@ def finished_sweep(ray_cluster, tmp_path_factory) -> FinishedSweep:
     path = base / "e2e.yaml"
     path.write_text(yaml.safe_dump(TINY_SWEEP, sort_keys=False))
     root, report = base / "root", base / "reports" / "e2e.html"
+    SESSION_RAY.get()
     nodes = frozenset(n["NodeID"] for n in ray.nodes() if n["Alive"])
     printed = io.StringIO()
     # --report-every 30: each rewrite is a process of its own (1-6 s of CPU on 2 cores); the tests
