@@ -51,7 +51,7 @@ def process_kind(command: str, name: str) -> str:
     words = command.split()
     if words[1:3] == ["-m", "pytest"] or "exec(eval(sys.stdin.readline()))" in command:
         return "test processes"  # pytest itself and its xdist workers
-    if "chrom" in name or "chrom" in command.split(" ")[0]:
+    if "chrom" in name or "chrom" in "".join(words[:1]):
         return "browser"
     if name in ("cc", "cc1", "gcc", "g++", "cc1plus", "as", "ld", "collect2"):
         return "compiler"
@@ -150,7 +150,7 @@ def run_pytest(extra: list[str]) -> dict:
     seconds = time.perf_counter() - started
     by_kind = sampler.stop()
     by_kind["this benchmark's sampling"] = round(sum(os.times()[:2]) - sum(own[:2]), 1)
-    cpu = (busy_ticks() - ticks) / os.sysconf("SC_CLK_TCK")
+    cpu = (busy_ticks() - ticks) * TICK_S
     lines = done.stdout.strip().splitlines()
     outcome = lines[-1].strip("= ") if lines else ""
     counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)", outcome)}

@@ -50,43 +50,6 @@ SLOW_TESTS = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m reads the marks
-def pytest_collection_modifyitems(items):
-    """Mark the slow tests, and put the files with the most slow tests first: the README's test
-    command runs the files in parallel processes (pytest-xdist, `--dist loadfile` in the order
-    collected), and a long file started last would keep one process busy while the others idle."""
-    slow_in_file: dict[Path, int] = {}
-    for item in items:
-        on_ray = bool(RAY_FIXTURES & set(getattr(item, "fixturenames", ())))
-        if on_ray:
-            RAY_FILES.add(item.path)
-        slow = on_ray or item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS
-        if slow:
-            item.add_marker(pytest.mark.slow)
-        slow_in_file[item.path] = slow_in_file.get(item.path, 0) + slow
-    items.sort(key=lambda item: -slow_in_file[item.path])  # stable: a file's own order within it
-
-
-@pytest.hookimpl(trylast=True)  # after the test's own fixtures are torn down
-def pytest_runtest_teardown(item, nextitem):
-    """Shut the process's Ray cluster down once the next test is in a file that does not use it:
-    an idle two-node cluster keeps about a tenth of a core busy (its daemons, the pool workers
-    it keeps), for as long as the process runs other files. A later file on Ray starts it again."""
-    if nextitem is None or nextitem.path not in RAY_FILES:
-        SESSION_RAY.stop()
-
-
-def pytest_sessionfinish(session, exitstatus):
-    SESSION_RAY.stop()  # a run stopped early (-x, Ctrl-C) too
-
-
-@pytest.fixture(scope="session")
-def synthetic():
-    from ibray.data import load_dataset
-
-    return load_dataset("synthetic12")
-
-
 class SessionRay:
     """One real two-node Ray cluster on this machine (a head and a worker, 1 CPU each), connected,
     started by the first test that asks for it.
@@ -124,6 +87,43 @@ class SessionRay:
 SESSION_RAY = SessionRay()
 RAY_FIXTURES = {"ray_cluster", "finished_sweep"}  # the tests that use the process's cluster
 RAY_FILES: set[Path] = set()  # the test files that hold such tests (set at collection)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m reads the marks
+def pytest_collection_modifyitems(items):
+    """Mark the slow tests, and put the files with the most slow tests first: the README's test
+    command runs the files in parallel processes (pytest-xdist, `--dist loadfile` in the order
+    collected), and a long file started last would keep one process busy while the others idle."""
+    slow_in_file: dict[Path, int] = {}
+    for item in items:
+        on_ray = bool(RAY_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if on_ray:
+            RAY_FILES.add(item.path)
+        slow = on_ray or item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS
+        if slow:
+            item.add_marker(pytest.mark.slow)
+        slow_in_file[item.path] = slow_in_file.get(item.path, 0) + slow
+    items.sort(key=lambda item: -slow_in_file[item.path])  # stable: a file's own order within it
+
+
+@pytest.hookimpl(trylast=True)  # after the test's own fixtures are torn down
+def pytest_runtest_teardown(item, nextitem):
+    """Shut the process's Ray cluster down once the next test is in a file that does not use it:
+    an idle two-node cluster keeps about a tenth of a core busy (its daemons, the pool workers
+    it keeps), for as long as the process runs other files. A later file on Ray starts it again."""
+    if nextitem is None or nextitem.path not in RAY_FILES:
+        SESSION_RAY.stop()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    SESSION_RAY.stop()  # a run stopped early (-x, Ctrl-C) too
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    from ibray.data import load_dataset
+
+    return load_dataset("synthetic12")
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def finished_sweep(tmp_path_factory) -> FinishedSweep:
     path = base / "e2e.yaml"
     path.write_text(yaml.safe_dump(TINY_SWEEP, sort_keys=False))
     root, report = base / "root", base / "reports" / "e2e.html"
-    SESSION_RAY.get()
+    SESSION_RAY.get()  # not the ray_cluster fixture: a session fixture cannot take a per-test one
     nodes = frozenset(n["NodeID"] for n in ray.nodes() if n["Alive"])
     printed = io.StringIO()
     # --report-every 30: each rewrite is a process of its own (1-6 s of CPU on 2 cores); the tests
