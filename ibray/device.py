@@ -40,14 +40,25 @@ def pad_to_lanes(rows: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, int]:
     return torch.cat([rows, repeats], dim=dim), size
 
 
-def compiled(function, name: str):
+def compiled(function, name: str, device: torch.device):
     """`function` through torch.compile (inductor), shapes fixed; where compiling fails (no C++
     compiler, no Triton), `function` itself, with one warning naming why.
 
-    The first call decides: compiling happens before anything runs, so falling back then
-    repeats no work. Each new shape (a trial's last, shorter batch) costs one more
-    compilation; compiled code is cached on disk for later processes.
+    On the CPU, inductor's C++ compiler is looked for first: without one, torch.compile would
+    trace and lower the function (some 20 s) before failing. Otherwise the first call decides:
+    compiling happens before anything runs, so falling back then repeats no work. Each new shape
+    (a trial's last, shorter batch) costs one more compilation; compiled code is cached on disk
+    for later processes.
     """
+    if device.type == "cpu":
+        missing = missing_cpu_compiler()
+        if missing:
+            warnings.warn(
+                f"engine 'compiled': torch.compile cannot compile {name} on the CPU ({missing}); running it eagerly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return function
     fast = torch.compile(function, dynamic=False)
     chosen = None
 
@@ -71,3 +82,19 @@ def compiled(function, name: str):
         return result
 
     return call
+
+
+def missing_cpu_compiler() -> str:
+    """Why inductor has no C++ compiler for CPU code here ('' when it has one), asked the way
+    inductor itself asks (its `cpp.cxx` setting, `$CXX`, then g++), which runs `<compiler> --version`
+    once a process."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        from torch._inductor.exc import InvalidCxxCompiler
+    except ImportError:  # another torch's layout: torch.compile finds out for itself
+        return ""
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler as error:
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    return ""

@@ -277,7 +277,7 @@ class Measurer:
         forward = model
         if self.config.engine == "compiled" and model.features_major:
             if model not in self._compiled:
-                self._compiled[model] = compiled(model.forward, "the measuring pass")
+                self._compiled[model] = compiled(model.forward, "the measuring pass", self.x.device)
             forward = self._compiled[model]
         chunk = model.eval_chunk(self.x.shape[1])
         total = len(self.x)

@@ -90,7 +90,7 @@ class Trainer:
         self.optimizer = SeedAdam(list(self.model.parameters()), seeds, config.learning_rate)
         self._train_step = self._dense_step
         if config.engine == "compiled" and self.model.features_major:
-            self._train_step = compiled(self._dense_step, "the training step")
+            self._train_step = compiled(self._dense_step, "the training step", self.device)
         self.seeds = list(config.seeds)
         self.restarts = [0] * seeds
         self.slot_epoch = [0] * seeds  # epochs completed, prefit included
