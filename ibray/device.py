@@ -8,6 +8,7 @@ each seed's block start on the same lane whichever slot it occupies.
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import torch
@@ -48,7 +49,8 @@ def compiled(function, name: str, device: torch.device):
     trace and lower the function (some 20 s) before failing. Otherwise the first call decides:
     compiling happens before anything runs, so falling back then repeats no work. Each new shape
     (a trial's last, shorter batch) costs one more compilation; compiled code is cached on disk
-    for later processes.
+    for later processes. Each call of `compiled` compiles afresh (own_code): a process may train
+    many trials one after another.
     """
     if device.type == "cpu":
         missing = missing_cpu_compiler()
@@ -59,7 +61,7 @@ def compiled(function, name: str, device: torch.device):
                 stacklevel=2,
             )
             return function
-    fast = torch.compile(function, dynamic=False)
+    fast = torch.compile(own_code(function), dynamic=False)
     chosen = None
 
     def call(*args, **kwargs):
@@ -82,6 +84,25 @@ def compiled(function, name: str, device: torch.device):
         return result
 
     return call
+
+
+def own_code(function):
+    """`function` (a function or a bound method) over a copy of its code object.
+
+    Dynamo keeps the graphs it compiles on the code object they came from and, past
+    torch._dynamo.config.recompile_limit of them (8), runs that code eagerly without a word. In a
+    process that trains trials one after another (a notebook, a Ray worker that Tune reuses), the
+    graphs of networks of other shapes and bit widths would add up on one code object until a
+    later trial ran eagerly, its numbers no longer those of the same trial run alone. A copy per
+    wrapper keeps each trial's graphs apart, and frees them with it.
+    """
+    plain = getattr(function, "__func__", function)
+    copy = types.FunctionType(
+        plain.__code__.replace(), plain.__globals__, plain.__name__, plain.__defaults__, plain.__closure__
+    )
+    copy.__kwdefaults__, copy.__qualname__, copy.__doc__ = plain.__kwdefaults__, plain.__qualname__, plain.__doc__
+    bound = getattr(function, "__self__", None)
+    return types.MethodType(copy, bound) if bound is not None else copy
 
 
 def missing_cpu_compiler() -> str:

@@ -36,6 +36,7 @@ SLOW_TESTS = {
     "test_bench_prints_its_figures_as_json",
     "test_the_compiled_step_computes_the_eager_gradient",
     "test_a_compiled_seed_is_independent_of_its_mates_and_repeatable",
+    "test_each_compiled_wrapper_compiles_afresh_past_dynamos_recompile_limit",
     "test_resources_an_embedded_ray_lacks_are_refused_before_anything_is_written",
     "test_the_next_start_names_what_a_killed_drivers_local_ray_left_behind",
     "test_every_chart_renders_in_headless_chromium",

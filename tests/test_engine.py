@@ -93,3 +93,26 @@ def test_without_a_cxx_compiler_the_trial_runs_eagerly_after_one_warning(tmp_pat
         assert "on the CPU (InvalidCxxCompiler: " in warnings[0] and warnings[0].endswith("; running it eagerly")
     mi = pl.read_parquet(f"{tmp_path}/out/mi/*.parquet")
     assert mi.height == 2 * 3 * 6 and mi["mi_xt"].is_finite().all()
+
+
+def test_each_compiled_wrapper_compiles_afresh_past_dynamos_recompile_limit(monkeypatch):
+    # Dynamo keeps compiled graphs on the code object they came from, and past its recompile
+    # limit runs that code eagerly without a word: with a limit of 2, the third object's graph
+    # (another constant, as another network's shape or bit width) would silently run eagerly
+    # if the graphs of every wrapper added up on the method's one code object.
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+
+    class Scale:
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        def apply(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.k + 1
+
+    for k in (1, 2, 3):
+        graphs = counters["stats"]["unique_graphs"]
+        out = compiled(Scale(k).apply, "a test's function", torch.device("cpu"))(torch.ones(3))
+        assert counters["stats"]["unique_graphs"] == graphs + 1, f"object {k} ran eagerly"
+        assert out.tolist() == [k + 1.0] * 3
