@@ -393,7 +393,11 @@ def _tuner(
     return tune.Tuner(
         trainable,
         param_space=spec.param_space(),  # its {"grid_search": values} is what tune.grid_search returns
-        tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=False),
+        # A trial's process imports Ray Tune and torch (some 5 s of CPU) before it trains; reused,
+        # the next trial on it starts at once (a resumed sweep's complete trials each take a
+        # moment, not a process). Nothing of a trial outlives it in the process that could change
+        # the next one's numbers (ibray.device.own_code: compiled graphs are the trial's own).
+        tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=True),
         run_config=tune.RunConfig(
             name=TUNE,
             storage_path=folder,
