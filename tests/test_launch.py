@@ -246,9 +246,13 @@ def test_sweep_end_to_end_on_a_uri_root(finished_sweep, tmp_path, capsys):
     assert "epochs" in err.split("keys changed: ", 1)[1].split(")", 1)[0]  # the clash's epochs: 30
     assert snapshot(root) == after
 
-    # --overwrite starts over
-    assert main(["sweep", str(other), "--results", uri, "--overwrite", "--view-every", "60"]) == 0
+    # --overwrite starts over, here from a changed file (20 epochs, not 300): only the new run's
+    # rows remain, and the other sweep is untouched
+    shorter = sweep_file(tmp_path / "shorter", "other", activation="tanh", seeds=1, epochs=20, mi_every=10)
+    assert main(["sweep", str(shorter), "--results", uri, "--overwrite", "--view-every", "60"]) == 0
     assert "1/1 trials complete" in capsys.readouterr().out
+    assert (root / "other" / "sweep.yaml").read_text() == shorter.read_text()
+    assert sorted(table(root / "other")["epoch"].unique()) == [0, 10, 20]
     assert snapshot(root / "e2e") == {k: v for k, v in after.items() if "/root/e2e/" in k}
 
 
