@@ -397,7 +397,9 @@ def _tuner(
         # the next trial on it starts at once (a resumed sweep's complete trials each take a
         # moment, not a process). Nothing of a trial outlives it in the process that could change
         # the next one's numbers (ibray.device.own_code: compiled graphs are the trial's own).
-        tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=True),
+        # Not with --data-on-workers: a node without the data ends each trial it gets at once,
+        # and its process, reused, would take every pending trial in turn.
+        tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=datasets is not None),
         run_config=tune.RunConfig(
             name=TUNE,
             storage_path=folder,
