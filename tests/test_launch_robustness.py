@@ -27,6 +27,14 @@ from ibray.records import MI_KEY
 from ibray.sweep import load_sweep
 
 CLI = [sys.executable, "-m", "ibray.cli", "sweep"]
+# `ibray sweep` that says at its end whether torch was imported into it (Tune's fit included)
+CLI_SAYING_TORCH = [
+    sys.executable,
+    "-c",
+    "import sys; from ibray.cli import main; code = main(sys.argv[1:]); "
+    "print('torch imported:', 'torch' in sys.modules); sys.exit(code)",
+    "sweep",
+]
 
 
 def own_lines(text: str) -> list[str]:
@@ -275,8 +283,9 @@ def test_ctrl_c_before_any_trial_reports(ray_cluster, tmp_path):
     folder = root / "early"
     log, err = tmp_path / "early.out", tmp_path / "early.err"
     with open(log, "w") as out, open(err, "w") as errors:
-        driver = subprocess.Popen(
-            [*CLI, str(path), "--results", str(root), "--address", ray_cluster.address, "--view-every", "0.2"],
+        driver = subprocess.Popen(  # the driver's own imports are checked too: it needs no torch
+            [*CLI_SAYING_TORCH, str(path), "--results", str(root), "--address", ray_cluster.address]
+            + ["--view-every", "0.2"],
             stdout=out,
             stderr=errors,
         )
@@ -296,6 +305,9 @@ def test_ctrl_c_before_any_trial_reports(ray_cluster, tmp_path):
     )
     assert not (folder / "driver.lock").exists()
     assert epochs_run(next(folder.glob("trials/*/trial.json"), folder / "none")) in (-1, 0)
+    # Tune's loop ran (its live line), and nothing of it imported torch into the driver (Tune's
+    # default TensorBoard logger would: some 3 s of CPU a start)
+    assert stdout.splitlines()[-1] == "torch imported: False", stdout[-2000:]
 
 
 def test_checkpoint_folders_of_killed_workers_are_removed_at_the_next_start(tmp_path):
