@@ -79,7 +79,9 @@ class SessionRay:
             # Ray keeps one idle worker process per CPU and ends the others a second after their
             # task: every sweep's storage probe (a task on each node) would start new ones, and
             # each costs a second of CPU. Four kept idle serve the probes of every sweep run here.
-            head = {"num_cpus": 1, "include_dashboard": False, "_system_config": {"num_workers_soft_limit": 4}}
+            # Nor does it start workers ahead for the first driver: Tune's trials start their own.
+            config = {"num_workers_soft_limit": 4, "prestart_worker_first_driver": False}
+            head = {"num_cpus": 1, "include_dashboard": False, "_system_config": config}
             cluster = Cluster(initialize_head=True, head_node_args=head)
             cluster.add_node(num_cpus=1)
             cluster.connect()
