@@ -28,7 +28,8 @@ ibray.trainer); with a fraction of a GPU, torch's allocator is capped at that fr
 GPU's memory, so trials that share a GPU cannot starve each other of it.
 
 torch and the trainer (ibray.run) are imported where a trial runs, not with this module: the
-driver, which imports it to hand Tune the trainable, starts without them.
+driver, which imports it to hand Tune the trainable, starts without them. One process may run
+several trials in turn (the launcher's reuse_actors): nothing here keeps state between calls.
 
 A trial whose results folder already says "complete" returns at once without touching
 anything, so a resumed sweep never reruns or rewrites a finished trial, even when Tune's own
