@@ -149,8 +149,9 @@ def test_driver_killed_mid_sweep_then_resume_finishes_only_the_rest(ray_cluster,
     }
     # three trials on two CPUs: Tune reuses a trial's process for the next (a finished trial
     # returns at once, and the next one starts on its process without importing torch again)
-    pids = {json.loads(line)["pid"] for result in (folder / "tune").glob("*/result.json") for line in result.open()}
-    assert len(list((folder / "tune").glob("*/result.json"))) == 3 and len(pids) <= 2, pids
+    results = list((folder / "tune").glob("*/result.json"))
+    pids = {json.loads(line)["pid"] for result in results for line in result.open()}
+    assert len(results) == 3 and len(pids) <= 2, pids
     after = snapshot(folder / "trials")
     assert {k: v for k, v in after.items() if k in before} == before  # finished trials untouched
     mi = table(folder)
